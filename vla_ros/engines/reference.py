@@ -1,0 +1,55 @@
+"""The eager PyTorch engine: the reference every optimised engine is checked against."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vla_ros.engines.base import Engine, ModelInputs
+from vla_ros.model.gemma import KVCache
+from vla_ros.model.pi0 import Pi0Model, euler_times
+
+
+def batch_tensors(inputs: ModelInputs, device: torch.device) -> dict[str, torch.Tensor]:
+    """numpy inputs -> batched (B=1) tensors on `device`."""
+    return {
+        "images": torch.from_numpy(np.ascontiguousarray(inputs.images))[None].to(device),
+        "image_masks": torch.from_numpy(np.asarray(inputs.image_masks, dtype=bool))[None].to(device),
+        "tokens": torch.from_numpy(np.asarray(inputs.tokens, dtype=np.int64))[None].to(device),
+        "token_masks": torch.from_numpy(np.asarray(inputs.token_masks, dtype=bool))[None].to(device),
+    }
+
+
+class ReferenceEngine(Engine):
+    """Eager `Pi0Model.embed_prefix` + `denoise_step`, exactly as the model defines them."""
+
+    name = "reference"
+
+    def __init__(self, model: Pi0Model, num_steps: int = 10):
+        self.model = model
+        self.num_steps = num_steps
+        self.device = next(model.parameters()).device
+        self._cache: KVCache | None = None
+
+    @torch.no_grad()
+    def encode_prefix(self, inputs: ModelInputs) -> None:
+        self._cache = self.model.embed_prefix(**batch_tensors(inputs, self.device))
+
+    @torch.no_grad()
+    def denoise(self, inputs: ModelInputs) -> np.ndarray:
+        if self._cache is None:
+            raise RuntimeError("encode_prefix must run before denoise")
+        x = torch.from_numpy(np.asarray(inputs.noise, dtype=np.float32))[None].to(self.device)
+        state = torch.from_numpy(np.asarray(inputs.state, dtype=np.float32))[None].to(self.device)
+        dt = -1.0 / self.num_steps
+        for t in euler_times(self.num_steps):
+            t_batch = torch.full((1,), t, dtype=torch.float32, device=self.device)
+            x = x + dt * self.model.denoise_step(self._cache, x, t_batch, state)
+        return x[0].float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "device": str(self.device), "dtype": str(self.model.compute_dtype)}

@@ -1,0 +1,214 @@
+"""Checkpoint I/O in the openpi / LeRobot PyTorch layout (pi0-reference section 6).
+
+A checkpoint directory holds `model.safetensors`, `config.json`, norm stats
+(`assets/<id>/norm_stats.json` or `norm_stats.json`) and a SentencePiece model.
+Only safetensors and JSON are read: nothing in a checkpoint is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vla_ros.errors import CheckpointError, ConfigError
+from vla_ros.model.config import GemmaConfig, PolicyConfig, VisionConfig, get_config
+from vla_ros.model.pi0 import Pi0Model
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_PREFIX = "paligemma_with_expert.paligemma."
+EMBED_KEY = _PREFIX + "model.language_model.embed_tokens.weight"
+LM_HEAD_KEY = _PREFIX + "lm_head.weight"
+# Present in some exports, never used by inference.
+_IGNORED_KEYS = re.compile(r"(gemma_expert\.lm_head\.weight|\.rotary_emb\.inv_freq|position_ids)$")
+
+# openpi / LeRobot variant names for the Gemma stacks.
+GEMMA_VARIANTS = {
+    "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16384, num_heads=8, num_kv_heads=1, head_dim=256),
+    "gemma_300m": GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256),
+    "dummy": GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
+}
+for _name in ("gemma_2b", "gemma_300m"):
+    GEMMA_VARIANTS[_name + "_lora"] = GEMMA_VARIANTS[_name]
+
+
+def _mismatch_error(path: Path, missing, unexpected, misshaped) -> CheckpointError:
+    def section(title: str, items: list[str]) -> str:
+        if not items:
+            return ""
+        shown = "\n    ".join(items[:5])
+        more = f"\n    ... and {len(items) - 5} more" if len(items) > 5 else ""
+        return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+    return CheckpointError(
+        f"{path} does not fit the model:"
+        + section("missing keys", missing)
+        + section("unexpected keys", unexpected)
+        + section("mis-shaped keys (key: checkpoint vs model)", misshaped)
+        + "\n  Check that config.json describes this checkpoint (pi0 vs pi0.5, variant sizes)."
+    )
+
+
+class _TensorFile:
+    """Lazy, memory-mapped access to a safetensors file with the key layout normalised."""
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise CheckpointError(f"no {WEIGHTS_FILE} in {path.parent} (pi0 checkpoints are safetensors only)")
+        try:
+            self._file = safe_open(str(path), framework="pt")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+        self.names: dict[str, str] = {}  # normalised key -> key in the file
+        for key in self._file.keys():
+            norm = key[len("model.") :] if key.startswith("model.") else key
+            if not _IGNORED_KEYS.search(norm):
+                self.names[norm] = key
+        self._rename_time_mlps()
+
+    def _rename_time_mlps(self) -> None:
+        # Some exports swap the pi0 / pi0.5 time-MLP names; the shapes say which it is.
+        pi05 = self.is_pi05
+        wrong, right = ("action_time_mlp", "time_mlp") if pi05 else ("time_mlp", "action_time_mlp")
+        if f"{right}_in.weight" in self.names or f"{wrong}_in.weight" not in self.names:
+            return
+        for suffix in ("_in.weight", "_in.bias", "_out.weight", "_out.bias"):
+            if wrong + suffix in self.names:
+                self.names[right + suffix] = self.names.pop(wrong + suffix)
+
+    @property
+    def is_pi05(self) -> bool:
+        return any(".input_layernorm.dense." in k for k in self.names) or (
+            "state_proj.weight" not in self.names and "time_mlp_in.weight" in self.names
+        )
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._file.get_slice(self.names[key]).get_shape())
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._file.get_tensor(self.names[key])
+
+    def count(self, pattern: str) -> int:
+        regex = re.compile(pattern)
+        return len({m.group(1) for k in self.names if (m := regex.search(k))})
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _infer_vision(tensors: _TensorFile, meta: dict) -> VisionConfig:
+    base = _PREFIX + "model.vision_tower.vision_model."
+    patch = tensors.shape(base + "embeddings.patch_embedding.weight")  # (W, 3, p, p)
+    width, patch_size = patch[0], patch[2]
+    tokens = tensors.shape(base + "embeddings.position_embedding.weight")[0]
+    depth = tensors.count(r"vision_model\.encoder\.layers\.(\d+)\.")
+    mlp = tensors.shape(base + "encoder.layers.0.mlp.fc1.weight")[0]
+    # Heads are not visible in the shapes; So400m uses head_dim 72.
+    heads = int(meta.get("vision_num_heads", 16 if width == 1152 else max(1, width // 16)))
+    return VisionConfig(width, depth, mlp, heads, patch_size, int(round(tokens**0.5)) * patch_size)
+
+
+def _gemma_from(meta: dict, key: str, fallback: GemmaConfig) -> GemmaConfig:
+    variant = meta.get(key)
+    if variant is None:
+        return fallback
+    if variant not in GEMMA_VARIANTS:
+        raise ConfigError(f"config.json:{key}", f"unknown variant '{variant}', expected one of {sorted(GEMMA_VARIANTS)}")
+    return GEMMA_VARIANTS[variant]
+
+
+def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) -> PolicyConfig:
+    """Model sizes from config.json (ours, openpi's or LeRobot's), completed from the tensor shapes."""
+    directory = Path(directory)
+    meta = _read_json(directory / CONFIG_FILE)
+    if "vla_ros" in meta:
+        return PolicyConfig.from_dict(meta["vla_ros"])
+    tensors = tensors or _TensorFile(directory / WEIGHTS_FILE)
+    pi05 = tensors.is_pi05
+    declared = meta.get("type") or meta.get("model_type")
+    if declared in ("pi0", "pi05") and (declared == "pi05") != pi05:
+        log.warning("config.json says %s but the weights are %s; trusting the weights", declared, "pi05" if pi05 else "pi0")
+    full = get_config("pi05" if pi05 else "pi0")
+    prefix = _gemma_from(meta, "paligemma_variant", full.prefix)
+    expert = _gemma_from(meta, "action_expert_variant", full.expert)
+    vocab = tensors.shape(EMBED_KEY if EMBED_KEY in tensors.names else LM_HEAD_KEY)[0]
+    action_dim = tensors.shape("action_in_proj.weight")[1]
+    horizon = int(meta.get("action_horizon", meta.get("chunk_size", 50)))
+    max_len = int(meta.get("max_token_len", meta.get("tokenizer_max_length", full.max_token_len)))
+    return PolicyConfig(
+        name=str(meta.get("name", declared or full.name)),
+        pi05=pi05,
+        vision=_infer_vision(tensors, meta),
+        prefix=prefix,
+        expert=expert,
+        vocab_size=vocab,
+        action_horizon=horizon,
+        action_dim=action_dim,
+        max_token_len=max_len,
+    )
+
+
+def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Build the model described by `directory` and load its weights.
+
+    dtype float32 keeps everything fp32 (the CPU reference); bfloat16 / float16
+    gives the reference mixed-precision split. Returns (model, config).
+    """
+    directory = Path(directory)
+    tensors = _TensorFile(directory / WEIGHTS_FILE)
+    cfg = config_from_checkpoint(directory, tensors)
+    with torch.device("meta"):
+        model = Pi0Model(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    available = set(tensors.names)
+    if EMBED_KEY not in available and LM_HEAD_KEY in available:
+        tensors.names[EMBED_KEY] = tensors.names[LM_HEAD_KEY]  # tied embedding
+        available.add(EMBED_KEY)
+    available.discard(LM_HEAD_KEY)
+    missing = sorted(set(expected) - available)
+    unexpected = sorted(available - set(expected))
+    misshaped = sorted(
+        f"{k}: {tensors.shape(k)} vs {expected[k]}" for k in set(expected) & available if tensors.shape(k) != expected[k]
+    )
+    if missing or unexpected or misshaped:
+        raise _mismatch_error(directory / WEIGHTS_FILE, missing, unexpected, misshaped)
+    state = {k: tensors.tensor(k).to(device=device, dtype=torch.float32 if dtype == torch.float32 else None) for k in expected}
+    model.load_state_dict(state, assign=True, strict=True)
+    model.float() if dtype == torch.float32 else model.to_mixed_precision(dtype)
+    return model.eval().to(device), cfg
+
+
+def save_checkpoint(model: Pi0Model, directory: str | Path, extra_config: dict | None = None) -> Path:
+    """Write model.safetensors (openpi key layout, tied embedding stored once) and config.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    meta = {"type": model.cfg.variant, "vla_ros": model.cfg.to_dict(), **(extra_config or {})}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def random_model(cfg: PolicyConfig, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32) -> Pi0Model:
+    """A model with reproducible random weights (norm and AdaRMS weights random too, so tests see them)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = Pi0Model(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            scale = 0.1 if ("norm" in name or "embedding" in name) else std
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return model.to(dtype).eval() if dtype == torch.float32 else model.eval().to_mixed_precision(dtype)

@@ -1,0 +1,157 @@
+"""Model sizes for pi0 / pi0.5, as frozen dataclasses, plus the named configurations.
+
+Sizes follow pi0-reference.md section 1. The tiny and mid configurations exist so
+that tests and benchmarks can build matching models without any download; their
+sizes are part of the public interface (external tools build the same shapes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+from vla_ros.errors import ConfigError
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ConfigError(name, f"expected a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int = 14
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            _positive(f"vision.{field.name}", getattr(self, field.name))
+        if self.width % self.num_heads:
+            raise ConfigError("vision.num_heads", f"must divide vision.width={self.width}")
+        if self.image_size % self.patch_size:
+            raise ConfigError("vision.patch_size", f"must divide vision.image_size={self.image_size}")
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    """One Gemma stack: the prefix language model or the action expert."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            _positive(f"gemma.{field.name}", getattr(self, field.name))
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError("gemma.num_kv_heads", f"must divide num_heads={self.num_heads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """A whole pi0 or pi0.5 policy.
+
+    pi05 selects pi0.5: AdaRMS time conditioning in the expert, no state token,
+    the discretized state inside the prompt and quantile normalization.
+    """
+
+    name: str
+    pi05: bool
+    vision: VisionConfig
+    prefix: GemmaConfig
+    expert: GemmaConfig
+    vocab_size: int = 257152
+    action_horizon: int = 50
+    action_dim: int = 32
+    max_token_len: int = 48
+    num_cameras: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "action_horizon", "action_dim", "max_token_len", "num_cameras"):
+            _positive(name, getattr(self, name))
+        # Both experts attend jointly, layer by layer, in one head space.
+        for name in ("depth", "num_heads", "num_kv_heads", "head_dim"):
+            if getattr(self.prefix, name) != getattr(self.expert, name):
+                raise ConfigError(
+                    f"expert.{name}",
+                    f"must equal prefix.{name}={getattr(self.prefix, name)} "
+                    f"(got {getattr(self.expert, name)}): the experts attend jointly",
+                )
+
+    @property
+    def variant(self) -> str:
+        return "pi05" if self.pi05 else "pi0"
+
+    @property
+    def prefix_len(self) -> int:
+        return self.num_cameras * self.vision.num_tokens + self.max_token_len
+
+    @property
+    def suffix_len(self) -> int:
+        return self.action_horizon + (0 if self.pi05 else 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PolicyConfig":
+        data = dict(data)
+        try:
+            vision = VisionConfig(**data.pop("vision"))
+            prefix = GemmaConfig(**data.pop("prefix"))
+            expert = GemmaConfig(**data.pop("expert"))
+            return cls(vision=vision, prefix=prefix, expert=expert, **data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError("config", f"not a vla_ros policy config ({exc})") from exc
+
+
+_SIGLIP_SO400M = VisionConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16)
+_GEMMA_2B = GemmaConfig(width=2048, depth=18, mlp_dim=16384, num_heads=8, num_kv_heads=1, head_dim=256)
+_GEMMA_300M = GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
+
+_TINY_VISION = VisionConfig(width=32, depth=2, mlp_dim=64, num_heads=2)
+_TINY_PREFIX = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16)
+_TINY_EXPERT = GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=8, num_kv_heads=1, head_dim=16)
+
+_MID_VISION = VisionConfig(width=384, depth=4, mlp_dim=1536, num_heads=6)
+_MID_PREFIX = GemmaConfig(width=512, depth=4, mlp_dim=2048, num_heads=8, num_kv_heads=1, head_dim=64)
+_MID_EXPERT = GemmaConfig(width=256, depth=4, mlp_dim=1024, num_heads=8, num_kv_heads=1, head_dim=64)
+
+# Tiny vocabularies come from the tokenizer trained beside the checkpoint; 512 is
+# the default size `vla-ros make-tiny` trains.
+TINY_VOCAB = 512
+
+NAMED_CONFIGS: dict[str, PolicyConfig] = {
+    "pi0": PolicyConfig("pi0", False, _SIGLIP_SO400M, _GEMMA_2B, _GEMMA_300M, max_token_len=48),
+    "pi05": PolicyConfig("pi05", True, _SIGLIP_SO400M, _GEMMA_2B, _GEMMA_300M, max_token_len=200),
+    "pi0-mid": PolicyConfig("pi0-mid", False, _MID_VISION, _MID_PREFIX, _MID_EXPERT, max_token_len=48),
+    "pi05-mid": PolicyConfig("pi05-mid", True, _MID_VISION, _MID_PREFIX, _MID_EXPERT, max_token_len=200),
+    "pi0-tiny": PolicyConfig(
+        "pi0-tiny", False, _TINY_VISION, _TINY_PREFIX, _TINY_EXPERT, vocab_size=TINY_VOCAB, max_token_len=48
+    ),
+    "pi05-tiny": PolicyConfig(
+        "pi05-tiny", True, _TINY_VISION, _TINY_PREFIX, _TINY_EXPERT, vocab_size=TINY_VOCAB, max_token_len=200
+    ),
+}
+
+
+def get_config(name: str, **overrides) -> PolicyConfig:
+    """A named configuration, optionally with fields replaced (e.g. vocab_size)."""
+    if name not in NAMED_CONFIGS:
+        close = difflib.get_close_matches(name, NAMED_CONFIGS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError("config", f"unknown policy config '{name}', expected one of {sorted(NAMED_CONFIGS)}{hint}")
+    return dataclasses.replace(NAMED_CONFIGS[name], **overrides)

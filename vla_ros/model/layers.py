@@ -1,0 +1,137 @@
+"""Building blocks shared by the Gemma stacks and the suffix runtimes.
+
+Numerics follow pi0-reference.md section 1: RMS statistics and softmax in fp32,
+rotate-half RoPE over the full head dimension, multi-query attention with an
+additive mask value rather than -inf (so fully masked rows stay finite).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_VALUE = -2.3819763e38
+RMS_EPS = 1e-6
+ROPE_THETA = 10000.0
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Apply a Linear in its own weight dtype: the reference keeps some layers fp32
+    while the stream runs in bf16, so inputs are cast at each layer boundary."""
+    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+
+
+def rms_normalize(x: torch.Tensor) -> torch.Tensor:
+    """x / rms(x) with the statistics in fp32; returns fp32."""
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+
+
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm: normalized * (1 + weight). The weight is stored zero-centred."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+        out = rms_normalize(x) * (1.0 + self.weight.float())
+        return out.to(x.dtype), None
+
+
+class AdaRMSNorm(nn.Module):
+    """pi0.5's adaptive RMSNorm: scale, shift and a residual gate from the time condition.
+
+    The dense layer is zero-initialised so that a fresh layer is the bare RMS
+    normalization with a zero gate.
+    """
+
+    def __init__(self, dim: int, cond_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(cond_dim, 3 * dim)
+        nn.init.zeros_(self.dense.weight)
+        nn.init.zeros_(self.dense.bias)
+
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scale, shift, gate), each (B, 1, dim): depends on t only, so runtimes precompute it."""
+        scale, shift, gate = linear(self.dense, cond.float())[:, None, :].chunk(3, dim=-1)
+        return scale, shift, gate
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor):
+        return modulated_rms(x, *self.modulation(cond))
+
+
+def modulated_rms(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, gate: torch.Tensor):
+    out = rms_normalize(x) * (1.0 + scale.float()) + shift.float()
+    return out.to(x.dtype), gate.to(x.dtype)
+
+
+def gated_residual(residual: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return residual + y if gate is None else residual + y * gate
+
+
+class GeGLU(nn.Module):
+    """Gemma MLP: down(gelu_tanh(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, width: int, mlp_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(width, mlp_dim, bias=False)
+        self.up_proj = nn.Linear(width, mlp_dim, bias=False)
+        self.down_proj = nn.Linear(mlp_dim, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(linear(self.gate_proj, x), approximate="tanh") * linear(self.up_proj, x)
+        return linear(self.down_proj, hidden)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (B, 1, T, head_dim) in fp32 for integer positions (B, T)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim
+    inv_freq = 1.0 / (ROPE_THETA**exponent)
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on (B, heads, T, head_dim), computed in fp32."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Multi-query attention.
+
+    q (B, H, T, Dh); k, v (B, KV, S, Dh); mask bool (B, T, S), True = may attend.
+    Returns (B, T, H * Dh) in v's dtype.
+    """
+    batch, heads, tokens, head_dim = q.shape
+    kv_heads = k.shape[1]
+    # Group query heads over their shared kv head: (B, KV, H/KV * T, Dh).
+    qg = q.reshape(batch, kv_heads, (heads // kv_heads) * tokens, head_dim)
+    logits = torch.matmul(qg, k.transpose(-1, -2)).float() * (head_dim**-0.5)
+    logits = logits.view(batch, kv_heads, heads // kv_heads, tokens, -1)
+    logits = logits.masked_fill(~mask[:, None, None], MASK_VALUE)
+    probs = torch.softmax(logits, dim=-1).to(v.dtype)
+    out = torch.matmul(probs.view(batch, kv_heads, (heads // kv_heads) * tokens, -1), v)
+    return out.view(batch, heads, tokens, head_dim).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+
+
+def sincos_time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0):
+    """Sine-cosine embedding of the flow-matching time t (B,) -> (B, dim), fp32.
+
+    The reference computes the table in float64 on GPUs and float32 on the CPU;
+    we do the same so CPU results match it bit for bit.
+    """
+    if dim % 2:
+        raise ValueError(f"time embedding width must be even, got {dim}")
+    dtype = torch.float64 if t.device.type == "cuda" else torch.float32
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = (2.0 * math.pi / period)[None, :] * t.to(dtype)[:, None]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1).float()
