@@ -1,0 +1,528 @@
+"""Message <-> numpy conversions, checked against real sensor_msgs messages."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+from vla_ros.errors import ConfigError, ObservationError
+from vla_ros.ros import conversions
+from vla_ros.ros.conversions import (
+    ImageConversionError,
+    JointStateMapper,
+    compressed_to_rgb,
+    diagnostic_status,
+    float64_array_msg,
+    image_to_rgb,
+    rgb_to_compressed_msg,
+    rgb_to_image_msg,
+    seconds_to_duration,
+    seconds_to_stamp,
+    stamp_to_seconds,
+    trajectory_msg,
+)
+
+# 3 rows x 4 columns; every channel value distinct so any mix-up shows.
+RGB = np.arange(3 * 4 * 3, dtype=np.uint8).reshape(3, 4, 3) * 5
+ALPHA = np.full((3, 4, 1), 200, dtype=np.uint8)
+
+# encoding -> pixels as they sit in the message, and the RGB we must get back.
+LAYOUTS = {
+    "rgb8": (RGB, RGB),
+    "bgr8": (RGB[:, :, ::-1], RGB),
+    "rgba8": (np.concatenate([RGB, ALPHA], axis=2), RGB),
+    "bgra8": (np.concatenate([RGB[:, :, ::-1], ALPHA], axis=2), RGB),
+    "mono8": (RGB[:, :, :1], np.repeat(RGB[:, :, :1], 3, axis=2)),
+}
+
+
+def make_image(pixels: np.ndarray, encoding: str, padding: int = 0, pad_value: int = 0xEE) -> Image:
+    """Lay `pixels` out by hand (independently of rgb_to_image_msg), padding each row."""
+    height, width, channels = pixels.shape
+    rows = np.full((height, width * channels + padding), pad_value, dtype=np.uint8)
+    rows[:, : width * channels] = pixels.reshape(height, -1)
+    msg = Image()
+    msg.height, msg.width, msg.encoding = height, width, encoding
+    msg.step = width * channels + padding
+    msg.data = rows.tobytes()
+    return msg
+
+
+# ----------------------------------------------------------------- Image ---
+
+
+@pytest.mark.parametrize("padding", [0, 1, 3, 8])
+@pytest.mark.parametrize("encoding", sorted(LAYOUTS))
+def test_image_to_rgb_every_encoding_with_row_padding(encoding: str, padding: int) -> None:
+    pixels, expected = LAYOUTS[encoding]
+    rgb = image_to_rgb(make_image(pixels, encoding, padding))
+    assert rgb.dtype == np.uint8
+    assert rgb.shape == (3, 4, 3)
+    np.testing.assert_array_equal(rgb, expected)
+    assert rgb.flags.c_contiguous
+
+
+def test_bgr_and_rgb_read_the_same_bytes_in_opposite_channel_order() -> None:
+    raw = np.array([[[10, 20, 30]]], dtype=np.uint8)
+    assert image_to_rgb(make_image(raw, "rgb8"))[0, 0].tolist() == [10, 20, 30]
+    assert image_to_rgb(make_image(raw, "bgr8"))[0, 0].tolist() == [30, 20, 10]
+
+
+def test_mono8_gives_three_equal_channels() -> None:
+    gray = np.array([[[0], [7]], [[128], [255]]], dtype=np.uint8)
+    rgb = image_to_rgb(make_image(gray, "mono8"))
+    assert rgb.tolist() == [[[0, 0, 0], [7, 7, 7]], [[128, 128, 128], [255, 255, 255]]]
+
+
+def test_rgba_and_bgra_drop_alpha() -> None:
+    raw = np.array([[[1, 2, 3, 4]]], dtype=np.uint8)
+    assert image_to_rgb(make_image(raw, "rgba8"))[0, 0].tolist() == [1, 2, 3]
+    assert image_to_rgb(make_image(raw, "bgra8"))[0, 0].tolist() == [3, 2, 1]
+
+
+def test_is_bigendian_does_not_change_8bit_data() -> None:
+    msg = make_image(LAYOUTS["bgr8"][0], "bgr8", padding=2)
+    msg.is_bigendian = 1
+    np.testing.assert_array_equal(image_to_rgb(msg), RGB)
+
+
+def test_result_is_a_copy_not_a_view_of_the_message() -> None:
+    msg = make_image(RGB, "rgb8")
+    rgb = image_to_rgb(msg)
+    rgb[:] = 0
+    assert msg.data[0] == RGB[0, 0, 0] and msg.data[5] == RGB[0, 1, 2]
+
+
+def test_wrong_encoding_names_it_and_the_supported_list() -> None:
+    msg = make_image(RGB, "yuv422")
+    with pytest.raises(ImageConversionError) as info:
+        image_to_rgb(msg)
+    text = str(info.value)
+    assert text == "unsupported image encoding 'yuv422'; supported: rgb8, bgr8, mono8, rgba8, bgra8"
+    assert isinstance(info.value, ObservationError)
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1"])
+def test_16bit_encodings_are_rejected_with_a_hint(encoding: str) -> None:
+    msg = make_image(np.zeros((2, 2, 2), np.uint8), encoding)
+    with pytest.raises(ImageConversionError) as info:
+        image_to_rgb(msg)
+    text = str(info.value)
+    assert f"'{encoding}'" in text
+    assert "16/32-bit" in text
+    assert "supported: rgb8, bgr8, mono8, rgba8, bgra8" in text
+
+
+def test_short_and_long_data_are_rejected() -> None:
+    msg = make_image(RGB, "rgb8", padding=2)
+    msg.data = bytes(msg.data)[:-1]
+    with pytest.raises(ImageConversionError, match=r"has 41 data bytes; expected step\*height = 42"):
+        image_to_rgb(msg)
+    msg.data = bytes(43)
+    with pytest.raises(ImageConversionError, match="has 43 data bytes"):
+        image_to_rgb(msg)
+
+
+def test_step_smaller_than_a_row_is_rejected() -> None:
+    msg = make_image(RGB, "rgb8")
+    msg.step = 11
+    msg.data = bytes(33)
+    expected = r"step 11 bytes; a row needs at least width\*channels = 12"
+    with pytest.raises(ImageConversionError, match=expected):
+        image_to_rgb(msg)
+
+
+def test_empty_image_is_rejected() -> None:
+    msg = Image(encoding="rgb8", height=0, width=4, step=12)
+    with pytest.raises(ImageConversionError, match="empty"):
+        image_to_rgb(msg)
+
+
+# --------------------------------------------------------- cv_bridge path ---
+
+
+class FakeBridgeError(Exception):
+    pass
+
+
+class FakeRosBridge:
+    """Stands in for ROS cv_bridge: passthrough view of whole-pixel rows, like the real one."""
+
+    calls = 0
+
+    def imgmsg_to_cv2(self, msg: Image, desired_encoding: str = "passthrough") -> np.ndarray:
+        FakeRosBridge.calls += 1
+        if msg.encoding != "rgb8":
+            raise FakeBridgeError(f"cannot convert {msg.encoding}")
+        channels = 3
+        rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step // channels, channels)
+        return rows[:, : msg.width]
+
+
+def test_cv_bridge_path_is_used_copied_and_wrapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conversions, "_CV_BRIDGE", (FakeRosBridge(), FakeBridgeError))
+    FakeRosBridge.calls = 0
+    assert conversions.image_backend() == "cv_bridge"
+
+    msg = make_image(RGB, "rgb8", padding=3)
+    rgb = image_to_rgb(msg)
+    assert FakeRosBridge.calls == 1
+    np.testing.assert_array_equal(rgb, RGB)
+    assert rgb.flags.owndata and rgb.flags.writeable
+
+    # Padding that is not whole pixels: the real cv_bridge misplaces rows, so numpy does it.
+    np.testing.assert_array_equal(image_to_rgb(make_image(RGB, "rgb8", padding=2)), RGB)
+    assert FakeRosBridge.calls == 1
+
+    # Foreign byte order: the real cv_bridge's byte swap fails on numpy 2, so numpy does it.
+    foreign = make_image(RGB, "rgb8")
+    foreign.is_bigendian = int(sys.byteorder == "little")
+    np.testing.assert_array_equal(image_to_rgb(foreign), RGB)
+    assert FakeRosBridge.calls == 1
+
+    with pytest.raises(ImageConversionError, match="cv_bridge could not convert 'bgr8' to rgb8"):
+        image_to_rgb(make_image(RGB, "bgr8"))
+
+
+def test_only_the_ros_cv_bridge_is_picked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    pypi_port = types.ModuleType("cv_bridge")
+    pypi_port.CvBridge = type("CvBridge", (), {})  # no imgmsg_to_cv2
+    monkeypatch.setitem(sys.modules, "cv_bridge", pypi_port)
+    assert conversions._load_ros_cv_bridge() is None
+
+    ros_module = types.ModuleType("cv_bridge")
+    ros_module.CvBridge = FakeRosBridge
+    ros_module.CvBridgeError = FakeBridgeError
+    monkeypatch.setitem(sys.modules, "cv_bridge", ros_module)
+    loaded = conversions._load_ros_cv_bridge()
+    assert loaded is not None
+    assert isinstance(loaded[0], FakeRosBridge) and loaded[1] is FakeBridgeError
+
+
+@pytest.mark.skipif(conversions.image_backend() != "cv_bridge", reason="ROS cv_bridge not installed")
+@pytest.mark.parametrize("encoding", sorted(LAYOUTS))
+def test_real_cv_bridge_matches_numpy(encoding: str) -> None:
+    pixels, expected = LAYOUTS[encoding]
+    for padding in (0, 4 * pixels.shape[2]):
+        msg = make_image(pixels, encoding, padding)
+        np.testing.assert_array_equal(image_to_rgb(msg), expected)
+        np.testing.assert_array_equal(conversions._image_to_rgb_numpy(msg, pixels.shape[2]), expected)
+
+
+# ------------------------------------------------------- CompressedImage ---
+
+
+def gradient_image() -> np.ndarray:
+    y, x = np.mgrid[0:48, 0:64]
+    return np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
+
+
+def test_png_round_trip_is_exact() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(17, 23, 3), dtype=np.uint8)
+    msg = rgb_to_compressed_msg(image, "png", stamp=3.25, frame_id="cam")
+    assert msg.format == "png"
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (3, 250_000_000, "cam")
+    np.testing.assert_array_equal(compressed_to_rgb(msg), image)
+
+
+def test_jpeg_round_trip_within_tolerance_and_channel_order_kept() -> None:
+    image = gradient_image()
+    msg = rgb_to_compressed_msg(image, "jpeg", quality=90)
+    assert msg.format == "jpeg"
+    rgb = compressed_to_rgb(msg)
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    diff = np.abs(rgb.astype(np.int16) - image)
+    assert diff.max() <= 8
+    assert diff.mean() <= 2.0
+
+
+def test_solid_red_jpeg_stays_red() -> None:
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[..., 0] = 255
+    rgb = compressed_to_rgb(rgb_to_compressed_msg(image, "jpeg"))
+    assert rgb[8, 8, 0] >= 250 and rgb[8, 8, 1] <= 5 and rgb[8, 8, 2] <= 5
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "jpg", "JPEG", "rgb8; jpeg compressed bgr8", ""])
+def test_image_transport_and_plain_format_strings_accepted(fmt: str) -> None:
+    msg = rgb_to_compressed_msg(gradient_image(), "jpeg")
+    msg.format = fmt
+    assert compressed_to_rgb(msg).shape == (48, 64, 3)
+
+
+def test_grayscale_png_gives_three_equal_channels() -> None:
+    gray = np.array([[0, 50], [100, 255]], dtype=np.uint8)
+    ok, data = cv2.imencode(".png", gray)
+    assert ok
+    msg = CompressedImage(format="mono8; png compressed mono8", data=data.tobytes())
+    assert compressed_to_rgb(msg).tolist() == [[[0, 0, 0], [50, 50, 50]], [[100, 100, 100], [255, 255, 255]]]
+
+
+def test_png_with_alpha_drops_alpha() -> None:
+    bgra = np.array([[[10, 20, 30, 40]]], dtype=np.uint8)
+    ok, data = cv2.imencode(".png", bgra)
+    assert ok
+    assert compressed_to_rgb(CompressedImage(format="png", data=data.tobytes())).tolist() == [[[30, 20, 10]]]
+
+
+def test_jpeg_with_trailing_zero_padding_is_accepted() -> None:
+    msg = rgb_to_compressed_msg(gradient_image(), "jpeg")
+    msg.data = bytes(msg.data) + bytes(16)
+    assert compressed_to_rgb(msg).shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"this is not an image", "could not be decoded"),
+        (b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9", "could not be decoded"),
+        (b"", "has no data"),
+    ],
+)
+def test_corrupt_compressed_data_is_rejected(data: bytes, match: str) -> None:
+    with pytest.raises(ImageConversionError, match=match):
+        compressed_to_rgb(CompressedImage(format="jpeg", data=data))
+
+
+def test_truncated_jpeg_is_rejected() -> None:
+    msg = rgb_to_compressed_msg(gradient_image(), "jpeg")
+    msg.data = bytes(msg.data)[: len(msg.data) // 2]
+    with pytest.raises(ImageConversionError, match="truncated"):
+        compressed_to_rgb(msg)
+
+
+def test_truncated_png_is_rejected() -> None:
+    msg = rgb_to_compressed_msg(gradient_image(), "png")
+    msg.data = bytes(msg.data)[: len(msg.data) // 2]
+    with pytest.raises(ImageConversionError, match="could not be decoded"):
+        compressed_to_rgb(msg)
+
+
+def test_depth_and_unknown_compressed_formats_are_rejected() -> None:
+    data = rgb_to_compressed_msg(gradient_image(), "png").data
+    with pytest.raises(ImageConversionError, match="depth stream"):
+        compressed_to_rgb(CompressedImage(format="16UC1; compressedDepth png", data=data))
+    expected = "unsupported compressed image format 'tiff'; supported: jpeg, jpg, png"
+    with pytest.raises(ImageConversionError, match=expected):
+        compressed_to_rgb(CompressedImage(format="tiff", data=data))
+
+
+def test_16bit_png_is_rejected() -> None:
+    ok, data = cv2.imencode(".png", np.full((2, 2), 1000, np.uint16))
+    assert ok
+    with pytest.raises(ImageConversionError, match="uint16"):
+        compressed_to_rgb(CompressedImage(format="png", data=data.tobytes()))
+
+
+# ------------------------------------------------------- rgb_to_image_msg ---
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+def test_rgb_to_image_msg_round_trip(encoding: str) -> None:
+    msg = rgb_to_image_msg(RGB, encoding, stamp=Time(sec=7, nanosec=5), frame_id="base", row_padding=3)
+    channels = 4 if encoding.endswith("a8") else 3
+    step = 4 * channels + 3
+    assert (msg.height, msg.width, msg.step, len(msg.data)) == (3, 4, step, 3 * step)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (7, 5, "base")
+    assert msg.encoding == encoding and msg.is_bigendian == 0
+    np.testing.assert_array_equal(image_to_rgb(msg), RGB)
+
+
+def test_rgb_to_image_msg_layout_and_alpha() -> None:
+    pixel = np.array([[[1, 2, 3]]], np.uint8)
+    assert bytes(rgb_to_image_msg(pixel, "bgr8").data) == b"\x03\x02\x01"
+    assert bytes(rgb_to_image_msg(pixel, "bgra8").data) == b"\x03\x02\x01\xff"
+    assert bytes(rgb_to_image_msg(np.array([[9, 8]], np.uint8), "mono8").data) == b"\x09\x08"
+    assert rgb_to_image_msg(pixel).header.stamp == Time()
+
+
+def test_rgb_to_image_msg_rejects_bad_input() -> None:
+    with pytest.raises(ImageConversionError, match="mono16"):
+        rgb_to_image_msg(RGB, "mono16")
+    with pytest.raises(ValueError, match="uint8"):
+        rgb_to_image_msg(RGB.astype(np.float32))
+
+
+# ------------------------------------------------------------------ time ---
+
+
+def test_stamp_to_seconds() -> None:
+    assert stamp_to_seconds(Time(sec=12, nanosec=500_000_000)) == 12.5
+    assert stamp_to_seconds(Time()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "seconds, expected",
+    [
+        (0.0, (0, 0)),
+        (1.5, (1, 500_000_000)),
+        (1.999999999, (1, 999_999_999)),
+        (2.9999999999, (3, 0)),  # rounds up to a whole second: carried, not nanosec=1e9
+        (1_700_000_000.25, (1_700_000_000, 250_000_000)),
+    ],
+)
+def test_seconds_to_stamp(seconds: float, expected: tuple[int, int]) -> None:
+    stamp = seconds_to_stamp(seconds)
+    assert (stamp.sec, stamp.nanosec) == expected
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_seconds_to_stamp_rejects_negative_and_non_finite(bad: float) -> None:
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        seconds_to_stamp(bad)
+    with pytest.raises(ValueError, match="duration"):
+        seconds_to_duration(bad)
+
+
+# ------------------------------------------------------- JointStateMapper ---
+
+
+def joint_state(names: list[str], positions: list[float]) -> JointState:
+    msg = JointState()
+    msg.name = names
+    msg.position = positions
+    return msg
+
+
+def test_joint_state_mapper_reorders_and_ignores_extras() -> None:
+    mapper = JointStateMapper(["j1", "j2", "j3"])
+    out = mapper.update(joint_state(["gripper", "j3", "j1", "wheel", "j2"], [9.0, 3.0, 1.0, 8.0, 2.0]))
+    assert out.dtype == np.float64
+    assert out.tolist() == [1.0, 2.0, 3.0]
+    assert mapper.joint_names == ("j1", "j2", "j3")
+
+
+def test_joint_state_mapper_caches_one_layout_per_name_list() -> None:
+    mapper = JointStateMapper(["a", "b"])
+    for value in range(5):
+        assert mapper.update(joint_state(["b", "a"], [float(value), 10.0])).tolist() == [10.0, float(value)]
+    assert len(mapper._layouts) == 1
+    assert mapper.update(joint_state(["a", "b"], [1.0, 2.0])).tolist() == [1.0, 2.0]
+    assert len(mapper._layouts) == 2
+    mapper.reset()
+    assert len(mapper._layouts) == 0
+
+
+def test_joint_state_mapper_output_does_not_alias_the_message() -> None:
+    msg = joint_state(["a"], [1.0])
+    out = JointStateMapper(["a"]).update(msg)
+    out[0] = 5.0
+    assert msg.position[0] == 1.0
+
+
+def test_joint_state_mapper_lists_missing_joints() -> None:
+    mapper = JointStateMapper(["j1", "j2", "j3"])
+    with pytest.raises(ObservationError) as info:
+        mapper.update(joint_state(["j2"], [0.0]))
+    assert str(info.value) == "joint state is missing joints ['j1', 'j3']; it has ['j2']"
+    with pytest.raises(ObservationError, match=r"missing joints \['j1', 'j3'\]"):  # cached path
+        mapper.update(joint_state(["j2"], [0.0]))
+
+
+def test_joint_state_mapper_names_non_finite_joints() -> None:
+    mapper = JointStateMapper(["j1", "j2", "j3"])
+    msg = joint_state(["j3", "j2", "j1", "extra"], [float("inf"), 0.0, float("nan"), float("nan")])
+    with pytest.raises(ObservationError) as info:
+        mapper.update(msg)
+    assert str(info.value) == "joint state has non-finite positions for joints ['j1', 'j3']"
+
+
+def test_joint_state_mapper_rejects_length_mismatch() -> None:
+    mapper = JointStateMapper(["j1"])
+    with pytest.raises(ObservationError, match="has 2 names but 1 positions"):
+        mapper.update(joint_state(["j1", "j2"], [0.0]))
+    with pytest.raises(ObservationError, match="has 1 names but 0 positions"):
+        mapper.update(joint_state(["j1"], []))
+
+
+def test_joint_state_mapper_config_validation() -> None:
+    with pytest.raises(ConfigError) as info:
+        JointStateMapper([])
+    assert info.value.parameter == "joint_names"
+    with pytest.raises(ConfigError, match=r"repeated: \['a'\]"):
+        JointStateMapper(["a", "b", "a"])
+
+
+# ---------------------------------------------------------- publications ---
+
+
+def test_trajectory_durations_are_exact_for_control_periods() -> None:
+    k = np.arange(51)
+    times = 0.02 * k
+    positions = np.stack([k * 0.5, -k * 0.25], axis=1)
+    msg = trajectory_msg(["a", "b"], times, positions)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)
+    assert list(msg.joint_names) == ["a", "b"]
+    assert len(msg.points) == 51
+    for i, point in enumerate(msg.points):
+        total_ns = i * 20_000_000
+        assert (point.time_from_start.sec, point.time_from_start.nanosec) == divmod(total_ns, 1_000_000_000)
+        assert list(point.positions) == [i * 0.5, -i * 0.25]
+        assert list(point.velocities) == []
+
+
+def test_trajectory_duration_just_below_two_seconds_and_velocities() -> None:
+    msg = trajectory_msg(["j"], [0.1, 1.999999999, 2.5], [[1.0], [2.0], [3.0]], [[0.5], [0.0], [-0.5]])
+    durations = [(p.time_from_start.sec, p.time_from_start.nanosec) for p in msg.points]
+    assert durations == [(0, 100_000_000), (1, 999_999_999), (2, 500_000_000)]
+    assert [list(p.velocities) for p in msg.points] == [[0.5], [0.0], [-0.5]]
+
+
+@pytest.mark.parametrize(
+    "times, positions, velocities, match",
+    [
+        ([0.1, 0.1], [[1.0], [2.0]], None, "strictly increasing"),
+        ([-0.1, 0.1], [[1.0], [2.0]], None, ">= 0"),
+        ([0.1, 0.2], [[1.0, 2.0], [2.0, 3.0]], None, r"positions must have shape \(N, D\) = \(2, 1\)"),
+        ([0.1, 0.2], [[1.0], [2.0]], [[1.0]], "velocities must have shape"),
+        ([0.1, 0.2], [[1.0], [float("nan")]], None, "finite"),
+        ([], np.zeros((0, 1)), None, "non-empty"),
+    ],
+)
+def test_trajectory_msg_validation(times, positions, velocities, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        vel = None if velocities is None else np.asarray(velocities)
+        trajectory_msg(["j"], times, np.asarray(positions), vel)
+
+
+def test_float64_array_msg() -> None:
+    msg = float64_array_msg(np.array([1.5, -2.0, 3.0], dtype=np.float32))
+    assert list(msg.data) == [1.5, -2.0, 3.0]
+    assert [(d.size, d.stride) for d in msg.layout.dim] == [(3, 3)]
+    grid = float64_array_msg(np.arange(6.0).reshape(2, 3))
+    assert list(grid.data) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [(d.size, d.stride) for d in grid.layout.dim] == [(2, 6), (3, 3)]
+
+
+def test_diagnostic_status_levels_and_compact_values() -> None:
+    status = diagnostic_status(
+        "vla_ros: inference",
+        "WARN",
+        "slow",
+        {"rate_hz": 9.87654, "count": 3, "masked": True, "camera": "base_0_rgb", "latency": np.float32(0.5),
+         "big": 1234567.0, "n": np.int64(7)},
+        hardware_id="gpu0",
+    )
+    assert status.level == DiagnosticStatus.WARN
+    assert (status.name, status.message, status.hardware_id) == ("vla_ros: inference", "slow", "gpu0")
+    assert [(kv.key, kv.value) for kv in status.values] == [
+        ("rate_hz", "9.877"),
+        ("count", "3"),
+        ("masked", "true"),
+        ("camera", "base_0_rgb"),
+        ("latency", "0.5"),
+        ("big", "1.235e+06"),
+        ("n", "7"),
+    ]
+    assert diagnostic_status("x", "OK", "").level == DiagnosticStatus.OK
+    assert diagnostic_status("x", "ERROR", "").level == DiagnosticStatus.ERROR
+    with pytest.raises(ValueError, match="'FATAL'"):
+        diagnostic_status("x", "FATAL", "")
