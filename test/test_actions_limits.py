@@ -1,0 +1,207 @@
+"""Joint limits validation and the safety filter, with exact clamp values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from vla_ros.actions.limits import JointLimits, SafetyFilter
+from vla_ros.errors import ConfigError
+
+
+def limits(max_velocity=(100.0, 100.0), max_distance=math.inf):
+    return JointLimits(
+        joint_names=("a", "b"),
+        lower=(-1.0, -2.0),
+        upper=(1.0, 2.0),
+        max_velocity=max_velocity,
+        max_distance_from_measured=max_distance,
+    )
+
+
+# -- JointLimits ---------------------------------------------------------------------
+
+
+def test_limits_normalised_to_tuples():
+    lim = JointLimits(["a", "b"], np.array([-1, -2]), [1, 2], [1, 2], max_distance_from_measured=0.5)
+    assert lim.joint_names == ("a", "b")
+    assert lim.lower == (-1.0, -2.0)
+    assert lim.max_distance_from_measured == (0.5, 0.5)
+    assert limits().max_distance_from_measured == (math.inf, math.inf)
+    assert lim.num_joints == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, parameter",
+    [
+        ({"lower": (-1.0,)}, "limits.lower"),
+        ({"upper": (1.0, 2.0, 3.0)}, "limits.upper"),
+        ({"lower": (-1.0, 2.0)}, "limits.lower[1]"),
+        ({"lower": (float("nan"), -2.0)}, "limits.lower[0]"),
+        ({"max_velocity": (1.0, 0.0)}, "limits.max_velocity[1]"),
+        ({"max_velocity": (-1.0, 1.0)}, "limits.max_velocity[0]"),
+        ({"max_distance_from_measured": -0.1}, "limits.max_distance_from_measured[0]"),
+        ({"max_distance_from_measured": (0.1,)}, "limits.max_distance_from_measured"),
+        ({"joint_names": ("a", "a")}, "limits.joint_names"),
+        ({"joint_names": ()}, "limits.joint_names"),
+    ],
+)
+def test_limits_validation_names_parameter(kwargs, parameter):
+    base = {"joint_names": ("a", "b"), "lower": (-1.0, -2.0), "upper": (1.0, 2.0), "max_velocity": (1.0, 1.0)}
+    base.update(kwargs)
+    with pytest.raises(ConfigError) as err:
+        JointLimits(**base)
+    assert err.value.parameter == parameter
+
+
+def test_limits_validation_indexes_fourth_joint():
+    with pytest.raises(ConfigError) as err:
+        JointLimits(
+            joint_names=("j0", "j1", "j2", "j3"),
+            lower=(-1,) * 4,
+            upper=(1,) * 4,
+            max_velocity=(1, 1, 1, 0),
+        )
+    assert err.value.parameter == "limits.max_velocity[3]"
+    assert "j3" in str(err.value)
+
+
+# -- SafetyFilter.update -----------------------------------------------------------------
+
+
+def test_position_clamp():
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0])
+    out = f.update([5.0, -5.0], None, 0.1)
+    assert out.tolist() == [1.0, -2.0]
+    report = f.report()
+    assert report.counts["position"] == (1, 1)
+    assert report.last["position"] == ("a", "b")
+    assert report.total("velocity") == 0
+
+
+def test_velocity_step_clamp():
+    f = SafetyFilter(limits(max_velocity=(1.0, 10.0)))
+    f.reset([0.0, 0.0])
+    # dt 0.1: steps of at most 0.1 (a) and 1.0 (b).
+    assert f.update([0.5, 0.5], None, 0.1) == pytest.approx([0.1, 0.5])
+    assert f.update([0.5, 0.5], None, 0.1) == pytest.approx([0.2, 0.5])
+    assert f.update([-0.5, -0.5], None, 0.1) == pytest.approx([0.1, -0.5])
+    report = f.report()
+    assert report.updates == 3
+    assert report.counts["velocity"] == (3, 0)
+    assert report.last["velocity"] == ("a",)
+    assert report.last_clamped == ("a",)
+
+
+def test_position_clamp_applies_before_velocity_step():
+    f = SafetyFilter(limits(max_velocity=(1.0, 1.0)))
+    f.reset([0.95, 0.0])
+    # 3.0 -> clamped to 1.0, a step of 0.05 <= 0.1: velocity does not fire.
+    assert f.update([3.0, 0.0], None, 0.1) == pytest.approx([1.0, 0.0])
+    assert f.report().counts["velocity"] == (0, 0)
+    assert f.report().counts["position"] == (1, 0)
+
+
+def test_distance_from_measured_clamp():
+    f = SafetyFilter(limits(max_distance=0.3))
+    f.reset([0.0, 0.0])
+    out = f.update([0.9, -0.9], [0.5, 0.0], 0.01)
+    assert out == pytest.approx([0.8, -0.3])
+    assert f.report().last["distance"] == ("a", "b")
+
+
+def test_distance_skips_joints_measured_as_nan_and_none_disables():
+    f = SafetyFilter(limits(max_distance=(0.3, 0.3)))
+    f.reset([0.0, 0.0])
+    assert f.update([0.9, -0.9], [0.5, float("nan")], 0.01) == pytest.approx([0.8, -0.9])
+    f.reset([0.0, 0.0])
+    assert f.update([0.9, -0.9], None, 0.01) == pytest.approx([0.9, -0.9])
+
+
+def test_non_finite_target_holds_previous_command():
+    f = SafetyFilter(limits())
+    f.reset([0.1, 0.2])
+    assert f.update([float("nan"), 0.5], None, 0.1).tolist() == [0.1, 0.2]
+    assert f.update([0.3, float("inf")], None, 0.1).tolist() == [0.1, 0.2]
+    report = f.report()
+    assert report.counts["non_finite"] == (1, 1)
+    assert report.last["non_finite"] == ("b",)
+    # A finite target afterwards is followed again.
+    assert f.update([0.3, 0.4], None, 0.1).tolist() == [0.3, 0.4]
+    assert f.report().last_clamped == ()
+
+
+def test_first_update_steps_from_measured_without_reset():
+    f = SafetyFilter(limits(max_velocity=(1.0, 10.0)))
+    assert f.last_command is None
+    assert f.update([1.0, 1.0], [0.0, 0.0], 0.1) == pytest.approx([0.1, 1.0])
+    assert f.last_command == pytest.approx([0.1, 1.0])
+    with pytest.raises(ValueError):
+        SafetyFilter(limits()).update([0.0, 0.0], None, 0.1)
+
+
+def test_reset_zeroes_report_and_commit_keeps_it():
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0])
+    f.update([5.0, 0.0], None, 0.1)
+    f.commit([0.5, 0.5])
+    assert f.last_command.tolist() == [0.5, 0.5]
+    assert f.report().updates == 1
+    f.reset([0.0, 0.0])
+    assert f.report().updates == 0
+    assert f.report().counts["position"] == (0, 0)
+
+
+def test_wrong_sizes_rejected():
+    f = SafetyFilter(limits())
+    with pytest.raises(ValueError):
+        f.reset([0.0])
+    f.reset([0.0, 0.0])
+    with pytest.raises(ValueError):
+        f.update([0.0, 0.0, 0.0], None, 0.1)
+    with pytest.raises(ValueError):
+        f.update([0.0, 0.0], None, 0.0)
+
+
+# -- SafetyFilter.filter_points -------------------------------------------------------------
+
+
+def test_filter_points_sequential_without_commit():
+    f = SafetyFilter(limits(max_velocity=(1.0, 10.0)))
+    f.reset([0.0, 0.0])
+    targets = np.array([[0.5, 0.5], [0.5, 0.5], [np.nan, 0.0], [5.0, 5.0]])
+    out = f.filter_points(targets, None, 0.1)
+    expected = [
+        [0.1, 0.5],  # step limit on a (0.1 per period)
+        [0.2, 0.5],
+        [0.2, 0.5],  # NaN row: hold the previous point
+        [0.3, 1.5],  # clamp to [1, 2] then step from [0.2, 0.5]
+    ]
+    assert out == pytest.approx(np.array(expected))
+    assert f.last_command.tolist() == [0.0, 0.0]
+    assert f.report().updates == 0
+
+
+def test_filter_points_matches_repeated_update():
+    lim = limits(max_velocity=(2.0, 3.0), max_distance=0.25)
+    targets = np.array([[0.3, -0.4], [0.9, 0.9], [-0.2, 0.1], [0.0, np.inf], [1.5, -3.0]])
+    measured = np.array([0.1, -0.1])
+    look_ahead = SafetyFilter(lim)
+    look_ahead.reset([0.0, 0.0])
+    stepwise = SafetyFilter(lim)
+    stepwise.reset([0.0, 0.0])
+    out = look_ahead.filter_points(targets, measured, 0.05)
+    for row, target in zip(out, targets):
+        assert row == pytest.approx(stepwise.update(target, measured, 0.05), abs=1e-15)
+    # Distance bound: every point within 0.25 of measured.
+    assert (np.abs(out - measured) <= 0.25 + 1e-12).all()
+    assert out[0] == pytest.approx([0.1, -0.15])
+
+
+def test_filter_points_empty_and_shape_check():
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0])
+    assert f.filter_points(np.zeros((0, 2)), None, 0.1).shape == (0, 2)
+    with pytest.raises(ValueError):
+        f.filter_points(np.zeros((3, 3)), None, 0.1)

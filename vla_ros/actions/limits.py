@@ -1,0 +1,297 @@
+"""Last line of defence between a policy's proposal and the joint commands.
+
+A learned policy can output anything: NaN after a numerical blow-up, a
+position outside the joint range, or a jump to a chunk that disagrees with
+the previous one. ``SafetyFilter`` bounds every command before it reaches
+the controller, using only per-joint limits and the previous command, so it
+costs a handful of numpy calls per point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import math
+
+import numpy as np
+
+from vla_ros.errors import ConfigError
+
+# Constraint kinds, in the order the filter applies them.
+NON_FINITE = "non_finite"
+POSITION = "position"
+VELOCITY = "velocity"
+DISTANCE = "distance"
+CONSTRAINT_KINDS: tuple[str, ...] = (NON_FINITE, POSITION, VELOCITY, DISTANCE)
+
+
+def _float_tuple(parameter: str, values: Sequence[float], size: int) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(parameter, f"must be a list of {size} numbers, got {values!r}") from None
+    if len(out) != size:
+        raise ConfigError(parameter, f"must have one value per joint ({size}), got {len(out)}")
+    for i, v in enumerate(out):
+        if math.isnan(v):
+            raise ConfigError(f"{parameter}[{i}]", "must be a number, got NaN")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class JointLimits:
+    """Per-joint bounds, in the joint order of the commands.
+
+    joint_names: the controller's joints, in command order.
+    lower, upper: position range (rad or m); -inf / inf for continuous joints.
+    max_velocity: largest speed between consecutive commands (rad/s or m/s),
+        > 0; inf disables.
+    max_distance_from_measured: largest gap between a command and the
+        measured position, per joint or one scalar for all, > 0; inf (the
+        default) disables. Keeps commands from running away from a robot that
+        is blocked or lagging.
+    """
+
+    joint_names: tuple[str, ...]
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    max_velocity: tuple[float, ...]
+    max_distance_from_measured: float | tuple[float, ...] = math.inf
+
+    def __post_init__(self) -> None:
+        names = self.joint_names
+        if isinstance(names, str) or not isinstance(names, Sequence) or len(names) == 0:
+            raise ConfigError("limits.joint_names", f"must be a non-empty list of names, got {names!r}")
+        for i, name in enumerate(names):
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"limits.joint_names[{i}]", f"must be a non-empty string, got {name!r}")
+        if len(set(names)) != len(names):
+            raise ConfigError("limits.joint_names", f"names must be unique, got {list(names)}")
+        size = len(names)
+        lower = _float_tuple("limits.lower", self.lower, size)
+        upper = _float_tuple("limits.upper", self.upper, size)
+        for i, (lo, hi) in enumerate(zip(lower, upper)):
+            if not lo < hi:
+                raise ConfigError(
+                    f"limits.lower[{i}]",
+                    f"must be < limits.upper[{i}] for joint {names[i]!r}, got {lo} >= {hi}",
+                )
+        velocity = _float_tuple("limits.max_velocity", self.max_velocity, size)
+        for i, v in enumerate(velocity):
+            if not v > 0.0:
+                raise ConfigError(
+                    f"limits.max_velocity[{i}]", f"must be > 0 for joint {names[i]!r}, got {v}"
+                )
+        distance_in = self.max_distance_from_measured
+        if np.ndim(distance_in) == 0:
+            distance_in = (distance_in,) * size
+        distance = _float_tuple("limits.max_distance_from_measured", distance_in, size)
+        for i, d in enumerate(distance):
+            if not d > 0.0:
+                raise ConfigError(
+                    f"limits.max_distance_from_measured[{i}]",
+                    f"must be > 0 (inf disables) for joint {names[i]!r}, got {d}",
+                )
+        object.__setattr__(self, "joint_names", tuple(names))
+        object.__setattr__(self, "lower", lower)
+        object.__setattr__(self, "upper", upper)
+        object.__setattr__(self, "max_velocity", velocity)
+        object.__setattr__(self, "max_distance_from_measured", distance)
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joint_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class SafetyReport:
+    """What the filter did, for diagnostics (built on request, not per tick).
+
+    updates: committed updates since the last reset.
+    counts: kind -> per-joint number of committed updates in which that
+        constraint changed the command.
+    last: kind -> names of the joints it changed in the last update.
+    """
+
+    updates: int
+    counts: Mapping[str, tuple[int, ...]]
+    last: Mapping[str, tuple[str, ...]]
+
+    def total(self, kind: str) -> int:
+        """Joint events of one kind, summed over joints."""
+        return sum(self.counts[kind])
+
+    @property
+    def last_clamped(self) -> tuple[str, ...]:
+        """Joints changed by any constraint in the last update, in joint order."""
+        seen: list[str] = []
+        for kind in CONSTRAINT_KINDS:
+            seen.extend(n for n in self.last[kind] if n not in seen)
+        return tuple(seen)
+
+
+class SafetyFilter:
+    """Bounds each command; stateful through the previous command.
+
+    update(target, measured, dt), per joint, in this order:
+      1. any non-finite value in ``target`` -> hold the previous command for
+         ALL joints (one NaN means the policy output as a whole is not to be
+         trusted);
+      2. clamp to [lower, upper];
+      3. clamp the step from the previous command to +-max_velocity * dt;
+      4. if ``measured`` is given, clamp to measured +- max_distance (joints
+         whose measurement is NaN are not checked).
+    Later steps win, so step 4 may undo part of step 3 when the robot lags.
+    Before the first update, ``reset(position)`` sets the previous command;
+    without it the measured position is used.
+    """
+
+    def __init__(self, limits: JointLimits):
+        self.limits = limits
+        self._lower = np.array(limits.lower)
+        self._upper = np.array(limits.upper)
+        self._max_velocity = np.array(limits.max_velocity)
+        self._max_distance = np.array(limits.max_distance_from_measured)
+        self._check_distance = bool(np.isfinite(self._max_distance).any())
+        self._command: np.ndarray | None = None
+        self._counts = np.zeros((len(CONSTRAINT_KINDS), limits.num_joints), dtype=np.int64)
+        self._last = np.zeros((len(CONSTRAINT_KINDS), limits.num_joints), dtype=bool)
+        self._updates = 0
+
+    @property
+    def last_command(self) -> np.ndarray | None:
+        """The previous command (read-only view), or None before any."""
+        if self._command is None:
+            return None
+        view = self._command.view()
+        view.flags.writeable = False
+        return view
+
+    def reset(self, position: np.ndarray | None = None) -> None:
+        """Start over from ``position`` (or from nothing) and zero the report."""
+        self._command = None if position is None else self._vector("position", position, finite=True)
+        self._counts[:] = 0
+        self._last[:] = False
+        self._updates = 0
+
+    def commit(self, position: np.ndarray) -> None:
+        """Make ``position`` the previous command (e.g. a hold position sent instead)."""
+        self._command = self._vector("position", position, finite=True)
+
+    def update(
+        self, target: np.ndarray, measured: np.ndarray | None, dt: float
+    ) -> np.ndarray:
+        """Filter one command, commit it as the previous command and record the report."""
+        dt = self._check_dt(dt)
+        target = self._vector("target", target)
+        meas = None if measured is None else self._vector("measured", measured)
+        previous = self._previous(meas)
+        fired = self._last
+        fired[:] = False
+        out = self._step(target, previous, meas, dt, fired)
+        self._counts += fired
+        self._updates += 1
+        self._command = out
+        return out.copy()
+
+    def filter_points(
+        self, targets: np.ndarray, measured: np.ndarray | None, period: float
+    ) -> np.ndarray:
+        """Filter a look-ahead sequence (N, D), point i+1 stepping from point i.
+
+        Starts from the previous command and commits nothing: the caller
+        commits what it actually sends (``update`` or ``commit``).
+        """
+        period = self._check_dt(period)
+        targets = np.asarray(targets, dtype=np.float64)
+        size = self.limits.num_joints
+        if targets.ndim != 2 or targets.shape[1] != size:
+            raise ValueError(f"targets must have shape (N, {size}), got {targets.shape}")
+        meas = None if measured is None else self._vector("measured", measured)
+        previous = self._previous(meas)
+        out = np.empty_like(targets)
+        if targets.shape[0] == 0:
+            return out
+        # Position clamp and NaN detection vectorised; only the velocity and
+        # distance steps depend on the previous point.
+        bad_rows = ~np.isfinite(targets).all(axis=1)
+        clamped = np.minimum(np.maximum(targets, self._lower), self._upper)
+        step = self._max_velocity * period
+        if meas is not None and self._check_distance:
+            near_lo = meas - self._max_distance
+            near_hi = meas + self._max_distance
+        else:
+            near_lo = near_hi = None
+        for i in range(targets.shape[0]):
+            x = previous if bad_rows[i] else clamped[i]
+            x = np.minimum(np.maximum(x, previous - step), previous + step)
+            if near_lo is not None:
+                # fmax / fmin skip NaN bounds, i.e. joints measured as NaN.
+                x = np.fmin(np.fmax(x, near_lo), near_hi)
+            out[i] = x
+            previous = out[i]
+        return out
+
+    def report(self) -> SafetyReport:
+        names = self.limits.joint_names
+        counts = {
+            kind: tuple(int(c) for c in self._counts[k]) for k, kind in enumerate(CONSTRAINT_KINDS)
+        }
+        last = {
+            kind: tuple(n for n, f in zip(names, self._last[k]) if f)
+            for k, kind in enumerate(CONSTRAINT_KINDS)
+        }
+        return SafetyReport(updates=self._updates, counts=counts, last=last)
+
+    # -- internals -------------------------------------------------------
+
+    def _step(
+        self,
+        target: np.ndarray,
+        previous: np.ndarray,
+        measured: np.ndarray | None,
+        dt: float,
+        fired: np.ndarray,
+    ) -> np.ndarray:
+        finite = np.isfinite(target)
+        if not finite.all():
+            fired[0] = ~finite
+            x = previous.copy()
+        else:
+            x = np.minimum(np.maximum(target, self._lower), self._upper)
+            fired[1] = x != target
+        step = self._max_velocity * dt
+        y = np.minimum(np.maximum(x, previous - step), previous + step)
+        fired[2] = y != x
+        if measured is not None and self._check_distance:
+            z = np.fmin(np.fmax(y, measured - self._max_distance), measured + self._max_distance)
+            fired[3] = z != y
+            y = z
+        return y
+
+    def _previous(self, measured: np.ndarray | None) -> np.ndarray:
+        if self._command is not None:
+            return self._command
+        if measured is not None and np.isfinite(measured).all():
+            return measured
+        raise ValueError(
+            "SafetyFilter has no previous command: call reset(position) or pass a finite "
+            "measured position before the first update"
+        )
+
+    def _vector(self, what: str, value: np.ndarray, finite: bool = False) -> np.ndarray:
+        arr = np.array(value, dtype=np.float64).reshape(-1)
+        if arr.shape[0] != self.limits.num_joints:
+            raise ValueError(
+                f"{what} must have {self.limits.num_joints} values (one per joint), got {arr.shape[0]}"
+            )
+        if finite and not np.isfinite(arr).all():
+            raise ValueError(f"{what} must be finite, got {arr}")
+        return arr
+
+    @staticmethod
+    def _check_dt(dt: float) -> float:
+        dt = float(dt)
+        if not math.isfinite(dt) or dt <= 0.0:
+            raise ValueError(f"dt must be a finite number > 0, got {dt}")
+        return dt
