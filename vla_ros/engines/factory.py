@@ -3,22 +3,47 @@
 Heavy and optional imports (onnxruntime, TensorRT, CUDA graph capture) happen
 here, lazily, so that importing vla_ros stays cheap and CPU-only machines never
 touch GPU-only modules.
+
+Defaults (`auto`):
+- device: CUDA when available, else CPU;
+- precision: the reference engine runs fp32 on the CPU (it is the parity
+  baseline); optimised engines run bf16 wherever the hardware does bf16 matmuls
+  natively (CUDA, CPUs with AMX or AVX512-BF16), fp32 elsewhere;
+- prefix: PyTorch for a checkpoint directory, onnxruntime for an exported
+  artifact directory (it holds no prefix weights);
+- suffix: a replayed CUDA graph on CUDA, eager static buffers on the CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import torch
 
 from vla_ros.engines.base import Engine
-from vla_ros.model.checkpoint import load_model
+from vla_ros.errors import ConfigError
 from vla_ros.model.config import PolicyConfig
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MANIFEST_FILE = "manifest.json"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """AMX-BF16 or AVX512-BF16 present (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    except OSError:
+        pass
+    return False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -30,19 +55,72 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(precision: str, device: torch.device, reference: bool = False) -> torch.dtype:
     if precision != "auto":
         return _DTYPES[precision]
-    # The reference runs fp32 on the CPU and the bf16/fp32 split on GPUs.
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if (cpu_has_native_bf16() and not reference) else torch.float32
+
+
+def resolve_suffix(suffix: str, device: torch.device) -> str:
+    if suffix == "auto":
+        return "cuda_graph" if device.type == "cuda" else "eager"
+    if suffix == "cuda_graph" and device.type != "cuda":
+        log.warning("policy.suffix 'cuda_graph' needs CUDA; running the static suffix eagerly on the CPU")
+        return "eager"
+    return suffix
+
+
+def is_artifact_dir(directory: Path) -> bool:
+    return (Path(directory) / MANIFEST_FILE).is_file()
 
 
 def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
-    from vla_ros.engines.reference import ReferenceEngine
-
+    """Engine and model config for a checkpoint or exported artifact directory."""
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
+    directory = Path(directory)
     device = resolve_device(options.device)
-    dtype = resolve_dtype(options.precision, device)
-    model, cfg = load_model(directory, dtype=dtype, device=device)
-    return ReferenceEngine(model, options.num_steps), cfg
+    reference = options.engine == "reference" or options.suffix == "reference"
+    dtype = resolve_dtype(options.precision, device, reference)
+    artifacts = is_artifact_dir(directory)
+
+    if reference:
+        if artifacts:
+            raise ConfigError("policy.engine", "'reference' needs a checkpoint directory, not an exported artifact")
+        from vla_ros.engines.reference import ReferenceEngine
+        from vla_ros.model.checkpoint import load_model
+
+        model, cfg = load_model(directory, dtype=dtype, device=device)
+        return ReferenceEngine(model, options.num_steps), cfg
+
+    from vla_ros.engines.optimized import OptimizedEngine
+    from vla_ros.engines.suffix import StaticSuffixDenoiser
+
+    prefix_engine = options.engine
+    if prefix_engine == "auto":
+        prefix_engine = "onnx" if artifacts else "pytorch"
+    if prefix_engine == "onnx":
+        if not artifacts:
+            raise ConfigError(
+                "policy.engine",
+                f"'onnx' needs an exported artifact directory ({directory} has no {MANIFEST_FILE}); "
+                f"run `vla-ros export --checkpoint {directory} --out ARTIFACT_DIR` first",
+            )
+        from vla_ros.engines.onnx_export import load_suffix_model
+        from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
+
+        model, cfg = load_suffix_model(directory, dtype=dtype, device=device)
+        providers = "auto" if device.type == "cuda" else "cpu"
+        prefix = OnnxPrefixRuntime(directory, providers=providers, num_threads=options.num_threads)
+    else:
+        if artifacts:
+            raise ConfigError("policy.engine", "'pytorch' needs a checkpoint directory; artifacts hold no prefix weights")
+        from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+        from vla_ros.model.checkpoint import load_model
+
+        model, cfg = load_model(directory, dtype=dtype, device=device)
+        prefix = TorchPrefixRuntime(model)
+    denoiser = StaticSuffixDenoiser(model, options.num_steps, device)
+    return OptimizedEngine(prefix, denoiser, resolve_suffix(options.suffix, device)), cfg

@@ -45,14 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the actions [50, D] here (.npy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
-    parser.add_argument("--engine", default="reference", help="prefix engine: reference, pytorch, onnx, auto")
-    parser.add_argument("--suffix", default="reference", help="suffix engine: reference, eager, compiled, cuda_graph, auto")
+    parser.add_argument("--engine", default="reference",
+                        help="prefix engine: reference (the fp32 PyTorch model, default), auto, pytorch or onnx")
+    parser.add_argument("--suffix", default="auto", help="suffix engine: auto, eager, compiled or cuda_graph")
 
 
 def run(args: argparse.Namespace) -> int:
     from vla_ros.policy import Policy, PolicyOptions
 
     obs, tokens = load_observation(args.obs)
+    if args.noise and not args.noise.is_file():
+        raise ObservationError(f"noise file {args.noise} does not exist")
     noise = np.load(args.noise, allow_pickle=False) if args.noise else None
     options = PolicyOptions(
         device=args.device, precision=args.precision, engine=args.engine, suffix=args.suffix, num_steps=args.steps, seed=0

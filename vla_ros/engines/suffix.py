@@ -1,0 +1,148 @@
+"""The suffix denoiser over static buffers: all Euler steps of the action expert as one call.
+
+What straightforward ports do per step, and what this module does instead:
+- time embeddings, pi0's time half of the action-time MLP and pi0.5's AdaRMS
+  modulation (scale / shift / gate for each of the 2L+1 norms) depend on the
+  step's t only: computed once at load for the configured number of steps;
+- the mask and RoPE tables depend on the prefix padding only: built once per
+  inference, not once per step;
+- the prefix K/V cache is never concatenated with the suffix K/V (that copies
+  the whole cache every step and layer): attention logits are computed against
+  the two parts separately and joined after the matmuls, which is cheap.
+Every tensor the loop reads or writes lives in a buffer allocated in __init__,
+so the whole `forward` can be captured as one CUDA graph (suffix_cuda_graph.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_ros.model import masks
+from vla_ros.model.layers import MASK_VALUE, apply_rope, gated_residual, linear, rms_normalize, rope_cos_sin
+from vla_ros.model.pi0 import Pi0Model, euler_times
+
+
+class StaticSuffixDenoiser(nn.Module):
+    """Runs `num_steps` Euler steps for batch size 1 from static input buffers into `actions`.
+
+    Inputs written by the caller before `forward()`: `noise` (1, H, A) fp32,
+    `state` (1, A) fp32 (pi0 only), `prefix_keys` / `prefix_values`
+    (L, 1, KV, P, hd) in the expert's dtype and `prefix_pad` (1, P) bool.
+    Output: `actions` (1, H, A) fp32, normalized.
+    """
+
+    def __init__(self, model: Pi0Model, num_steps: int = 10, device: torch.device | str | None = None):
+        super().__init__()
+        cfg = model.cfg
+        self.cfg = cfg
+        self.model = model  # shares the weights; nothing is copied
+        self.num_steps = num_steps
+        device = torch.device(device) if device is not None else model.action_in_proj.weight.device
+        expert = model.expert
+        self.dtype = expert.layers[0].self_attn.q_proj.weight.dtype
+        e = cfg.expert
+        horizon, adim, plen = cfg.action_horizon, cfg.action_dim, cfg.prefix_len
+        self.dt = -1.0 / num_steps
+
+        def buffer(name, *shape, dtype=torch.float32):
+            self.register_buffer(name, torch.zeros(*shape, dtype=dtype, device=device), persistent=False)
+
+        buffer("noise", 1, horizon, adim)
+        buffer("state", 1, adim)
+        buffer("actions", 1, horizon, adim)
+        buffer("prefix_keys", e.depth, 1, e.num_kv_heads, plen, e.head_dim, dtype=self.dtype)
+        buffer("prefix_values", e.depth, 1, e.num_kv_heads, plen, e.head_dim, dtype=self.dtype)
+        buffer("prefix_pad", 1, plen, dtype=torch.bool)
+
+        suffix_len = cfg.suffix_len
+        ar = masks.suffix_ar_mask(1, horizon, cfg.pi05, device)
+        self.register_buffer("suffix_mask", masks.attention_mask(torch.ones_like(ar), ar)[:, None, None], persistent=False)
+        self.register_buffer("suffix_offsets", torch.arange(suffix_len, device=device)[None], persistent=False)
+
+        with torch.no_grad():
+            t = torch.tensor(euler_times(num_steps), dtype=torch.float32, device=device)
+            if cfg.pi05:
+                self._precompute_modulation(model, t)
+            else:
+                width = e.width
+                weight = model.action_time_mlp_in.weight  # (W, 2W) over cat[action_emb, time_emb]
+                self.register_buffer("mlp_action_weight", weight[:, :width].contiguous(), persistent=False)
+                time_bias = linear(model.action_time_mlp_in, torch.cat(
+                    [torch.zeros(num_steps, width, device=device), model.time_embedding(t)], dim=1
+                ))  # (steps, W): time half + bias, one row per step
+                self.register_buffer("time_bias", time_bias[:, None, :], persistent=False)
+
+    def _precompute_modulation(self, model: Pi0Model, t: torch.Tensor) -> None:
+        cond = model.time_condition(t)  # (steps, W)
+        norms = []
+        for layer in model.expert.layers:
+            norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        norms.append(model.expert.norm)
+        # (steps, 2L+1, 1, W) each; scale/shift stay fp32 (norm math), gate in the stream dtype.
+        mods = [torch.stack(parts, dim=1) for parts in zip(*(norm.modulation(cond) for norm in norms))]
+        self.register_buffer("mod_scale", mods[0].float(), persistent=False)
+        self.register_buffer("mod_shift", mods[1].float(), persistent=False)
+        self.register_buffer("mod_gate", mods[2].to(self.dtype), persistent=False)
+
+    # -- per-inference setup (depends on the prefix padding only) ---------------------------
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        positions = self.prefix_pad.sum(dim=1, keepdim=True) + self.suffix_offsets
+        cos, sin = rope_cos_sin(positions, self.cfg.expert.head_dim)
+        prefix_mask = self.prefix_pad[:, None, None, None, :]  # (1, 1, 1, 1, P) over (B, KV, G, T, P)
+        return cos, sin, prefix_mask
+
+    def _norm(self, module: nn.Module, x: torch.Tensor, step: int, index: int):
+        if not self.cfg.pi05:
+            return rms_normalize(x).mul(1.0 + module.weight.float()).to(x.dtype), None
+        out = rms_normalize(x) * (1.0 + self.mod_scale[step, index]) + self.mod_shift[step, index]
+        return out.to(x.dtype), self.mod_gate[step, index]
+
+    def _attention(self, q, k, v, layer: int, prefix_mask) -> torch.Tensor:
+        """Attention of suffix queries over [cached prefix K/V, suffix K/V] without concatenating K/V."""
+        e = self.cfg.expert
+        groups = e.num_heads // e.num_kv_heads
+        tokens = q.shape[2]
+        qg = q.reshape(1, e.num_kv_heads, groups * tokens, e.head_dim)
+        scale = e.head_dim**-0.5
+        logits_prefix = torch.matmul(qg, self.prefix_keys[layer].transpose(-1, -2)).float() * scale
+        logits_suffix = torch.matmul(qg, k.transpose(-1, -2)).float() * scale
+        logits_prefix = logits_prefix.view(1, e.num_kv_heads, groups, tokens, -1).masked_fill(~prefix_mask, MASK_VALUE)
+        logits_suffix = logits_suffix.view(1, e.num_kv_heads, groups, tokens, -1).masked_fill(
+            ~self.suffix_mask, MASK_VALUE
+        )
+        probs = torch.softmax(torch.cat([logits_prefix, logits_suffix], dim=-1), dim=-1).to(v.dtype)
+        probs = probs.view(1, e.num_kv_heads, groups * tokens, -1)
+        plen = self.prefix_keys.shape[3]
+        out = torch.matmul(probs[..., :plen], self.prefix_values[layer]) + torch.matmul(probs[..., plen:], v)
+        return out.view(1, e.num_heads, tokens, e.head_dim).transpose(1, 2).reshape(1, tokens, -1)
+
+    def velocity(self, x: torch.Tensor, step: int, state_emb, cos, sin, prefix_mask) -> torch.Tensor:
+        model = self.model
+        action_emb = linear(model.action_in_proj, x)
+        if self.cfg.pi05:
+            hidden = action_emb.to(self.dtype)
+        else:
+            mixed = F.silu(F.linear(action_emb, self.mlp_action_weight) + self.time_bias[step])
+            hidden = torch.cat([state_emb, linear(model.action_time_mlp_out, mixed)], dim=1).to(self.dtype)
+        for index, layer in enumerate(model.expert.layers):
+            normed, gate = self._norm(layer.input_layernorm, hidden, step, 2 * index)
+            q, k, v = layer.self_attn.qkv(normed)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            attn = self._attention(q, k, v, index, prefix_mask)
+            hidden = gated_residual(hidden, linear(layer.self_attn.o_proj, attn).to(hidden.dtype), gate)
+            normed, gate = self._norm(layer.post_attention_layernorm, hidden, step, 2 * index + 1)
+            hidden = gated_residual(hidden, layer.mlp(normed).to(hidden.dtype), gate)
+        out, _ = self._norm(model.expert.norm, hidden, step, 2 * len(model.expert.layers))
+        return linear(model.action_out_proj, out[:, -self.cfg.action_horizon :]).float()
+
+    @torch.no_grad()
+    def forward(self) -> torch.Tensor:
+        cos, sin, prefix_mask = self._layout()
+        state_emb = None if self.cfg.pi05 else linear(self.model.state_proj, self.state)[:, None, :]
+        x = self.noise
+        for step in range(self.num_steps):
+            x = x + self.dt * self.velocity(x, step, state_emb, cos, sin, prefix_mask)
+        self.actions.copy_(x)
+        return self.actions

@@ -1,0 +1,38 @@
+"""Captures the static suffix denoiser as one CUDA graph and replays it per inference.
+
+One of the two modules allowed to touch CUDA graphs / TensorRT. The denoiser's
+every input and output is a static buffer, so after capture an inference is:
+write noise / state (and the prefix K/V, written by the prefix runtime), replay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vla_ros.engines.suffix import StaticSuffixDenoiser
+from vla_ros.errors import EngineError
+
+
+class CudaGraphSuffix:
+    """`run()` replays the captured Euler loop; same buffers as the wrapped denoiser."""
+
+    def __init__(self, denoiser: StaticSuffixDenoiser, warmup: int = 3):
+        if not torch.cuda.is_available() or denoiser.actions.device.type != "cuda":
+            raise EngineError("suffix 'cuda_graph' needs the model on a CUDA device; use 'eager' on the CPU")
+        self.denoiser = denoiser
+        self.graph = torch.cuda.CUDAGraph()
+        # Warm-up on a side stream so lazy initialisation (cuBLAS handles, workspaces)
+        # happens outside the capture, as CUDA graph capture requires.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                denoiser()
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(self.graph):
+            denoiser()
+        torch.cuda.synchronize()
+
+    def run(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.denoiser.actions
