@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Create or update the project venv (idempotent).
+#
+#   bash scripts/bootstrap.sh            # venv in <repo>/.venv
+#   VENV=/tmp/v bash scripts/bootstrap.sh
+#
+# - Creates ${VENV:-.venv} (relative paths are taken from the repo root) if it
+#   has no python yet.
+# - If a system ROS 2 is sourced (ROS_DISTRO set and the system python3 can
+#   import rclpy), the venv sees the system site-packages (rclpy, message
+#   packages, cv_bridge) and requirements-ros.txt is skipped. Otherwise the
+#   ROS 2 Python packages come from requirements-ros.txt as pip wheels.
+# - Installs requirements.txt and the package itself (editable, --no-deps).
+# - Skips all pip work when the stamp in the venv matches the hash of the
+#   requirements files, setup.py/setup.cfg, the package version, the ROS mode
+#   and the python version, so a second run takes about a second.
+#
+# Prints one line saying what it did. On a pip failure it prints the tail of the
+# pip log and exits non-zero. Environment: VENV, PYTHON (interpreter used to
+# create the venv; default python3).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="${VENV:-.venv}"
+case "$VENV" in
+    /*) ;;
+    *) VENV="$ROOT/$VENV" ;;
+esac
+PYTHON="${PYTHON:-python3}"
+STAMP="$VENV/.vla_ros_bootstrap_stamp"
+LOG="$VENV/bootstrap-pip.log"
+
+die() {
+    echo "bootstrap: error: $*" >&2
+    exit 1
+}
+
+command -v "$PYTHON" >/dev/null 2>&1 || die "'$PYTHON' not found; install Python 3.10+ or set PYTHON=/path/to/python3"
+
+# --- which ROS 2 to use ------------------------------------------------------
+ros_mode="pip"
+if [ -n "${ROS_DISTRO:-}" ] && "$PYTHON" -c 'import rclpy' >/dev/null 2>&1; then
+    ros_mode="system-$ROS_DISTRO"
+fi
+
+# --- serialise concurrent runs on the same venv -----------------------------
+mkdir -p "$VENV"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$VENV/.bootstrap.lock"
+    flock 9
+fi
+
+version="$(sed -n 's:.*<version>\(.*\)</version>.*:\1:p' package.xml | head -n 1)"
+[ -n "$version" ] || die "no <version> in package.xml"
+
+compute_hash() {
+    {
+        echo "version=$version"
+        echo "ros_mode=$ros_mode"
+        echo "python=$("$VENV/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null || echo none)"
+        for f in requirements.txt requirements-ros.txt setup.py setup.cfg; do
+            echo "== $f"
+            cat "$f"
+        done
+    } | sha256sum | cut -d' ' -f1
+}
+
+# --- create the venv ---------------------------------------------------------
+created=""
+want_system_site="false"
+[ "$ros_mode" = "pip" ] || want_system_site="true"
+if [ ! -x "$VENV/bin/python" ]; then
+    venv_args=()
+    [ "$want_system_site" = "true" ] && venv_args+=(--system-site-packages)
+    "$PYTHON" -m venv ${venv_args[@]+"${venv_args[@]}"} "$VENV" || die "could not create venv at $VENV with $PYTHON -m venv"
+    created="created venv"
+else
+    # A venv made before ROS 2 was sourced (or the reverse): fix its
+    # system-site-packages setting in place instead of recreating it.
+    have_system_site="false"
+    grep -qiE '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg" 2>/dev/null && have_system_site="true"
+    if [ "$have_system_site" != "$want_system_site" ]; then
+        sed -i -E "s/^(include-system-site-packages *= *).*/\1$want_system_site/I" "$VENV/pyvenv.cfg"
+    fi
+fi
+
+hash="$(compute_hash)"
+if [ -z "$created" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ]; then
+    echo "bootstrap: ${VENV#"$ROOT"/} is up to date (vla_ros $version, ROS 2 from $ros_mode)"
+    exit 0
+fi
+
+# --- pip work ----------------------------------------------------------------
+rm -f "$STAMP"
+: >"$LOG"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+
+pip_run() {
+    if ! "$VENV/bin/python" -m pip "$@" >>"$LOG" 2>&1; then
+        echo "bootstrap: error: pip $* failed; last lines of $LOG:" >&2
+        tail -n 40 "$LOG" >&2
+        exit 1
+    fi
+}
+
+start=$SECONDS
+req_args=(-r requirements.txt)
+if [ "$ros_mode" = "pip" ]; then
+    req_args+=(-r requirements-ros.txt)
+else
+    # Keep the system numpy that cv_bridge and the ROS message packages were
+    # built against: a newer numpy in the venv would shadow it.
+    sys_numpy="$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)"
+    if [ -n "$sys_numpy" ]; then
+        echo "numpy==$sys_numpy" >"$VENV/bootstrap-constraints.txt"
+        req_args+=(-c "$VENV/bootstrap-constraints.txt")
+    fi
+fi
+pip_run install -q "${req_args[@]}"
+pip_run install -q --no-deps -e .
+echo "$hash" >"$STAMP"
+
+what="${created:+$created, }installed requirements and vla_ros $version (editable)"
+echo "bootstrap: $what into ${VENV#"$ROOT"/} in $((SECONDS - start)) s (ROS 2 from $ros_mode)"
