@@ -104,19 +104,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def use_fused_attention(q: torch.Tensor) -> bool:
+    """Whether torch's fused SDPA kernel beats explicit matmuls for this query.
+
+    Measured on an AMX CPU (2 threads, 816 tokens): fused is 2-5x faster in fp32
+    and for small heads in bf16, but explicit bf16 matmuls (AMX tiles) win at
+    head_dim 256, the full-size Gemma. ONNX export always takes the explicit
+    form, which every exporter and provider handles.
+    """
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return q.dtype == torch.float32 or q.shape[-1] < 128
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Multi-query attention.
 
-    q (B, H, T, Dh); k, v (B, KV, S, Dh); mask bool (B, T, S), True = may attend.
-    Returns (B, T, H * Dh) in v's dtype.
+    q (B, H, T, Dh); k, v (B, KV, S, Dh); mask bool (B, T, S), True = may attend,
+    or None for full attention. Returns (B, T, H * Dh) in v's dtype.
+    Every query row must see at least one key (true of every pi0 layout).
     """
     batch, heads, tokens, head_dim = q.shape
+    if use_fused_attention(q):
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if mask is None else mask[:, None], enable_gqa=k.shape[1] != heads
+        )
+        return out.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
     kv_heads = k.shape[1]
     # Group query heads over their shared kv head: (B, KV, H/KV * T, Dh).
     qg = q.reshape(batch, kv_heads, (heads // kv_heads) * tokens, head_dim)
     logits = torch.matmul(qg, k.transpose(-1, -2)).float() * (head_dim**-0.5)
     logits = logits.view(batch, kv_heads, heads // kv_heads, tokens, -1)
-    logits = logits.masked_fill(~mask[:, None, None], MASK_VALUE)
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None, None], MASK_VALUE)
     probs = torch.softmax(logits, dim=-1).to(v.dtype)
     out = torch.matmul(probs.view(batch, kv_heads, (heads // kv_heads) * tokens, -1), v)
     return out.view(batch, heads, tokens, head_dim).transpose(1, 2).reshape(batch, tokens, heads * head_dim)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ros.model.config import VisionConfig
-from vla_ros.model.layers import linear
+from vla_ros.model.layers import attention, linear
 
 LAYER_NORM_EPS = 1e-6
 
@@ -37,9 +37,7 @@ class SiglipAttention(nn.Module):
             return t.view(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
 
         q, k, v = heads(linear(self.q_proj, x)), heads(linear(self.k_proj, x)), heads(linear(self.v_proj, x))
-        logits = torch.matmul(q, k.transpose(-1, -2)).float() * head_dim**-0.5
-        out = torch.matmul(torch.softmax(logits, dim=-1).to(v.dtype), v)
-        return linear(self.out_proj, out.transpose(1, 2).reshape(batch, tokens, width))
+        return linear(self.out_proj, attention(q, k, v, None))
 
 
 class SiglipMLP(nn.Module):
