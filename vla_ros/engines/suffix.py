@@ -7,8 +7,9 @@ What straightforward ports do per step, and what this module does instead:
 - the mask and RoPE tables depend on the prefix padding only: built once per
   inference, not once per step;
 - the prefix K/V cache is never concatenated with the suffix K/V (that copies
-  the whole cache every step and layer): attention logits are computed against
-  the two parts separately and joined after the matmuls, which is cheap.
+  the whole cache every step and layer): prefix and suffix K/V share one static
+  buffer per layer, the prefix encoder writes the front part once per
+  inference, and each step overwrites only the suffix's few rows at the end.
 Every tensor the loop reads or writes lives in a buffer allocated in __init__,
 so the whole `forward` can be captured as one CUDA graph (suffix_cuda_graph.py).
 """
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ros.model import masks
-from vla_ros.model.layers import MASK_VALUE, apply_rope, gated_residual, linear, rms_normalize, rope_cos_sin
+from vla_ros.model.layers import apply_rope, attention, gated_residual, linear, rms_normalize, rope_cos_sin
 from vla_ros.model.pi0 import Pi0Model, euler_times
 
 
@@ -29,7 +30,8 @@ class StaticSuffixDenoiser(nn.Module):
 
     Inputs written by the caller before `forward()`: `noise` (1, H, A) fp32,
     `state` (1, A) fp32 (pi0 only), `prefix_keys` / `prefix_values`
-    (L, 1, KV, P, hd) in the expert's dtype and `prefix_pad` (1, P) bool.
+    (L, 1, KV, P, hd views of the K/V buffers) in the expert's dtype and
+    `prefix_pad` (1, P) bool.
     Output: `actions` (1, H, A) fp32, normalized.
     """
 
@@ -52,13 +54,14 @@ class StaticSuffixDenoiser(nn.Module):
         buffer("noise", 1, horizon, adim)
         buffer("state", 1, adim)
         buffer("actions", 1, horizon, adim)
-        buffer("prefix_keys", e.depth, 1, e.num_kv_heads, plen, e.head_dim, dtype=self.dtype)
-        buffer("prefix_values", e.depth, 1, e.num_kv_heads, plen, e.head_dim, dtype=self.dtype)
-        buffer("prefix_pad", 1, plen, dtype=torch.bool)
-
         suffix_len = cfg.suffix_len
+        buffer("keys", e.depth, 1, e.num_kv_heads, plen + suffix_len, e.head_dim, dtype=self.dtype)
+        buffer("values", e.depth, 1, e.num_kv_heads, plen + suffix_len, e.head_dim, dtype=self.dtype)
+        buffer("prefix_pad", 1, plen, dtype=torch.bool)
+        self.plen = plen
+
         ar = masks.suffix_ar_mask(1, horizon, cfg.pi05, device)
-        self.register_buffer("suffix_mask", masks.attention_mask(torch.ones_like(ar), ar)[:, None, None], persistent=False)
+        self.register_buffer("suffix_ar", ar, persistent=False)
         self.register_buffer("suffix_offsets", torch.arange(suffix_len, device=device)[None], persistent=False)
 
         with torch.no_grad():
@@ -86,12 +89,21 @@ class StaticSuffixDenoiser(nn.Module):
         self.register_buffer("mod_shift", mods[1].float(), persistent=False)
         self.register_buffer("mod_gate", mods[2].to(self.dtype), persistent=False)
 
+    @property
+    def prefix_keys(self) -> torch.Tensor:
+        """(L, 1, KV, P, hd) view of the static K buffer that the prefix encoder fills (not contiguous)."""
+        return self.keys[:, :, :, : self.plen]
+
+    @property
+    def prefix_values(self) -> torch.Tensor:
+        return self.values[:, :, :, : self.plen]
+
     # -- per-inference setup (depends on the prefix padding only) ---------------------------
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         positions = self.prefix_pad.sum(dim=1, keepdim=True) + self.suffix_offsets
         cos, sin = rope_cos_sin(positions, self.cfg.expert.head_dim)
-        prefix_mask = self.prefix_pad[:, None, None, None, :]  # (1, 1, 1, 1, P) over (B, KV, G, T, P)
-        return cos, sin, prefix_mask
+        mask = masks.suffix_attention_mask(self.prefix_pad, torch.ones_like(self.suffix_ar), self.suffix_ar)
+        return cos, sin, mask
 
     def _norm(self, module: nn.Module, x: torch.Tensor, step: int, index: int):
         if not self.cfg.pi05:
@@ -99,26 +111,7 @@ class StaticSuffixDenoiser(nn.Module):
         out = rms_normalize(x) * (1.0 + self.mod_scale[step, index]) + self.mod_shift[step, index]
         return out.to(x.dtype), self.mod_gate[step, index]
 
-    def _attention(self, q, k, v, layer: int, prefix_mask) -> torch.Tensor:
-        """Attention of suffix queries over [cached prefix K/V, suffix K/V] without concatenating K/V."""
-        e = self.cfg.expert
-        groups = e.num_heads // e.num_kv_heads
-        tokens = q.shape[2]
-        qg = q.reshape(1, e.num_kv_heads, groups * tokens, e.head_dim)
-        scale = e.head_dim**-0.5
-        logits_prefix = torch.matmul(qg, self.prefix_keys[layer].transpose(-1, -2)).float() * scale
-        logits_suffix = torch.matmul(qg, k.transpose(-1, -2)).float() * scale
-        logits_prefix = logits_prefix.view(1, e.num_kv_heads, groups, tokens, -1).masked_fill(~prefix_mask, MASK_VALUE)
-        logits_suffix = logits_suffix.view(1, e.num_kv_heads, groups, tokens, -1).masked_fill(
-            ~self.suffix_mask, MASK_VALUE
-        )
-        probs = torch.softmax(torch.cat([logits_prefix, logits_suffix], dim=-1), dim=-1).to(v.dtype)
-        probs = probs.view(1, e.num_kv_heads, groups * tokens, -1)
-        plen = self.prefix_keys.shape[3]
-        out = torch.matmul(probs[..., :plen], self.prefix_values[layer]) + torch.matmul(probs[..., plen:], v)
-        return out.view(1, e.num_heads, tokens, e.head_dim).transpose(1, 2).reshape(1, tokens, -1)
-
-    def velocity(self, x: torch.Tensor, step: int, state_emb, cos, sin, prefix_mask) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, step: int, state_emb, cos, sin, mask) -> torch.Tensor:
         model = self.model
         action_emb = linear(model.action_in_proj, x)
         if self.cfg.pi05:
@@ -129,8 +122,9 @@ class StaticSuffixDenoiser(nn.Module):
         for index, layer in enumerate(model.expert.layers):
             normed, gate = self._norm(layer.input_layernorm, hidden, step, 2 * index)
             q, k, v = layer.self_attn.qkv(normed)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            attn = self._attention(q, k, v, index, prefix_mask)
+            self.keys[index, :, :, self.plen :].copy_(apply_rope(k, cos, sin))
+            self.values[index, :, :, self.plen :].copy_(v)
+            attn = attention(apply_rope(q, cos, sin), self.keys[index], self.values[index], mask)
             hidden = gated_residual(hidden, linear(layer.self_attn.o_proj, attn).to(hidden.dtype), gate)
             normed, gate = self._norm(layer.post_attention_layernorm, hidden, step, 2 * index + 1)
             hidden = gated_residual(hidden, layer.mlp(normed).to(hidden.dtype), gate)
@@ -139,10 +133,10 @@ class StaticSuffixDenoiser(nn.Module):
 
     @torch.no_grad()
     def forward(self) -> torch.Tensor:
-        cos, sin, prefix_mask = self._layout()
+        cos, sin, mask = self._layout()
         state_emb = None if self.cfg.pi05 else linear(self.model.state_proj, self.state)[:, None, :]
         x = self.noise
         for step in range(self.num_steps):
-            x = x + self.dt * self.velocity(x, step, state_emb, cos, sin, prefix_mask)
+            x = x + self.dt * self.velocity(x, step, state_emb, cos, sin, mask)
         self.actions.copy_(x)
         return self.actions
