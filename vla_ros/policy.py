@@ -100,6 +100,7 @@ class Policy:
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, options: PolicyOptions = PolicyOptions()) -> "Policy":
+        """A Policy from a checkpoint directory, or from an exported artifact directory (detected)."""
         from vla_ros.engines.factory import build_engine  # torch is imported only here
 
         directory = Path(directory)
@@ -109,6 +110,15 @@ class Policy:
         tokenizer = PromptTokenizer(find_tokenizer(directory), cfg.max_token_len, "pi05" if cfg.pi05 else "pi0")
         normalizer = Normalizer(load_norm_stats(directory, options.asset_id), "quantile" if cfg.pi05 else "zscore")
         return cls(cfg, engine, tokenizer, normalizer, make_transform(options.robot_transform), options)
+
+    @classmethod
+    def from_artifacts(cls, directory: str | Path, options: PolicyOptions = PolicyOptions()) -> "Policy":
+        """A Policy from a `vla-ros export` artifact directory (ONNX prefix + suffix weights)."""
+        from vla_ros.engines.factory import is_artifact_dir
+
+        if not is_artifact_dir(Path(directory)):
+            raise CheckpointError(f"{directory} is not an exported artifact directory (no manifest.json)")
+        return cls.from_checkpoint(directory, options)
 
     def sample_noise(self) -> np.ndarray:
         return self._rng.standard_normal((self.cfg.action_horizon, self.cfg.action_dim)).astype(np.float32)
