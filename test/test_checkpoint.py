@@ -20,7 +20,9 @@ def _observation(seed=0):
         "base_0_rgb": rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
         "left_wrist_0_rgb": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
     }
-    return RawObservation(images=images, state=rng.normal(size=14).astype(np.float32), prompt="pick up the red cube")
+    return RawObservation(
+        images=images, state=rng.normal(size=14).astype(np.float32), prompt="pick up the red cube"
+    )
 
 
 def _actions(directory, noise):
@@ -74,8 +76,10 @@ def test_lerobot_layout_with_model_prefix_and_tied_embedding(tiny_checkpoint, tm
 
 def test_pi05_time_mlp_names_swapped(tiny_pi05_checkpoint, tmp_path, noise):
     def edit(tensors):
-        return {k.replace("time_mlp_", "action_time_mlp_") if k.startswith("time_mlp_") else k: v
-                for k, v in tensors.items()}
+        return {
+            k.replace("time_mlp_", "action_time_mlp_") if k.startswith("time_mlp_") else k: v
+            for k, v in tensors.items()
+        }
 
     variant = _rewrite(tiny_pi05_checkpoint, tmp_path / "swapped", edit)
     assert config_from_checkpoint(variant).pi05
@@ -108,7 +112,9 @@ def test_mismatch_error_names_the_keys(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_model(broken)
     message = str(info.value)
-    assert "missing keys (2)" in message and "action_out_proj.weight" in message and "state_proj.bias" in message
+    assert (
+        "missing keys (2)" in message and "action_out_proj.weight" in message and "state_proj.bias" in message
+    )
     assert "unexpected keys (1)" in message and "some_new_head.weight" in message
     assert "action_in_proj.weight: (32, 31) vs (32, 32)" in message
     assert "Traceback" not in message

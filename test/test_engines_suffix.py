@@ -8,7 +8,7 @@ from vla_ros.engines.factory import build_engine, cpu_has_native_bf16, resolve_d
 from vla_ros.engines.optimized import OptimizedEngine
 from vla_ros.engines.prefix_torch import TorchPrefixRuntime
 from vla_ros.engines.suffix import StaticSuffixDenoiser
-from vla_ros.model.checkpoint import load_model, random_model
+from vla_ros.model.checkpoint import random_model
 from vla_ros.model.config import get_config
 from vla_ros.policy import Policy, PolicyOptions
 from vla_ros.types import RawObservation
@@ -21,7 +21,14 @@ def _model_inputs(cfg, seed=0):
     tokens = torch.randint(1, cfg.vocab_size, (1, cfg.max_token_len), generator=g)
     token_masks = torch.zeros(1, cfg.max_token_len, dtype=torch.bool)
     token_masks[0, :11] = True
-    return images, image_masks, tokens, token_masks, torch.randn(1, 32, generator=g), torch.randn(1, 50, 32, generator=g)
+    return (
+        images,
+        image_masks,
+        tokens,
+        token_masks,
+        torch.randn(1, 32, generator=g),
+        torch.randn(1, 50, 32, generator=g),
+    )
 
 
 @pytest.mark.parametrize("name", ["pi0-tiny", "pi05-tiny"])
@@ -29,10 +36,19 @@ def test_static_suffix_matches_reference_sampling(name):
     cfg = get_config(name)
     model = random_model(cfg, seed=2, std=0.1)
     images, image_masks, tokens, token_masks, state, noise = _model_inputs(cfg)
-    reference = model.sample_actions(images, image_masks, tokens, token_masks, state, noise=noise, num_steps=10)
+    reference = model.sample_actions(
+        images, image_masks, tokens, token_masks, state, noise=noise, num_steps=10
+    )
     denoiser = StaticSuffixDenoiser(model, num_steps=10)
-    TorchPrefixRuntime(model).run(images.numpy(), image_masks.numpy(), tokens.numpy(), token_masks.numpy(),
-                                  denoiser.prefix_keys, denoiser.prefix_values, denoiser.prefix_pad)
+    TorchPrefixRuntime(model).run(
+        images.numpy(),
+        image_masks.numpy(),
+        tokens.numpy(),
+        token_masks.numpy(),
+        denoiser.prefix_keys,
+        denoiser.prefix_values,
+        denoiser.prefix_pad,
+    )
     denoiser.noise.copy_(noise)
     denoiser.state.copy_(state)
     out = denoiser()
@@ -41,7 +57,9 @@ def test_static_suffix_matches_reference_sampling(name):
     assert torch.allclose(out, reference, atol=1e-5, rtol=0)
     # Second inference with new noise in the same buffers: no state leaks between calls.
     denoiser.noise.copy_(noise * 0.5)
-    again = model.sample_actions(images, image_masks, tokens, token_masks, state, noise=noise * 0.5, num_steps=10)
+    again = model.sample_actions(
+        images, image_masks, tokens, token_masks, state, noise=noise * 0.5, num_steps=10
+    )
     assert torch.allclose(denoiser(), again, atol=1e-5, rtol=0)
 
 
@@ -49,7 +67,9 @@ def test_step_count_is_configurable():
     cfg = get_config("pi05-tiny")
     model = random_model(cfg, seed=2, std=0.1)
     images, image_masks, tokens, token_masks, state, noise = _model_inputs(cfg, seed=1)
-    reference = model.sample_actions(images, image_masks, tokens, token_masks, state, noise=noise, num_steps=3)
+    reference = model.sample_actions(
+        images, image_masks, tokens, token_masks, state, noise=noise, num_steps=3
+    )
     denoiser = StaticSuffixDenoiser(model, num_steps=3)
     assert denoiser.mod_scale.shape[0] == 3  # modulation precomputed per step
     cache = model.embed_prefix(images, image_masks, tokens, token_masks)
@@ -63,8 +83,10 @@ def test_step_count_is_configurable():
 def _observation(seed=0):
     rng = np.random.default_rng(seed)
     return RawObservation(
-        images={"base_0_rgb": rng.integers(0, 256, (200, 300, 3), dtype=np.uint8),
-                "right_wrist_0_rgb": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)},
+        images={
+            "base_0_rgb": rng.integers(0, 256, (200, 300, 3), dtype=np.uint8),
+            "right_wrist_0_rgb": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        },
         state=rng.normal(size=14).astype(np.float32),
         prompt="stack the blocks",
     )
@@ -74,22 +96,32 @@ def _observation(seed=0):
 def test_optimised_pipeline_matches_reference_policy_fp32(fixture, request):
     ckpt = request.getfixturevalue(fixture)
     noise = np.random.default_rng(3).standard_normal((50, 32)).astype(np.float32)
-    reference = Policy.from_checkpoint(ckpt, PolicyOptions(device="cpu", engine="reference", precision="fp32"))
-    optimised = Policy.from_checkpoint(ckpt, PolicyOptions(device="cpu", engine="pytorch", suffix="eager",
-                                                           precision="fp32"))
+    reference = Policy.from_checkpoint(
+        ckpt, PolicyOptions(device="cpu", engine="reference", precision="fp32")
+    )
+    optimised = Policy.from_checkpoint(
+        ckpt, PolicyOptions(device="cpu", engine="pytorch", suffix="eager", precision="fp32")
+    )
     assert isinstance(optimised.engine, OptimizedEngine)
     a = reference.infer(_observation(), noise=noise).actions
     b = optimised.infer(_observation(), noise=noise).actions
     np.testing.assert_allclose(b, a, atol=1e-4, rtol=0)
     assert set(optimised.infer(_observation(), noise=noise).timings) == {
-        "preprocess", "prefix", "suffix", "postprocess", "total"}
+        "preprocess",
+        "prefix",
+        "suffix",
+        "postprocess",
+        "total",
+    }
 
 
 def test_bf16_matches_fp32_within_stated_tolerance(tiny_checkpoint):
     # bf16 keeps ~3 significant digits per matmul; over 2 layers x 10 steps the actions
     # stay within 2e-2 of the fp32 reference relative to their range.
     noise = np.random.default_rng(4).standard_normal((50, 32)).astype(np.float32)
-    fp32 = Policy.from_checkpoint(tiny_checkpoint, PolicyOptions(device="cpu", engine="reference", precision="fp32"))
+    fp32 = Policy.from_checkpoint(
+        tiny_checkpoint, PolicyOptions(device="cpu", engine="reference", precision="fp32")
+    )
     bf16 = Policy.from_checkpoint(tiny_checkpoint, PolicyOptions(device="cpu", precision="bf16"))
     assert bf16.engine.denoiser.dtype == torch.bfloat16
     a = fp32.infer(_observation(), noise=noise).actions
@@ -107,7 +139,9 @@ def test_auto_precision_follows_cpu_features():
 
 
 def test_cuda_graph_request_falls_back_on_cpu(tiny_checkpoint, caplog):
-    engine, _ = build_engine(tiny_checkpoint, PolicyOptions(device="cpu", suffix="cuda_graph", precision="fp32"))
+    engine, _ = build_engine(
+        tiny_checkpoint, PolicyOptions(device="cpu", suffix="cuda_graph", precision="fp32")
+    )
     assert engine.suffix_mode == "eager"
     assert "needs CUDA" in caplog.text
 
@@ -122,8 +156,13 @@ def test_cuda_graph_replay_equals_eager(name):
     images, image_masks, tokens, token_masks, state, noise = (t.cuda() for t in _model_inputs(cfg))
     denoiser = StaticSuffixDenoiser(model, num_steps=10)
     cache = model.embed_prefix(images, image_masks, tokens, token_masks)
-    for buf, value in ((denoiser.prefix_keys, cache.keys), (denoiser.prefix_values, cache.values),
-                       (denoiser.prefix_pad, cache.pad_mask), (denoiser.noise, noise), (denoiser.state, state)):
+    for buf, value in (
+        (denoiser.prefix_keys, cache.keys),
+        (denoiser.prefix_values, cache.values),
+        (denoiser.prefix_pad, cache.pad_mask),
+        (denoiser.noise, noise),
+        (denoiser.state, state),
+    ):
         buf.copy_(value)
     eager = denoiser().clone()
     graph = CudaGraphSuffix(denoiser)

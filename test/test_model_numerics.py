@@ -131,9 +131,15 @@ def test_siglip_matches_transformers():
     for p in ours.parameters():
         p.data.normal_(0, 0.1)
     hf_cfg = transformers.SiglipVisionConfig(
-        hidden_size=cfg.width, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.num_heads, patch_size=cfg.patch_size, image_size=cfg.image_size,
-        layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", vision_use_head=False,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        patch_size=cfg.patch_size,
+        image_size=cfg.image_size,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu_pytorch_tanh",
+        vision_use_head=False,
     )
     theirs = transformers.SiglipVisionModel(hf_cfg).eval()
     state = ours.state_dict()

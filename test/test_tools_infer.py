@@ -10,7 +10,9 @@ from vla_ros.types import RawObservation
 
 
 def _cli(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "vla_ros", *map(str, args)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "vla_ros", *map(str, args)], capture_output=True, text=True
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -19,34 +21,80 @@ def _cli(*args, check=True):
 def test_make_tiny_then_infer_matches_policy(tmp_path):
     ckpt = tmp_path / "ckpt"
     _cli("make-tiny", "--config", "pi05-tiny", "--out", ckpt, "--seed", "3", "--dims", "7")
-    assert sorted(p.name for p in ckpt.iterdir()) == ["assets", "config.json", "model.safetensors", "tokenizer.model"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "assets",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+    ]
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
     state = rng.normal(size=7).astype(np.float32)
     noise = rng.standard_normal((50, 32)).astype(np.float32)
     np.savez(tmp_path / "obs.npz", base_0_rgb=base, state=state, prompt="open the drawer")
     np.save(tmp_path / "noise.npy", noise)
-    result = _cli("infer", "--checkpoint", ckpt, "--obs", tmp_path / "obs.npz", "--noise", tmp_path / "noise.npy",
-                  "--out", tmp_path / "actions.npy")
+    result = _cli(
+        "infer",
+        "--checkpoint",
+        ckpt,
+        "--obs",
+        tmp_path / "obs.npz",
+        "--noise",
+        tmp_path / "noise.npy",
+        "--out",
+        tmp_path / "actions.npy",
+    )
     assert "actions (50, 7)" in result.stdout
     actions = np.load(tmp_path / "actions.npy")
     policy = Policy.from_checkpoint(ckpt, PolicyOptions(device="cpu", precision="fp32"))
-    expected = policy.infer(RawObservation({"base_0_rgb": base}, state, "open the drawer"), noise=noise).actions
+    expected = policy.infer(
+        RawObservation({"base_0_rgb": base}, state, "open the drawer"), noise=noise
+    ).actions
     np.testing.assert_allclose(actions, expected, atol=1e-5)
 
     # A given tokenized prompt is used as-is: the tokens the policy would build give the same actions,
     # other tokens give other actions.
     norm_state = policy.normalizer.normalize_state(state)
     tokens, mask = policy.tokenizer.tokenize("open the drawer", norm_state)
-    np.savez(tmp_path / "tok.npz", base_0_rgb=base, state=state, tokenized_prompt=tokens, tokenized_prompt_mask=mask)
-    _cli("infer", "--checkpoint", ckpt, "--obs", tmp_path / "tok.npz", "--noise", tmp_path / "noise.npy",
-         "--out", tmp_path / "tok_actions.npy")
+    np.savez(
+        tmp_path / "tok.npz",
+        base_0_rgb=base,
+        state=state,
+        tokenized_prompt=tokens,
+        tokenized_prompt_mask=mask,
+    )
+    _cli(
+        "infer",
+        "--checkpoint",
+        ckpt,
+        "--obs",
+        tmp_path / "tok.npz",
+        "--noise",
+        tmp_path / "noise.npy",
+        "--out",
+        tmp_path / "tok_actions.npy",
+    )
     np.testing.assert_allclose(np.load(tmp_path / "tok_actions.npy"), expected, atol=1e-5)
     tokens2 = tokens.copy()
-    tokens2[1:int(mask.sum())] = (tokens2[1:int(mask.sum())] + 5) % policy.cfg.vocab_size
-    np.savez(tmp_path / "tok2.npz", base_0_rgb=base, state=state, tokenized_prompt=tokens2, tokenized_prompt_mask=mask)
-    _cli("infer", "--checkpoint", ckpt, "--obs", tmp_path / "tok2.npz", "--noise", tmp_path / "noise.npy",
-         "--out", tmp_path / "tok2_actions.npy")
+    tokens2[1 : int(mask.sum())] = (tokens2[1 : int(mask.sum())] + 5) % policy.cfg.vocab_size
+    np.savez(
+        tmp_path / "tok2.npz",
+        base_0_rgb=base,
+        state=state,
+        tokenized_prompt=tokens2,
+        tokenized_prompt_mask=mask,
+    )
+    _cli(
+        "infer",
+        "--checkpoint",
+        ckpt,
+        "--obs",
+        tmp_path / "tok2.npz",
+        "--noise",
+        tmp_path / "noise.npy",
+        "--out",
+        tmp_path / "tok2_actions.npy",
+    )
     # (an untrained tiny model reacts weakly to language: well above the 1e-5 parity, not large)
     assert np.abs(np.load(tmp_path / "tok2_actions.npy") - expected).max() > 1e-4
 

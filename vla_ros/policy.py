@@ -54,7 +54,9 @@ class PolicyOptions:
             ("suffix", SUFFIX_ENGINES),
         ):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"policy.{name}", f"got {getattr(self, name)!r}, expected one of {list(choices)}")
+                raise ConfigError(
+                    f"policy.{name}", f"got {getattr(self, name)!r}, expected one of {list(choices)}"
+                )
         if not isinstance(self.num_steps, int) or self.num_steps <= 0:
             raise ConfigError("policy.num_steps", f"expected a positive integer, got {self.num_steps!r}")
         if self.action_dims is not None and not 0 < self.action_dims <= 32:
@@ -107,8 +109,12 @@ class Policy:
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory {directory} does not exist")
         engine, cfg = build_engine(directory, options)
-        tokenizer = PromptTokenizer(find_tokenizer(directory), cfg.max_token_len, "pi05" if cfg.pi05 else "pi0")
-        normalizer = Normalizer(load_norm_stats(directory, options.asset_id), "quantile" if cfg.pi05 else "zscore")
+        tokenizer = PromptTokenizer(
+            find_tokenizer(directory), cfg.max_token_len, "pi05" if cfg.pi05 else "pi0"
+        )
+        normalizer = Normalizer(
+            load_norm_stats(directory, options.asset_id), "quantile" if cfg.pi05 else "zscore"
+        )
         return cls(cfg, engine, tokenizer, normalizer, make_transform(options.robot_transform), options)
 
     @classmethod
@@ -124,17 +130,24 @@ class Policy:
         return self._rng.standard_normal((self.cfg.action_horizon, self.cfg.action_dim)).astype(np.float32)
 
     def preprocess(
-        self, obs: RawObservation, noise: np.ndarray | None = None, tokens: tuple[np.ndarray, np.ndarray] | None = None
+        self,
+        obs: RawObservation,
+        noise: np.ndarray | None = None,
+        tokens: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[ModelInputs, int]:
         """Model inputs and the robot's action dimension."""
         state = np.asarray(obs.state, dtype=np.float32)
         if state.ndim != 1 or not np.all(np.isfinite(state)):
             raise ObservationError(f"state must be a finite 1-D vector, got shape {state.shape}")
         if state.shape[0] > self.cfg.action_dim:
-            raise ObservationError(f"state has {state.shape[0]} dims, the model takes at most {self.cfg.action_dim}")
+            raise ObservationError(
+                f"state has {state.shape[0]} dims, the model takes at most {self.cfg.action_dim}"
+            )
         state, images = self.transform.inputs(state, dict(obs.images))
         norm_state = self.normalizer.normalize_state(state).astype(np.float32)
-        image_batch, image_masks = prepare_images(images, CAMERA_KEYS[: self.cfg.num_cameras], self.cfg.vision.image_size)
+        image_batch, image_masks = prepare_images(
+            images, CAMERA_KEYS[: self.cfg.num_cameras], self.cfg.vision.image_size
+        )
         if tokens is None:
             tokens = self.tokenizer.tokenize(obs.prompt, norm_state if self.cfg.pi05 else None)
         token_ids, token_masks = (np.asarray(t) for t in tokens)
@@ -164,7 +177,10 @@ class Policy:
         return np.asarray(self.transform.outputs(actions), dtype=np.float32)
 
     def infer(
-        self, obs: RawObservation, noise: np.ndarray | None = None, tokens: tuple[np.ndarray, np.ndarray] | None = None
+        self,
+        obs: RawObservation,
+        noise: np.ndarray | None = None,
+        tokens: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ActionChunk:
         """Actions (H, D) in robot units for `obs`; `tokens` bypasses the tokenizer."""
         clock = time.perf_counter

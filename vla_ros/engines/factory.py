@@ -88,7 +88,9 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
 
     if reference:
         if artifacts:
-            raise ConfigError("policy.engine", "'reference' needs a checkpoint directory, not an exported artifact")
+            raise ConfigError(
+                "policy.engine", "'reference' needs a checkpoint directory, not an exported artifact"
+            )
         from vla_ros.engines.reference import ReferenceEngine
         from vla_ros.model.checkpoint import load_model
 
@@ -116,7 +118,9 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
         prefix = OnnxPrefixRuntime(directory, providers=providers, num_threads=options.num_threads)
     else:
         if artifacts:
-            raise ConfigError("policy.engine", "'pytorch' needs a checkpoint directory; artifacts hold no prefix weights")
+            raise ConfigError(
+                "policy.engine", "'pytorch' needs a checkpoint directory; artifacts hold no prefix weights"
+            )
         from vla_ros.engines.prefix_torch import TorchPrefixRuntime
         from vla_ros.model.checkpoint import load_model
 

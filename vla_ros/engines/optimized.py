@@ -38,8 +38,13 @@ class OptimizedEngine(Engine):
     def encode_prefix(self, inputs: ModelInputs) -> None:
         d = self.denoiser
         self.prefix.run(
-            inputs.images[None], inputs.image_masks[None], inputs.tokens[None].astype(np.int64),
-            inputs.token_masks[None], d.prefix_keys, d.prefix_values, d.prefix_pad,
+            inputs.images[None],
+            inputs.image_masks[None],
+            inputs.tokens[None].astype(np.int64),
+            inputs.token_masks[None],
+            d.prefix_keys,
+            d.prefix_values,
+            d.prefix_pad,
         )
 
     @torch.no_grad()

@@ -23,7 +23,10 @@ class TorchPrefixRuntime:
             return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype)
 
         cache = self.model.embed_prefix(
-            tensor(images), tensor(image_masks, torch.bool), tensor(tokens, torch.int64), tensor(token_masks, torch.bool)
+            tensor(images),
+            tensor(image_masks, torch.bool),
+            tensor(tokens, torch.int64),
+            tensor(token_masks, torch.bool),
         )
         keys.copy_(cache.keys)
         values.copy_(cache.values)

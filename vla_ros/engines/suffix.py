@@ -62,7 +62,9 @@ class StaticSuffixDenoiser(nn.Module):
 
         ar = masks.suffix_ar_mask(1, horizon, cfg.pi05, device)
         self.register_buffer("suffix_ar", ar, persistent=False)
-        self.register_buffer("suffix_offsets", torch.arange(suffix_len, device=device)[None], persistent=False)
+        self.register_buffer(
+            "suffix_offsets", torch.arange(suffix_len, device=device)[None], persistent=False
+        )
 
         with torch.no_grad():
             t = torch.tensor(euler_times(num_steps), dtype=torch.float32, device=device)
@@ -72,9 +74,10 @@ class StaticSuffixDenoiser(nn.Module):
                 width = e.width
                 weight = model.action_time_mlp_in.weight  # (W, 2W) over cat[action_emb, time_emb]
                 self.register_buffer("mlp_action_weight", weight[:, :width].contiguous(), persistent=False)
-                time_bias = linear(model.action_time_mlp_in, torch.cat(
-                    [torch.zeros(num_steps, width, device=device), model.time_embedding(t)], dim=1
-                ))  # (steps, W): time half + bias, one row per step
+                time_bias = linear(
+                    model.action_time_mlp_in,
+                    torch.cat([torch.zeros(num_steps, width, device=device), model.time_embedding(t)], dim=1),
+                )  # (steps, W): time half + bias, one row per step
                 self.register_buffer("time_bias", time_bias[:, None, :], persistent=False)
 
     def _precompute_modulation(self, model: Pi0Model, t: torch.Tensor) -> None:

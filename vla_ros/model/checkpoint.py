@@ -62,7 +62,9 @@ class _TensorFile:
 
     def __init__(self, path: Path):
         if not path.is_file():
-            raise CheckpointError(f"no {WEIGHTS_FILE} in {path.parent} (pi0 checkpoints are safetensors only)")
+            raise CheckpointError(
+                f"no {WEIGHTS_FILE} in {path.parent} (pi0 checkpoints are safetensors only)"
+            )
         try:
             self._file = safe_open(str(path), framework="pt")
         except Exception as exc:  # safetensors raises its own error types
@@ -127,7 +129,9 @@ def _gemma_from(meta: dict, key: str, fallback: GemmaConfig) -> GemmaConfig:
     if variant is None:
         return fallback
     if variant not in GEMMA_VARIANTS:
-        raise ConfigError(f"config.json:{key}", f"unknown variant '{variant}', expected one of {sorted(GEMMA_VARIANTS)}")
+        raise ConfigError(
+            f"config.json:{key}", f"unknown variant '{variant}', expected one of {sorted(GEMMA_VARIANTS)}"
+        )
     return GEMMA_VARIANTS[variant]
 
 
@@ -141,7 +145,11 @@ def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) 
     pi05 = tensors.is_pi05
     declared = meta.get("type") or meta.get("model_type")
     if declared in ("pi0", "pi05") and (declared == "pi05") != pi05:
-        log.warning("config.json says %s but the weights are %s; trusting the weights", declared, "pi05" if pi05 else "pi0")
+        log.warning(
+            "config.json says %s but the weights are %s; trusting the weights",
+            declared,
+            "pi05" if pi05 else "pi0",
+        )
     full = get_config("pi05" if pi05 else "pi0")
     prefix = _gemma_from(meta, "paligemma_variant", full.prefix)
     expert = _gemma_from(meta, "action_expert_variant", full.expert)
@@ -182,11 +190,16 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device
     missing = sorted(set(expected) - available)
     unexpected = sorted(available - set(expected))
     misshaped = sorted(
-        f"{k}: {tensors.shape(k)} vs {expected[k]}" for k in set(expected) & available if tensors.shape(k) != expected[k]
+        f"{k}: {tensors.shape(k)} vs {expected[k]}"
+        for k in set(expected) & available
+        if tensors.shape(k) != expected[k]
     )
     if missing or unexpected or misshaped:
         raise _mismatch_error(directory / WEIGHTS_FILE, missing, unexpected, misshaped)
-    state = {k: tensors.tensor(k).to(device=device, dtype=torch.float32 if dtype == torch.float32 else None) for k in expected}
+    state = {
+        k: tensors.tensor(k).to(device=device, dtype=torch.float32 if dtype == torch.float32 else None)
+        for k in expected
+    }
     model.load_state_dict(state, assign=True, strict=True)
     model.float() if dtype == torch.float32 else model.to_mixed_precision(dtype)
     return model.eval().to(device), cfg
@@ -203,7 +216,9 @@ def save_checkpoint(model: Pi0Model, directory: str | Path, extra_config: dict |
     return directory
 
 
-def random_model(cfg: PolicyConfig, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32) -> Pi0Model:
+def random_model(
+    cfg: PolicyConfig, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32
+) -> Pi0Model:
     """A model with reproducible random weights (norm and AdaRMS weights random too, so tests see them).
 
     Parameters are created on the meta device, given their final dtypes, then

@@ -153,5 +153,7 @@ def get_config(name: str, **overrides) -> PolicyConfig:
     if name not in NAMED_CONFIGS:
         close = difflib.get_close_matches(name, NAMED_CONFIGS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError("config", f"unknown policy config '{name}', expected one of {sorted(NAMED_CONFIGS)}{hint}")
+        raise ConfigError(
+            "config", f"unknown policy config '{name}', expected one of {sorted(NAMED_CONFIGS)}{hint}"
+        )
     return dataclasses.replace(NAMED_CONFIGS[name], **overrides)

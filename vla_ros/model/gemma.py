@@ -14,7 +14,16 @@ import torch
 from torch import nn
 
 from vla_ros.model.config import GemmaConfig
-from vla_ros.model.layers import AdaRMSNorm, GeGLU, RMSNorm, apply_rope, attention, gated_residual, linear, rope_cos_sin
+from vla_ros.model.layers import (
+    AdaRMSNorm,
+    GeGLU,
+    RMSNorm,
+    apply_rope,
+    attention,
+    gated_residual,
+    linear,
+    rope_cos_sin,
+)
 
 
 class GemmaSelfAttention(nn.Module):

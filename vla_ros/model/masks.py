@@ -16,7 +16,9 @@ def attention_mask(pad_mask: torch.Tensor, ar_mask: torch.Tensor) -> torch.Tenso
     return causal & pad_mask[:, None, :].bool()
 
 
-def suffix_attention_mask(prefix_pad: torch.Tensor, suffix_pad: torch.Tensor, suffix_ar: torch.Tensor) -> torch.Tensor:
+def suffix_attention_mask(
+    prefix_pad: torch.Tensor, suffix_pad: torch.Tensor, suffix_ar: torch.Tensor
+) -> torch.Tensor:
     """Mask of suffix queries over [prefix keys, suffix keys]: (B, S, P + S).
 
     The prefix's ar flags are all zero, so every suffix query sees every real

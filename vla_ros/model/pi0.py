@@ -127,7 +127,9 @@ class Pi0Model(nn.Module):
         tokens = linear(pali.multi_modal_projector.linear, tokens).to(self.compute_dtype)
         return tokens.reshape(batch, cams * tokens.shape[1], tokens.shape[2])
 
-    def prefix_embeddings(self, images, image_masks, tokens, token_masks) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefix_embeddings(
+        self, images, image_masks, tokens, token_masks
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix embeddings (B, P, W) and pad mask (B, P)."""
         image_emb = self.embed_images(images)
         per_camera = image_emb.shape[1] // images.shape[1]
@@ -143,7 +145,13 @@ class Pi0Model(nn.Module):
         embs, pad = self.prefix_embeddings(images, image_masks, tokens, token_masks)
         mask = masks.attention_mask(pad, torch.zeros_like(pad))
         _, kv = joint_forward(
-            self.stacks, [embs, None], [None, None], mask, masks.prefix_positions(pad), collect_kv=True, kv_only=True
+            self.stacks,
+            [embs, None],
+            [None, None],
+            mask,
+            masks.prefix_positions(pad),
+            collect_kv=True,
+            kv_only=True,
         )
         return KVCache(keys=kv[0], values=kv[1], pad_mask=pad)
 
@@ -192,7 +200,11 @@ class Pi0Model(nn.Module):
         ar = torch.cat([torch.zeros_like(prefix_pad), suffix_ar], dim=1)
         positions = torch.cumsum(pad.to(torch.int64), dim=1) - 1
         outputs, _ = joint_forward(
-            self.stacks, [prefix, suffix.to(self.compute_dtype)], [None, cond], masks.attention_mask(pad, ar), positions
+            self.stacks,
+            [prefix, suffix.to(self.compute_dtype)],
+            [None, cond],
+            masks.attention_mask(pad, ar),
+            positions,
         )
         return linear(self.action_out_proj, outputs[1][:, -self.cfg.action_horizon :]).float()
 

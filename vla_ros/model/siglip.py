@@ -71,7 +71,9 @@ class SiglipEmbeddings(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         weight = self.patch_embedding.weight
-        patches = F.conv2d(pixels.to(weight.dtype), weight, self.patch_embedding.bias, stride=self.patch_embedding.stride)
+        patches = F.conv2d(
+            pixels.to(weight.dtype), weight, self.patch_embedding.bias, stride=self.patch_embedding.stride
+        )
         patches = patches.flatten(2).transpose(1, 2)  # (B, 256, W)
         return patches + self.position_embedding.weight[None].to(patches.dtype)
 

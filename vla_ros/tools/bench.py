@@ -29,15 +29,23 @@ FULL_SIZE_TARGET_S = 3.0
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     a = np.asarray(samples)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99))}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+    }
 
 
 def synthetic_observation(cfg, dims: int, seed: int = 0):
     from vla_ros.types import CAMERA_KEYS, RawObservation
 
     rng = np.random.default_rng(seed)
-    images = {key: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for key in CAMERA_KEYS[: cfg.num_cameras]}
-    return RawObservation(images, rng.normal(size=dims).astype(np.float32), "pick up the red block and put it in the bin")
+    images = {
+        key: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for key in CAMERA_KEYS[: cfg.num_cameras]
+    }
+    return RawObservation(
+        images, rng.normal(size=dims).astype(np.float32), "pick up the red block and put it in the bin"
+    )
 
 
 def measure(policy, obs, runs: int, warmup: int, noise) -> dict:
@@ -57,7 +65,6 @@ def peak_rss_gb() -> float:
 
 def _support_files(tmp: Path, dims: int):
     """Tokenizer and norm stats for a config benchmarked without a checkpoint directory."""
-    from vla_ros.observation.normalize import Normalizer
     from vla_ros.observation.tokenizer import train_tokenizer
     from vla_ros.tools.make_tiny import make_norm_stats
 
@@ -95,7 +102,9 @@ def build_policies(args, tmp: Path):
         return Policy(cfg, engine, tok, norm, None, options)
 
     suffix_mode = resolve_suffix(args.suffix, device)
-    optimised = policy(OptimizedEngine(TorchPrefixRuntime(model), StaticSuffixDenoiser(model, args.steps), suffix_mode))
+    optimised = policy(
+        OptimizedEngine(TorchPrefixRuntime(model), StaticSuffixDenoiser(model, args.steps), suffix_mode)
+    )
     n_params = sum(p.numel() for p in model.parameters())
     baseline_dtype = dtype
     if args.baseline_precision == "fp32" or (args.baseline_precision == "auto" and n_params < 1e9):
@@ -119,19 +128,27 @@ def build_policies(args, tmp: Path):
 
 
 def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]]) -> None:
-    print(f"\nvla-ros bench: {info['config']} ({info['params'] / 1e6:.1f} M params) on {info['device']}, "
-          f"{info['threads']} threads")
+    print(
+        f"\nvla-ros bench: {info['config']} ({info['params'] / 1e6:.1f} M params) on {info['device']}, "
+        f"{info['threads']} threads"
+    )
     print(f"  optimised: {info['optimised']}")
     print(f"  baseline:  {info['baseline']}")
-    header = f"{'stage':<12}" + "".join(f"{name + ' p50':>16}{'p99':>10}" for name in ("optimised", "baseline"))
+    header = f"{'stage':<12}" + "".join(
+        f"{name + ' p50':>16}{'p99':>10}" for name in ("optimised", "baseline")
+    )
     print(header + f"{'speedup':>10}")
     for stage in STAGES:
         o, b = results["optimised"][stage], results["baseline"][stage]
         ratio = b["p50"] / o["p50"] if o["p50"] > 0 else float("inf")
-        print(f"{stage:<12}{o['p50'] * 1e3:>13.2f} ms{o['p99'] * 1e3:>7.2f} ms"
-              f"{b['p50'] * 1e3:>13.2f} ms{b['p99'] * 1e3:>7.2f} ms{ratio:>9.2f}x")
-    print(f"peak memory (RSS): {results['peak_rss_gb']:.2f} GB; actions max |optimised - baseline| "
-          f"{results['max_abs_diff']:.2e} (relative {results['rel_diff']:.2e})")
+        print(
+            f"{stage:<12}{o['p50'] * 1e3:>13.2f} ms{o['p99'] * 1e3:>7.2f} ms"
+            f"{b['p50'] * 1e3:>13.2f} ms{b['p99'] * 1e3:>7.2f} ms{ratio:>9.2f}x"
+        )
+    print(
+        f"peak memory (RSS): {results['peak_rss_gb']:.2f} GB; actions max |optimised - baseline| "
+        f"{results['max_abs_diff']:.2e} (relative {results['rel_diff']:.2e})"
+    )
     for name, ok, detail in checks:
         print(f"check {'PASS' if ok else 'FAIL'}: {name}: {detail}")
 
@@ -139,15 +156,23 @@ def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]])
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="checkpoint directory")
-    source.add_argument("--config", help="named config with random weights (pi0-tiny, pi0-mid, pi0, pi05-...)")
+    source.add_argument(
+        "--config", help="named config with random weights (pi0-tiny, pi0-mid, pi0, pi05-...)"
+    )
     parser.add_argument("--runs", type=int, default=20, help="timed inferences per engine")
     parser.add_argument("--warmup", type=int, default=3, help="untimed inferences first")
     parser.add_argument("--steps", type=int, default=10, help="Euler steps")
     parser.add_argument("--dims", type=int, default=14, help="robot dims for --config")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", help="optimised engine precision (auto: bf16 where native)")
-    parser.add_argument("--baseline-precision", default="auto", choices=("auto", "fp32", "same"),
-                        help="auto: fp32 below 1 B parameters, else the optimised precision (memory)")
+    parser.add_argument(
+        "--precision", default="auto", help="optimised engine precision (auto: bf16 where native)"
+    )
+    parser.add_argument(
+        "--baseline-precision",
+        default="auto",
+        choices=("auto", "fp32", "same"),
+        help="auto: fp32 below 1 B parameters, else the optimised precision (memory)",
+    )
     parser.add_argument("--suffix", default="auto", help="auto, eager, compiled, cuda_graph")
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--node", action="store_true", help="measure the node's control-timer jitter instead")
@@ -175,10 +200,14 @@ def run(args: argparse.Namespace) -> int:
         optimised, baseline, cfg, info = build_policies(args, Path(tmp))
         info["build_s"] = time.perf_counter() - start
         obs = synthetic_observation(cfg, args.dims)
-        noise = np.random.default_rng(0).standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+        noise = (
+            np.random.default_rng(0).standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+        )
         results = {}
         for name, policy in (("optimised", optimised), ("baseline", baseline)):
-            print(f"measuring {name} ({args.warmup} warm-up + {args.runs} runs)...", file=sys.stderr, flush=True)
+            print(
+                f"measuring {name} ({args.warmup} warm-up + {args.runs} runs)...", file=sys.stderr, flush=True
+            )
             results[name] = measure(policy, obs, args.runs, args.warmup, noise)
     a, b = results["optimised"].pop("actions"), results["baseline"].pop("actions")
     results["max_abs_diff"] = float(np.abs(a - b).max())
@@ -186,21 +215,41 @@ def run(args: argparse.Namespace) -> int:
     results["peak_rss_gb"] = peak_rss_gb()
     o, bl = results["optimised"], results["baseline"]
     checks = [
-        ("suffix not slower than baseline", o["suffix"]["p50"] <= bl["suffix"]["p50"],
-         f"{bl['suffix']['p50'] / o['suffix']['p50']:.2f}x"),
-        (f"prefix not slower than eager {info['baseline'].get('dtype', '')}", o["prefix"]["p50"] <= bl["prefix"]["p50"],
-         f"{bl['prefix']['p50'] / o['prefix']['p50']:.2f}x"),
+        (
+            "suffix not slower than baseline",
+            o["suffix"]["p50"] <= bl["suffix"]["p50"],
+            f"{bl['suffix']['p50'] / o['suffix']['p50']:.2f}x",
+        ),
+        (
+            f"prefix not slower than eager {info['baseline'].get('dtype', '')}",
+            o["prefix"]["p50"] <= bl["prefix"]["p50"],
+            f"{bl['prefix']['p50'] / o['prefix']['p50']:.2f}x",
+        ),
     ]
     anchor = LEROBOT_ANCHORS_S.get(cfg.name)
     if anchor:
-        checks.append((f"vs LeRobot 0.6.1 figure from the issue ({anchor:.3f} s)", o["total"]["p50"] <= anchor,
-                       f"{anchor / o['total']['p50']:.2f}x"))
+        checks.append(
+            (
+                f"vs LeRobot 0.6.1 figure from the issue ({anchor:.3f} s)",
+                o["total"]["p50"] <= anchor,
+                f"{anchor / o['total']['p50']:.2f}x",
+            )
+        )
     if cfg.name in ("pi0", "pi05"):
-        checks.append((f"full size within the {FULL_SIZE_TARGET_S:.0f} s target", o["total"]["p50"] <= FULL_SIZE_TARGET_S,
-                       f"{o['total']['p50']:.2f} s = {o['total']['p50'] / FULL_SIZE_TARGET_S:.2f} of target"))
+        checks.append(
+            (
+                f"full size within the {FULL_SIZE_TARGET_S:.0f} s target",
+                o["total"]["p50"] <= FULL_SIZE_TARGET_S,
+                f"{o['total']['p50']:.2f} s = {o['total']['p50'] / FULL_SIZE_TARGET_S:.2f} of target",
+            )
+        )
     print_report(info, results, checks)
     if args.json:
-        payload = {"info": info, "results": results, "checks": [dataclasses.asdict(_Check(*c)) for c in checks]}
+        payload = {
+            "info": info,
+            "results": results,
+            "checks": [dataclasses.asdict(_Check(*c)) for c in checks],
+        }
         args.json.write_text(json.dumps(payload, indent=2, default=str))
     return 0
 

@@ -45,8 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the actions [50, D] here (.npy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
-    parser.add_argument("--engine", default="reference",
-                        help="prefix engine: reference (the fp32 PyTorch model, default), auto, pytorch or onnx")
+    parser.add_argument(
+        "--engine",
+        default="reference",
+        help="prefix engine: reference (the fp32 PyTorch model, default), auto, pytorch or onnx",
+    )
     parser.add_argument("--suffix", default="auto", help="suffix engine: auto, eager, compiled or cuda_graph")
 
 
@@ -58,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
         raise ObservationError(f"noise file {args.noise} does not exist")
     noise = np.load(args.noise, allow_pickle=False) if args.noise else None
     options = PolicyOptions(
-        device=args.device, precision=args.precision, engine=args.engine, suffix=args.suffix, num_steps=args.steps, seed=0
+        device=args.device,
+        precision=args.precision,
+        engine=args.engine,
+        suffix=args.suffix,
+        num_steps=args.steps,
+        seed=0,
     )
     policy = Policy.from_checkpoint(args.checkpoint, options)
     chunk = policy.infer(obs, noise=noise, tokens=tokens)

@@ -43,7 +43,9 @@ def make_tiny_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_path = train_tokenizer(out / TOKENIZER_FILE)
     cfg = get_config(config)
-    cfg = dataclasses.replace(cfg, vocab_size=PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant).vocab_size)
+    cfg = dataclasses.replace(
+        cfg, vocab_size=PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant).vocab_size
+    )
     model = random_model(cfg, seed=seed)
     save_checkpoint(model, out, extra_config={"untrained": True, "seed": seed})
     save_norm_stats(out / "assets" / asset_id / "norm_stats.json", make_norm_stats(dims, seed))
@@ -51,10 +53,14 @@ def make_tiny_checkpoint(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="pi0-tiny", help="named config (pi0-tiny, pi05-tiny, pi0-mid, pi05-mid)")
+    parser.add_argument(
+        "--config", default="pi0-tiny", help="named config (pi0-tiny, pi05-tiny, pi0-mid, pi05-mid)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and statistics")
-    parser.add_argument("--dims", type=int, default=14, help="robot state/action dimensions of the norm stats")
+    parser.add_argument(
+        "--dims", type=int, default=14, help="robot state/action dimensions of the norm stats"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
