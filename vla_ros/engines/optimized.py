@@ -64,5 +64,6 @@ class OptimizedEngine(Engine):
             "device": str(self.device),
             "suffix": self.suffix_mode,
             "suffix_dtype": str(self.denoiser.dtype).replace("torch.", ""),
-            **self.prefix.describe(),
+            "prefix": self.prefix.name,
+            **{f"prefix_{k}": v for k, v in self.prefix.describe().items() if k != "engine"},
         }

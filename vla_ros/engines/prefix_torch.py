@@ -33,4 +33,4 @@ class TorchPrefixRuntime:
         pad_mask.copy_(cache.pad_mask)
 
     def describe(self) -> dict:
-        return {"prefix": self.name, "prefix_dtype": str(self.model.compute_dtype).replace("torch.", "")}
+        return {"engine": self.name, "dtype": str(self.model.compute_dtype).replace("torch.", "")}

@@ -1,0 +1,86 @@
+"""`vla-ros export`: a checkpoint -> a deployable artifact directory (ONNX prefix + suffix weights).
+
+The artifact holds prefix.onnx (validated against PyTorch), suffix.safetensors,
+config.json, the norm stats, the tokenizer and manifest.json; with --tensorrt also
+a serialized TensorRT engine for this GPU. See vla_ros/engines/onnx_export.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="checkpoint directory (model.safetensors, ...)")
+    parser.add_argument("--out", required=True, type=Path, help="artifact directory to write (ARTIFACT_DIR)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32 (any provider, the CPU default) or the fp16 / bf16 mixed-precision split "
+                             "(GPU providers; onnxruntime's CPU provider cannot run bf16)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
+    parser.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"),
+                        help="auto tries torch.onnx's dynamo exporter and falls back to TorchScript")
+    parser.add_argument("--tensorrt", action="store_true",
+                        help="also build prefix.engine with TensorRT for this GPU (needs tensorrt)")
+    parser.add_argument("--workspace-gib", type=float, default=8.0, help="TensorRT builder workspace limit")
+    parser.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
+                        help="weights in prefix.onnx.data (auto: when the prefix is 1 GiB or more)")
+    parser.add_argument("--tolerance", type=float,
+                        help="max K/V error vs PyTorch, relative to max(1, max |K/V|) "
+                             "(default fp32 1e-4, fp16 1e-2, bf16 5e-2)")
+    parser.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch check")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the validation inputs")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from vla_ros.engines.onnx_export import ExportOptions, export_artifact
+
+    options = ExportOptions(
+        precision=args.precision,
+        opset=args.opset,
+        exporter=args.exporter,
+        external_data={"auto": None, "always": True, "never": False}[args.external_data],
+        tensorrt=args.tensorrt,
+        workspace_gib=args.workspace_gib,
+        tolerance=args.tolerance,
+        validate=not args.no_validate,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    start = time.perf_counter()
+    manifest = export_artifact(args.checkpoint, args.out, options, progress=None)
+    graph, validation = manifest["graph"], manifest["validation"]
+    reason = graph["exporter_fallback_reason"]
+    fallback = f" (not dynamo: {reason})" if reason else ""
+    print(f"exported {manifest['config']['name']} ({manifest['precision']}) to {args.out} "
+          f"in {time.perf_counter() - start:.1f} s: {graph['exporter']} exporter{fallback}, "
+          f"opset {graph['opset']}")
+    for name, entry in manifest["files"].items():
+        print(f"  {name:<40} {_size(entry['bytes']):>10}")
+    print(f"  {'manifest.json':<40} {_size((args.out / 'manifest.json').stat().st_size):>10}")
+    if validation["status"] == "passed":
+        print(f"validation on {validation['provider']} vs PyTorch: "
+              f"keys max abs {validation['keys']['max_abs']:.2e} (rel {validation['keys']['max_rel']:.2e}), "
+              f"values max abs {validation['values']['max_abs']:.2e} "
+              f"(rel {validation['values']['max_rel']:.2e}), "
+              f"pad mask equal; tolerance {validation['tolerance']['max_error']:g}")
+    else:
+        print(f"validation skipped: {validation['reason']}")
+    if manifest["tensorrt_engine"]:
+        engine = manifest["tensorrt_engine"]
+        print(f"TensorRT {engine['tensorrt_version']} engine for {engine['gpu']}: {engine['file']}")
+    return 0
