@@ -1,0 +1,371 @@
+"""PolicyController without ROS, on simulated time (the way the rosbag replay drives it)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from vla_ros.config import NodeConfig
+from vla_ros.controller import PeriodRecorder, PolicyController
+from vla_ros.types import ActionChunk
+
+JOINTS = ["j0", "j1", "j2", "j3"]
+CAMS = ["base_0_rgb", "left_wrist_0_rgb"]
+T0 = 1000.0
+DT = 0.02  # action period and control period
+FRAME = np.zeros((6, 8, 3), np.uint8)
+
+
+def make_config(**overrides) -> NodeConfig:
+    data = {
+        "joint_names": JOINTS,
+        "control_rate": 50.0,
+        "policy": {"action_rate": 50.0},
+        "prompt": {"default": "stack the cups"},
+        "joint_states": {"max_staleness": 0.1},
+        "cameras": {"keys": CAMS, "base_0_rgb": {"width": 8, "height": 6}},
+        "sync": {"max_skew": 0.05, "missing_camera_policy": "mask"},
+        "aggregation": {"mode": "latest"},
+        "inference": {"execute_threshold": 0.5, "retry_delay": 0.2},
+        "output": {"num_points": 3},
+        "limits": {"lower": [-1.0] * 4, "upper": [1.0] * 4, "max_velocity": [10.0]},
+        "watchdog": {"obs_timeout": 0.5, "inference_timeout": 2.0},
+        "diagnostics": {"window": 1.0},
+    }
+
+    def merge(into, update):
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(data, copy.deepcopy(overrides))
+    return NodeConfig.from_dict(data)
+
+
+MEASURED = np.array([0.0, 0.0, 0.0, 0.5])
+
+
+def feed(ctl, t, joints=True, cameras=CAMS, state=MEASURED):
+    if joints:
+        ctl.on_joint_state(state, t, t)
+    for key in cameras:
+        ctl.on_image(key, FRAME, t, t)
+
+
+def ramp_chunk(timestamp, horizon=50):
+    k = np.arange(horizon, dtype=np.float32)
+    actions = np.stack([0.01 * k, -0.01 * k, np.zeros(horizon), np.full(horizon, 0.5)], axis=1)
+    return ActionChunk(actions=actions.astype(np.float32), timestamp=timestamp, timings={"total": 0.03})
+
+
+class Sim:
+    """Simulated time: sensors every 10 ms, worker polling, chunks after a latency, ticks every 20 ms."""
+
+    def __init__(self, ctl, policy=ramp_chunk, latency=0.05):
+        self.ctl, self.policy, self.latency = ctl, policy, latency
+        self.t = T0
+        self.inflight = None
+        self.plans = []
+        self.requests = []
+        self.joints = True
+        self.cameras = list(CAMS)
+        self.fail = False
+
+    def run(self, seconds):
+        steps = int(round(seconds / 0.01))
+        for _ in range(steps):
+            self.t = round(self.t + 0.01, 6)
+            feed(self.ctl, self.t, self.joints, self.cameras)
+            if self.inflight is not None and self.t >= self.inflight[0] - 1e-9:
+                _, obs = self.inflight
+                self.inflight = None
+                if self.fail:
+                    self.ctl.on_inference_failed("engine exploded", self.t)
+                else:
+                    self.ctl.on_chunk(self.policy(obs.timestamp), self.t)
+            obs = self.ctl.next_request(self.t)
+            if obs is not None:
+                self.requests.append(self.t)
+                self.inflight = (self.t + self.latency, obs)
+            if round(self.t / DT, 6) % 1 == 0:
+                self.plans.append((self.t, self.ctl.tick(self.t)))
+        return self.plans[-1][1]
+
+
+def test_no_plan_before_a_joint_state_then_hold_until_a_chunk():
+    ctl = PolicyController(make_config())
+    ctl.activate(T0)
+    assert ctl.tick(T0) is None
+    ctl.on_joint_state(MEASURED, T0, T0)
+    plan = ctl.tick(T0)
+    assert plan.is_hold and "waiting for the first observation" in plan.reason
+    np.testing.assert_array_equal(plan.positions, np.tile(MEASURED, (3, 1)))
+    np.testing.assert_array_equal(plan.times_from_start, [0.02, 0.04, 0.06])
+    assert not plan.velocities.any()
+
+
+def test_request_then_chunk_with_latency_compensation():
+    ctl = PolicyController(make_config())
+    ctl.activate(T0)
+    feed(ctl, T0)
+    ctl.on_image("base_0_rgb", FRAME, T0 + 0.01, T0 + 0.01)
+    obs = ctl.next_request(T0 + 0.01)
+    assert obs is not None and obs.prompt == "stack the cups"
+    assert obs.timestamp == T0 + 0.01  # the newest camera stamp
+    assert set(obs.images) == set(CAMS)
+    np.testing.assert_array_equal(obs.state, MEASURED.astype(np.float32))
+    assert ctl.next_request(T0 + 0.02) is None, "one inference in flight at a time"
+
+    # The chunk arrives 0.1 s after its observation: actions 0..4 are in the past.
+    now = obs.timestamp + 0.1
+    assert ctl.on_chunk(ramp_chunk(obs.timestamp), now)
+    feed(ctl, now)
+    plan = ctl.tick(now)
+    assert not plan.is_hold and plan.covered_points == 3
+    # Points at now + 0.02, 0.04, 0.06 are actions 6, 7, 8 of the chunk.
+    np.testing.assert_allclose(
+        plan.positions, [[0.06, -0.06, 0, 0.5], [0.07, -0.07, 0, 0.5], [0.08, -0.08, 0, 0.5]], atol=1e-6
+    )
+    # Velocities by finite differences from the previous command (the measured state), last one zero.
+    np.testing.assert_allclose(
+        plan.velocities, [[3.0, -3.0, 0, 0], [0.5, -0.5, 0, 0], [0, 0, 0, 0]], atol=1e-4
+    )
+    status = ctl.status(now)
+    assert status.values["chunks.skipped_actions"] == 5
+    assert status.values["inference.latency_p50_ms"] == pytest.approx(100.0)
+
+
+def test_threshold_trigger_starts_the_next_inference_mid_chunk():
+    sim = Sim(PolicyController(make_config(inference={"execute_threshold": 0.5})))
+    sim.ctl.activate(T0)
+    sim.run(2.0)
+    gaps = np.diff(sim.requests)
+    # A chunk covers 1 s from its observation; the next request comes once half of it has run.
+    assert len(sim.requests) >= 3
+    np.testing.assert_allclose(gaps, 0.5, atol=0.011)
+    assert not any(plan.is_hold for t, plan in sim.plans if t > T0 + 0.1)
+
+
+def test_rate_trigger():
+    sim = Sim(PolicyController(make_config(inference={"trigger": "rate", "rate": 5.0})))
+    sim.ctl.activate(T0)
+    sim.run(1.5)
+    np.testing.assert_allclose(np.diff(sim.requests), 0.2, atol=0.011)
+
+
+def test_delta_actions_become_absolute_with_the_state_of_their_observation():
+    cfg = make_config(
+        policy={"action_space": "delta", "delta_mask": [True, True, True, False]},
+        limits={"max_velocity": [100.0]},
+    )
+    ctl = PolicyController(cfg)
+    ctl.activate(T0)
+    state = np.array([0.1, 0.2, 0.3, 0.4])
+    feed(ctl, T0, state=state)
+    obs = ctl.next_request(T0)
+    feed(ctl, T0 + 0.05, state=np.zeros(4))  # the robot moved since: the chunk still uses the obs state
+    chunk = ActionChunk(
+        actions=np.tile(np.float32([0.01, 0.02, 0.03, 0.9]), (50, 1)), timestamp=obs.timestamp
+    )
+    assert ctl.on_chunk(chunk, T0 + 0.05)
+    plan = ctl.tick(T0 + 0.05)
+    np.testing.assert_allclose(plan.positions[0], [0.11, 0.22, 0.33, 0.9], atol=1e-6)
+
+
+def test_stale_joint_states_hold_at_the_last_command():
+    sim = Sim(PolicyController(make_config()))
+    sim.ctl.activate(T0)
+    sim.run(0.5)
+    last = sim.plans[-1][1]
+    assert not last.is_hold
+    sim.joints = False
+    sim.run(0.7)
+    plan = sim.plans[-1][1]
+    assert plan.is_hold
+    assert "observations stale" in plan.reason and "joint state stale" in plan.reason
+    flags = [p.is_hold for t, p in sim.plans]
+    first_hold = len(flags) - flags[::-1].index(False)
+    # The hold is at the last command sent, not somewhere new.
+    np.testing.assert_allclose(
+        sim.plans[first_hold][1].positions[0], sim.plans[first_hold - 1][1].positions[0]
+    )
+    status = sim.ctl.status(sim.t)
+    assert status.level == "ERROR" and status.values["state"] == "HOLDING"
+    sim.joints = True
+    sim.run(1.0)
+    assert not sim.plans[-1][1].is_hold
+
+
+@pytest.mark.parametrize("policy", ["mask", "pause"])
+def test_missing_camera_policy(policy):
+    sim = Sim(PolicyController(make_config(sync={"missing_camera_policy": policy})))
+    sim.ctl.activate(T0)
+    sim.run(0.5)
+    sim.cameras = ["base_0_rgb"]
+    sim.run(1.5)
+    status = sim.ctl.status(sim.t)
+    plan = sim.plans[-1][1]
+    if policy == "mask":
+        assert not plan.is_hold
+        assert status.level == "WARN" and "camera left_wrist_0_rgb masked: stale" in status.message
+        assert status.values["camera.left_wrist_0_rgb"].startswith("masked")
+        assert sim.requests[-1] > T0 + 1.0, "inference goes on without the camera"
+    else:
+        assert plan.is_hold and "camera left_wrist_0_rgb stale" in plan.reason
+        assert status.level == "ERROR" and "camera left_wrist_0_rgb" in status.message
+
+
+def test_inference_failure_holds_then_retries():
+    sim = Sim(PolicyController(make_config()))
+    sim.ctl.activate(T0)
+    sim.run(0.3)
+    sim.fail = True
+    sim.run(0.6)
+    plan = sim.plans[-1][1]
+    assert plan.is_hold and "inference failed: engine exploded" in plan.reason
+    status = sim.ctl.status(sim.t)
+    assert status.level == "ERROR" and status.values["inference.failures"] >= 1
+    # retry_delay (0.2 s) between attempts
+    failures = [t for t in sim.requests if t > T0 + 0.5]
+    assert all(b - a >= 0.2 + 0.05 - 1e-6 for a, b in zip(failures, failures[1:]))
+    sim.fail = False
+    sim.run(0.5)
+    assert not sim.plans[-1][1].is_hold
+
+
+def test_a_chunk_that_arrives_after_its_horizon_is_ignored():
+    ctl = PolicyController(make_config())
+    ctl.activate(T0)
+    feed(ctl, T0)
+    obs = ctl.next_request(T0)
+    assert not ctl.on_chunk(ramp_chunk(obs.timestamp, horizon=10), T0 + 0.5)
+    assert "late:chunk" in ctl.events()
+    feed(ctl, T0 + 0.5)
+    assert ctl.tick(T0 + 0.5).is_hold
+    assert ctl.next_request(T0 + 0.5) is not None, "a late chunk triggers a new request at once"
+
+
+def test_actions_beyond_the_limits_are_clamped():
+    upper = np.array([0.3, 0.3, 0.3, 0.6])
+    cfg = make_config(limits={"lower": (-upper).tolist(), "upper": upper.tolist(), "max_velocity": [1.0]})
+    actions = np.tile(np.float32([50.0, -50.0, 0.25, 0.55]), (50, 1))
+    sim = Sim(PolicyController(cfg), policy=lambda ts: ActionChunk(actions, ts))
+    sim.ctl.activate(T0)
+    sim.run(1.0)
+    plans = [p for t, p in sim.plans if not p.is_hold]
+    firsts = np.array([p.positions[0] for p in plans])
+    assert all(np.all(np.abs(p.positions) <= upper + 1e-12) for p in plans), "position limits, look-ahead too"
+    assert np.all(np.abs(np.diff(firsts, axis=0)) <= 1.0 * DT + 1e-9), "velocity limit between commands"
+    np.testing.assert_allclose(firsts[-1], [0.3, -0.3, 0.25, 0.55], atol=1e-6)
+    values = sim.ctl.status(sim.t).values
+    assert values["safety.position_clamps"] > 0 and values["safety.velocity_clamps"] > 0
+
+
+def test_pause_and_resume():
+    sim = Sim(PolicyController(make_config()))
+    sim.ctl.activate(T0)
+    sim.run(0.4)
+    assert sim.ctl.pause() and not sim.ctl.pause()
+    n = len(sim.requests)
+    sim.run(0.3)
+    assert all(p.is_hold and "paused" in p.reason for t, p in sim.plans[-10:])
+    assert len(sim.requests) == n, "no inference while paused"
+    assert sim.ctl.status(sim.t).values["state"] == "PAUSED"
+    assert sim.ctl.resume(sim.t) and not sim.ctl.resume(sim.t)
+    sim.run(0.3)
+    assert not sim.plans[-1][1].is_hold and len(sim.requests) > n
+
+
+def test_bad_inputs_are_rejected_and_reported():
+    ctl = PolicyController(make_config())
+    ctl.activate(T0)
+    t = T0 + 1.0
+    assert not ctl.on_image("base_0_rgb", np.zeros((4, 4, 3), np.uint8), t, t)  # wrong size (8x6 configured)
+    assert not ctl.on_image("left_wrist_0_rgb", np.zeros((4, 4), np.uint8), t, t)  # not RGB
+    assert not ctl.on_joint_state([0.0, math.nan, 0.0, 0.0], t, t)
+    assert not ctl.on_joint_state([0.0, 0.0, 0.0], t, t)
+    assert ctl.on_joint_state(MEASURED, 0.0, t)  # zero stamp: receipt time, with a warning
+    assert not ctl.on_joint_state(MEASURED, t - 1.0, t)  # older than the buffered one
+    assert ctl.on_image("left_wrist_0_rgb", FRAME, t, t)
+    assert not ctl.on_image("left_wrist_0_rgb", FRAME, t - 0.5, t)
+    assert not ctl.on_prompt("  ", t)
+    ctl.on_input_error(
+        "right_wrist_0_rgb", "camera right_wrist_0_rgb: corrupt JPEG", t, reason="invalid_image"
+    )
+    events = ctl.events()
+    for key in (
+        "wrong_size:base_0_rgb",
+        "invalid_image:left_wrist_0_rgb",
+        "invalid_state:joint_state",
+        "zero_stamp:joint_state",
+        "out_of_order:joint_state",
+        "out_of_order:left_wrist_0_rgb",
+        "empty:prompt",
+        "invalid_image:right_wrist_0_rgb",
+    ):
+        assert key in events, key
+    assert events["invalid_state:joint_state"][0] == 2
+    assert "4x4, expected 8x6" in events["wrong_size:base_0_rgb"][1]
+    status = ctl.status(t)
+    assert status.level in ("WARN", "ERROR") and "rejected camera base_0_rgb" in status.message
+    assert status.values["rejected.empty:prompt"] == 1
+    assert status.values["warning.zero_stamp:joint_state"] == 1
+    assert status.values["prompt"] == "stack the cups"
+    # Rejections older than diagnostics.window no longer raise the level.
+    assert "rejected" not in ctl.status(t + 5.0).message
+
+
+def test_wrong_action_dimension_is_an_inference_failure():
+    ctl = PolicyController(make_config())
+    ctl.activate(T0)
+    feed(ctl, T0)
+    obs = ctl.next_request(T0)
+    assert not ctl.on_chunk(ActionChunk(np.zeros((50, 7), np.float32), obs.timestamp), T0 + 0.05)
+    assert "expected (H, 4)" in ctl.status(T0 + 0.05).values["inference.last_failure"]
+    assert ctl.tick(T0 + 0.05).is_hold
+
+
+def test_non_finite_actions_are_an_inference_failure():
+    ctl = PolicyController(make_config())
+    ctl.activate(T0)
+    feed(ctl, T0)
+    obs = ctl.next_request(T0)
+    actions = np.zeros((50, 4), np.float32)
+    actions[3, 1] = np.nan
+    assert not ctl.on_chunk(ActionChunk(actions, obs.timestamp), T0 + 0.05)
+    assert "non-finite" in ctl.tick(T0 + 0.05).reason
+
+
+def test_activate_starts_from_a_clean_slate():
+    sim = Sim(PolicyController(make_config()))
+    sim.ctl.activate(T0)
+    sim.run(0.5)
+    sim.ctl.activate(sim.t)
+    plan = sim.ctl.tick(sim.t)
+    assert plan.is_hold and "waiting" in plan.reason
+    np.testing.assert_allclose(plan.positions[0], MEASURED)
+
+
+@pytest.mark.parametrize("mode", ["temporal_ensemble", "crossfade"])
+def test_other_aggregation_modes_execute(mode):
+    sim = Sim(PolicyController(make_config(aggregation={"mode": mode})))
+    sim.ctl.activate(T0)
+    sim.run(1.5)
+    assert not sim.plans[-1][1].is_hold
+
+
+def test_period_recorder():
+    rec = PeriodRecorder(0.02, size=4)
+    assert math.isnan(rec.stats()["p99_ms"])
+    for t in (0.0, 0.02, 0.045, 0.06, 0.08, 0.1):
+        rec.record(t)
+    stats = rec.stats()
+    assert stats["periods"] == 4  # the ring buffer keeps the last four
+    assert stats["max_ms"] == pytest.approx(5.0, abs=1e-6) or stats["max_ms"] == pytest.approx(0.0, abs=1e-6)
+    rec.reset()
+    assert rec.count == 0

@@ -1,0 +1,377 @@
+"""What a replay produced, compared with what the robot did: metrics, CSV, plots, a bag.
+
+`ReplayRecord` is filled by `vla_ros.tools.replay` (offline or live) and
+`write_report` turns it into OUT_DIR:
+
+    trajectory_bag/    rosbag2 of the produced JointTrajectory messages (and
+                       the diagnostics), at the bag times they were produced
+    commands.csv       one row per produced command: time, target time, hold
+                       flag, then cmd_<joint> and ref_<joint> for every joint
+    metrics.json       per-joint MAE / RMSE against the reference, smoothness
+                       (max step, mean squared jerk), latency p50 / p99, counts
+    plots/joints.png   per joint: commanded vs reference over time
+    plots/latency.png  histogram of inference latencies (live: the node's p50 / p99
+                       and a histogram of the time between received trajectories)
+    summary.txt        the table printed on stdout
+
+Everything is written into a hidden sibling directory that is renamed to
+OUT_DIR at the very end, so a failure never leaves a half-written OUT_DIR.
+
+Reference: the bag's recorded command (the JointTrajectory the robot got,
+its first point at its target time) when the bag has one, else the
+recorded joint states; each produced command (its first point, due one
+control period after it was produced) is compared with the reference
+interpolated at the command's target time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import csv
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+import shutil
+from typing import Any
+
+import numpy as np
+
+from vla_ros.errors import VlaRosError
+
+CSV_NAME = 'commands.csv'
+METRICS_NAME = 'metrics.json'
+BAG_NAME = 'trajectory_bag'
+PLOTS_DIR = 'plots'
+SUMMARY_NAME = 'summary.txt'
+
+
+class ReportError(VlaRosError):
+    """The replay outputs cannot be written."""
+
+
+@dataclasses.dataclass
+class ReplayRecord:
+    """Everything a replay observed, in bag time (seconds, absolute ROS time).
+
+    commands: one row per produced trajectory: (time it was produced, target
+        time of its first point, first point positions (D,), is_hold).
+    reference_times / reference_positions: (N,) and (N, D) of the reference
+        signal (see module docstring), in joint_names order.
+    messages: (time_ns, topic, msgtype, rclpy message) to write into the bag.
+    latencies: seconds from observation to chunk arrival, one per chunk
+        (offline); live mode has only the node's own p50 / p99 in
+        reported_latency_ms.
+    """
+
+    mode: str
+    joint_names: tuple[str, ...]
+    start_time: float
+    end_time: float
+    control_rate: float
+    reference_kind: str = 'joint_states'
+    reference_topic: str = ''
+    reference_times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    reference_positions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    command_times: list[float] = dataclasses.field(default_factory=list)
+    target_times: list[float] = dataclasses.field(default_factory=list)
+    command_positions: list[np.ndarray] = dataclasses.field(default_factory=list)
+    command_holds: list[bool] = dataclasses.field(default_factory=list)
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    chunks: int = 0
+    skipped_actions: int | None = None
+    inference_failures: int = 0
+    reported_latency_ms: tuple[float | None, float | None] | None = None  # (p50, p99) from the node (live)
+    receive_periods_ms: list[float] = dataclasses.field(default_factory=list)  # live: between trajectories
+    messages: list[tuple[int, str, str, Any]] = dataclasses.field(default_factory=list)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def add_command(self, time: float, target_time: float, positions: np.ndarray, is_hold: bool) -> None:
+        self.command_times.append(float(time))
+        self.target_times.append(float(target_time))
+        self.command_positions.append(np.asarray(positions, dtype=np.float64).copy())
+        self.command_holds.append(bool(is_hold))
+
+    @property
+    def duration(self) -> float:
+        return self.end_time - self.start_time
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def interpolate_reference(record: ReplayRecord, times: np.ndarray) -> np.ndarray:
+    """Reference positions (len(times), D) at `times`; NaN outside the reference's time span."""
+    ref_t = np.asarray(record.reference_times, dtype=np.float64)
+    ref_p = np.asarray(record.reference_positions, dtype=np.float64)
+    dims = len(record.joint_names)
+    out = np.full((times.size, dims), np.nan)
+    if ref_t.size == 0:
+        return out
+    order = np.argsort(ref_t, kind='stable')
+    ref_t, ref_p = ref_t[order], ref_p[order]
+    inside = (times >= ref_t[0]) & (times <= ref_t[-1])
+    for j in range(dims):
+        out[inside, j] = np.interp(times[inside], ref_t, ref_p[:, j])
+    return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def compute_metrics(record: ReplayRecord) -> dict[str, Any]:
+    """metrics.json content (see module docstring); JSON-ready, NaN written as null."""
+    names = list(record.joint_names)
+    dims = len(names)
+    n = len(record.command_times)
+    positions = np.asarray(record.command_positions, dtype=np.float64).reshape(n, dims)
+    targets = np.asarray(record.target_times, dtype=np.float64)
+    holds = np.asarray(record.command_holds, dtype=bool)
+    reference = interpolate_reference(record, targets)
+    active = ~holds & np.isfinite(reference).all(axis=1)
+    errors = positions[active] - reference[active]
+    period = 1.0 / record.control_rate
+    steps = np.abs(np.diff(positions, axis=0)) if n > 1 else np.zeros((0, dims))
+    jerk = np.diff(positions, n=3, axis=0) / period ** 3 if n > 3 else np.zeros((0, dims))
+
+    per_joint = {}
+    for j, name in enumerate(names):
+        err = errors[:, j]
+        per_joint[name] = {
+            'mae': _finite_or_none(np.mean(np.abs(err))) if err.size else None,
+            'rmse': _finite_or_none(np.sqrt(np.mean(err ** 2))) if err.size else None,
+            'max_step': _finite_or_none(steps[:, j].max()) if steps.size else None,
+            'mean_squared_jerk': _finite_or_none(np.mean(jerk[:, j] ** 2)) if jerk.size else None,
+        }
+    expected = int(round(record.duration * record.control_rate))
+    latencies_ms = [1e3 * x for x in record.latencies]
+    latency = {
+        'source': (f"simulated, {record.info.get('latency_model', 'fixed')}" if record.mode == 'offline'
+                   else 'node diagnostics'),
+        'count': len(latencies_ms),
+        'p50': _percentile(latencies_ms, 50),
+        'p99': _percentile(latencies_ms, 99),
+        'max': max(latencies_ms) if latencies_ms else None,
+    }
+    if not latencies_ms and record.reported_latency_ms is not None:
+        latency['p50'], latency['p99'] = record.reported_latency_ms
+    return {
+        'mode': record.mode,
+        'reference': {'kind': record.reference_kind, 'topic': record.reference_topic,
+                      'samples': int(len(record.reference_times))},
+        'bag_time': {'start': record.start_time, 'end': record.end_time, 'duration': record.duration},
+        'control_rate': record.control_rate,
+        'counts': {
+            'trajectories': n,
+            'expected_trajectories': expected,
+            'compared': int(active.sum()),
+            'chunks': int(record.chunks),
+            'skipped_actions': None if record.skipped_actions is None else int(record.skipped_actions),
+            'holds': int(holds.sum()),
+            'inference_failures': int(record.inference_failures),
+        },
+        'latency_ms': latency,
+        'overall': {
+            'mae': _finite_or_none(np.mean(np.abs(errors))) if errors.size else None,
+            'rmse': _finite_or_none(np.sqrt(np.mean(errors ** 2))) if errors.size else None,
+            'max_step': _finite_or_none(steps.max()) if steps.size else None,
+            'mean_squared_jerk': _finite_or_none(np.mean(jerk ** 2)) if jerk.size else None,
+        },
+        'joints': per_joint,
+        'info': record.info,
+    }
+
+
+def _fmt(value: float | None, spec: str = '.4f') -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """A short human-readable table of the metrics."""
+    counts = metrics['counts']
+    latency = metrics['latency_ms']
+    ref = metrics['reference']
+    skipped = '-' if counts['skipped_actions'] is None else str(counts['skipped_actions'])
+    lines = [
+        f"replay ({metrics['mode']}): {metrics['bag_time']['duration']:.2f} s of bag time, "
+        f"reference = {ref['kind']} ({ref['topic']})",
+        f"  trajectories {counts['trajectories']} (expected ~{counts['expected_trajectories']} at "
+        f"{metrics['control_rate']:g} Hz), chunks {counts['chunks']}, skipped actions {skipped}, "
+        f"holds {counts['holds']}, inference failures {counts['inference_failures']}",
+        f"  latency observation -> chunk p50 {_fmt(latency['p50'], '.1f')} ms, "
+        f"p99 {_fmt(latency['p99'], '.1f')} ms "
+        f"({latency['source']}{', %d chunks' % latency['count'] if latency['count'] else ''})",
+    ]
+    live = metrics.get('info', {}).get('live')
+    if live:
+        period = live['receive_period_ms']
+        lines.append(f"  live ({live['clock']} clock, x{live['rate']:g}): trajectories received at "
+                     f"{_fmt(live['received_rate_hz'], '.1f')} Hz, "
+                     f"receive period p50 {_fmt(period['p50'], '.1f')} / "
+                     f"p99 {_fmt(period['p99'], '.1f')} / max {_fmt(period['max'], '.1f')} ms")
+    lines.append(f"  {'joint':<28}{'MAE':>10}{'RMSE':>10}{'max step':>10}{'jerk^2':>12}")
+    for name, row in metrics['joints'].items():
+        lines.append(f"  {name[:27]:<28}{_fmt(row['mae']):>10}{_fmt(row['rmse']):>10}"
+                     f"{_fmt(row['max_step']):>10}{_fmt(row['mean_squared_jerk'], '.3g'):>12}")
+    overall = metrics['overall']
+    lines.append(f"  {'all joints':<28}{_fmt(overall['mae']):>10}{_fmt(overall['rmse']):>10}"
+                 f"{_fmt(overall['max_step']):>10}{_fmt(overall['mean_squared_jerk'], '.3g'):>12}")
+    return '\n'.join(lines)
+
+
+def write_csv(record: ReplayRecord, path: Path) -> None:
+    names = list(record.joint_names)
+    targets = np.asarray(record.target_times, dtype=np.float64)
+    reference = interpolate_reference(record, targets)
+    with path.open('w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['time', 'target_time', 'hold']
+                        + [f'cmd_{n}' for n in names] + [f'ref_{n}' for n in names])
+        for i, time in enumerate(record.command_times):
+            row = [f'{time - record.start_time:.6f}', f'{targets[i] - record.start_time:.6f}',
+                   int(record.command_holds[i])]
+            row += [f'{v:.6f}' for v in record.command_positions[i]]
+            row += ['' if not math.isfinite(v) else f'{v:.6f}' for v in reference[i]]
+            writer.writerow(row)
+
+
+def _histogram(ax: Any, values_ms: np.ndarray) -> None:
+    spread = float(np.ptp(values_ms))
+    value_range = None if spread > 0 else (values_ms[0] - 5.0, values_ms[0] + 5.0)
+    ax.hist(values_ms, bins=min(40, max(5, values_ms.size // 2)), range=value_range, color='tab:blue')
+    for q, style in ((50, '--'), (99, ':')):
+        value = float(np.percentile(values_ms, q))
+        ax.axvline(value, color='k', ls=style, lw=1, label=f'p{q} {value:.1f} ms')
+    ax.legend(fontsize=8)
+
+
+def write_plots(record: ReplayRecord, metrics: dict[str, Any], directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    names = list(record.joint_names)
+    dims = len(names)
+    n = len(record.command_times)
+    t_cmd = np.asarray(record.target_times, dtype=np.float64) - record.start_time
+    cmd = np.asarray(record.command_positions, dtype=np.float64).reshape(n, dims)
+    holds = np.asarray(record.command_holds, dtype=bool)
+    ref_t = np.asarray(record.reference_times, dtype=np.float64) - record.start_time
+    ref_p = np.asarray(record.reference_positions, dtype=np.float64)
+
+    cols = 2 if dims > 1 else 1
+    rows = math.ceil(dims / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 1.8 * rows + 0.8), sharex=True, squeeze=False)
+    for j in range(rows * cols):
+        ax = axes[j // cols][j % cols]
+        if j >= dims:
+            ax.set_visible(False)
+            continue
+        if ref_t.size:
+            ax.plot(ref_t, ref_p[:, j], color='0.4', lw=1.2, label=f'recorded ({record.reference_kind})')
+        if n:
+            ax.plot(t_cmd, cmd[:, j], color='tab:blue', lw=1.0, label='commanded')
+            if holds.any():
+                ax.plot(t_cmd[holds], cmd[holds, j], '.', color='tab:red', ms=2, label='hold')
+        mae = metrics['joints'][names[j]]['mae']
+        ax.set_title(f'{names[j]}  (MAE {_fmt(mae)})', fontsize=8)
+        ax.tick_params(labelsize=7)
+        if j == 0 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc='upper right')
+    for ax in axes[-1]:
+        ax.set_xlabel('bag time [s]', fontsize=8)
+    fig.suptitle(f'commanded vs recorded ({record.mode} replay)', fontsize=10)
+    fig.tight_layout()
+    joints_png = directory / 'joints.png'
+    fig.savefig(joints_png, dpi=80)
+    plt.close(fig)
+
+    latency_png = directory / 'latency.png'
+    latencies_ms = np.round(np.asarray(record.latencies, dtype=np.float64) * 1e3, 3)
+    periods_ms = np.asarray(record.receive_periods_ms, dtype=np.float64)
+    panels = 2 if periods_ms.size else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.5), squeeze=False)
+    ax = axes[0][0]
+    if latencies_ms.size:
+        _histogram(ax, latencies_ms)
+    else:
+        text = 'no per-chunk latencies recorded'
+        if record.reported_latency_ms is not None:
+            p50, p99 = record.reported_latency_ms
+            text += f'\nthe node reports p50 {_fmt(p50, ".1f")} ms, p99 {_fmt(p99, ".1f")} ms'
+        ax.text(0.5, 0.5, text, ha='center', va='center', transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel('latency from observation to chunk arrival [ms]')
+    ax.set_ylabel('chunks')
+    ax.set_title(f'inference latency ({record.mode} replay)', fontsize=10)
+    if periods_ms.size:
+        ax = axes[0][1]
+        _histogram(ax, periods_ms)
+        ax.axvline(1e3 / record.control_rate, color='tab:green', lw=1, label='control period')
+        ax.legend(fontsize=8)
+        ax.set_xlabel('time between received trajectories [ms]')
+        ax.set_ylabel('trajectories')
+        ax.set_title('control timing as received (live replay)', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(latency_png, dpi=80)
+    plt.close(fig)
+    return [joints_png, latency_png]
+
+
+def write_bag(record: ReplayRecord, path: Path, storage: str = 'sqlite3') -> dict[str, int]:
+    from vla_ros.tools.bag_io import BagWriter
+
+    with BagWriter(path, storage) as writer:
+        for time_ns, topic, msgtype, msg in sorted(record.messages, key=lambda m: m[0]):
+            writer.write(topic, time_ns, msg, msgtype)
+        return dict(writer.counts)
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Fail early (before any work) if OUT_DIR exists and may not be replaced."""
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ReportError(f'output directory {out_dir} exists and is not empty; choose a new one '
+                          f'or pass --overwrite')
+
+
+def write_report(record: ReplayRecord, out_dir: str | Path, storage: str = 'sqlite3',
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Write all outputs into OUT_DIR atomically; returns the metrics."""
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f'.{out_dir.name}.partial-{os.getpid()}')
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        metrics = compute_metrics(record)
+        bag_counts = write_bag(record, staging / BAG_NAME, storage)
+        metrics['outputs'] = {
+            'bag': BAG_NAME, 'bag_storage': storage, 'bag_topics': bag_counts,
+            'csv': CSV_NAME, 'plots': [f'{PLOTS_DIR}/joints.png', f'{PLOTS_DIR}/latency.png'],
+        }
+        write_csv(record, staging / CSV_NAME)
+        write_plots(record, metrics, staging / PLOTS_DIR)
+        table = summary_table(metrics)
+        (staging / SUMMARY_NAME).write_text(table + '\n')
+        # metrics.json last: its presence marks a complete report
+        (staging / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=False) + '\n')
+        if out_dir.exists():
+            trash = out_dir.with_name(f'.{out_dir.name}.old-{os.getpid()}')
+            out_dir.rename(trash)
+            staging.rename(out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return metrics
