@@ -171,3 +171,30 @@ def test_cuda_graph_replay_equals_eager(name):
     expected = denoiser().clone()
     denoiser.noise.copy_(noise * 0.3)
     assert torch.allclose(graph.run(), expected, atol=1e-5, rtol=0)
+
+
+def test_compacted_prefix_equals_full_prefix_after_other_inputs():
+    # The compacted runtime skips masked cameras and padding; slots it leaves untouched
+    # hold an earlier observation's K/V, which must not leak into the next result.
+    cfg = get_config("pi0-tiny")
+    model = random_model(cfg, seed=6, std=0.1)
+    images, image_masks, tokens, token_masks, state, noise = _model_inputs(cfg, seed=2)
+    denoiser = StaticSuffixDenoiser(model, num_steps=10)
+    runtime = TorchPrefixRuntime(model, compact=True)
+
+    def run(masks):
+        runtime.run(images.numpy(), masks.numpy(), tokens.numpy(), token_masks.numpy(),
+                    denoiser.prefix_keys, denoiser.prefix_values, denoiser.prefix_pad)
+        denoiser.noise.copy_(noise)
+        denoiser.state.copy_(state)
+        return denoiser().clone()
+
+    run(torch.tensor([[True, True, True]]))
+    masked = torch.tensor([[False, True, False]])
+    got = run(masked)
+    expected = model.sample_actions(images, masked, tokens, token_masks, state, noise=noise, num_steps=10)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    full = TorchPrefixRuntime(model, compact=False)
+    full.run(images.numpy(), masked.numpy(), tokens.numpy(), token_masks.numpy(),
+             denoiser.prefix_keys, denoiser.prefix_values, denoiser.prefix_pad)
+    assert torch.equal(denoiser.prefix_pad, torch.cat([masked.repeat_interleave(256, 1), token_masks], 1))

@@ -1,4 +1,12 @@
-"""The prefix encoder in PyTorch, writing its K/V cache into the suffix's static buffers."""
+"""The prefix encoder in PyTorch, writing its K/V cache into the suffix's static buffers.
+
+On eager devices the prefix is compacted first: masked cameras and prompt
+padding are dropped before the encoder runs, and the K/V of the real tokens
+are scattered back to their slots. This computes the same function: padded
+keys are masked for every query, and positions are `cumsum(pad) - 1`, which
+is exactly the index in the compacted sequence. A robot with two of the three
+cameras saves a third of the vision and language-model work.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +17,44 @@ from vla_ros.model.pi0 import Pi0Model
 
 
 class TorchPrefixRuntime:
-    """Eager `Pi0Model.embed_prefix` in the model's own precision (bf16 on AMX CPUs and GPUs)."""
+    """Eager `Pi0Model.embed_prefix` in the model's own precision (bf16 on CPUs with native bf16, GPUs)."""
 
     name = "pytorch"
 
-    def __init__(self, model: Pi0Model):
+    def __init__(self, model: Pi0Model, compact: bool = True):
         self.model = model
+        self.compact = compact
         self.device = model.action_in_proj.weight.device
+        self.tokens_per_camera = model.cfg.vision.num_tokens
 
     @torch.no_grad()
     def run(self, images, image_masks, tokens, token_masks, keys, values, pad_mask) -> None:
         def tensor(array, dtype=None):
             return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype)
 
+        images, image_masks = tensor(images), tensor(image_masks, torch.bool)
+        tokens, token_masks = tensor(tokens, torch.int64), tensor(token_masks, torch.bool)
+        full_pad = torch.cat([image_masks.repeat_interleave(self.tokens_per_camera, dim=1), token_masks], dim=1)
+        if not (self.compact and images.shape[0] == 1 and bool(image_masks.any())):
+            cache = self.model.embed_prefix(images, image_masks, tokens, token_masks)
+            keys.copy_(cache.keys)
+            values.copy_(cache.values)
+            pad_mask.copy_(cache.pad_mask)
+            return
+        cams, real = image_masks[0], token_masks[0]
         cache = self.model.embed_prefix(
-            tensor(images),
-            tensor(image_masks, torch.bool),
-            tensor(tokens, torch.int64),
-            tensor(token_masks, torch.bool),
+            images[:, cams], image_masks[:, cams], tokens[:, real], token_masks[:, real]
         )
-        keys.copy_(cache.keys)
-        values.copy_(cache.values)
-        pad_mask.copy_(cache.pad_mask)
+        slots = full_pad[0].nonzero().squeeze(1)
+        # Slots of masked tokens keep finite values from earlier calls; they are masked
+        # for every query, so they never contribute.
+        keys.index_copy_(3, slots, cache.keys)
+        values.index_copy_(3, slots, cache.values)
+        pad_mask.copy_(full_pad)
 
     def describe(self) -> dict:
-        return {"engine": self.name, "dtype": str(self.model.compute_dtype).replace("torch.", "")}
+        return {
+            "engine": self.name,
+            "dtype": str(self.model.compute_dtype).replace("torch.", ""),
+            "compact": self.compact,
+        }
