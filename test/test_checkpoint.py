@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
+import torch
 
 from vla_ros.errors import CheckpointError
-from vla_ros.model.checkpoint import EMBED_KEY, LM_HEAD_KEY, config_from_checkpoint, load_model
+from vla_ros.model.checkpoint import config_from_checkpoint, EMBED_KEY, LM_HEAD_KEY, load_model
 from vla_ros.policy import Policy, PolicyOptions
 from vla_ros.types import RawObservation
 

@@ -19,14 +19,14 @@ ort = pytest.importorskip("onnxruntime")
 
 from vla_ros.engines import onnx_export  # noqa: E402
 from vla_ros.engines.onnx_export import (  # noqa: E402
-    ExportOptions,
     export_artifact,
+    ExportOptions,
     load_suffix_model,
     read_manifest,
     validation_inputs,
     verify_artifact,
 )
-from vla_ros.engines.prefix_onnx import CPU, CUDA, TENSORRT, OnnxPrefixRuntime, choose_providers  # noqa: E402
+from vla_ros.engines.prefix_onnx import choose_providers, CPU, CUDA, OnnxPrefixRuntime, TENSORRT  # noqa: E402
 from vla_ros.errors import ConfigError, EngineError  # noqa: E402
 from vla_ros.model.checkpoint import load_model  # noqa: E402
 

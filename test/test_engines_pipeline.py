@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vla_ros.engines.onnx_export import ExportOptions, export_artifact
+from vla_ros.engines.onnx_export import export_artifact, ExportOptions
 from vla_ros.engines.optimized import OptimizedEngine
 from vla_ros.policy import Policy, PolicyOptions
 from vla_ros.types import RawObservation
@@ -27,7 +27,9 @@ def test_artifact_policy_matches_reference_fp32(fixture, request, tmp_path):
     artifacts = tmp_path / "artifacts"
     export_artifact(ckpt, artifacts, ExportOptions(precision="fp32"))
     noise = np.random.default_rng(5).standard_normal((50, 32)).astype(np.float32)
-    reference = Policy.from_checkpoint(ckpt, PolicyOptions(device="cpu", engine="reference", precision="fp32"))
+    reference = Policy.from_checkpoint(
+        ckpt, PolicyOptions(device="cpu", engine="reference", precision="fp32")
+    )
     deployed = Policy.from_artifacts(artifacts, PolicyOptions(device="cpu", precision="fp32"))
     assert isinstance(deployed.engine, OptimizedEngine)
     assert deployed.engine.describe()["prefix"] == deployed.engine.prefix.name != "pytorch"

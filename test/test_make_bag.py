@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import yaml
-
 from vla_ros.ros.conversions import compressed_to_rgb, image_to_rgb, JointStateMapper
 from vla_ros.tools import bag_io, make_bag
 from vla_ros.tools.cli import main
+import yaml
 
 JOINTS = [f'arm_joint_{i}' for i in range(7)] + ['gripper']
 LOWER = [-2.0, -1.5, -1.5, -2.5, -1.5, -2.5, -1.0, 0.0]

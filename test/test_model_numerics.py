@@ -9,7 +9,7 @@ import torch
 from vla_ros.model.checkpoint import random_model
 from vla_ros.model.config import get_config
 from vla_ros.model.layers import AdaRMSNorm, rms_normalize, sincos_time_embedding
-from vla_ros.model.pi0 import Pi0Model, euler_times
+from vla_ros.model.pi0 import euler_times, Pi0Model
 
 
 def _inputs(cfg, batch=2, seed=0):

@@ -42,6 +42,7 @@ class BrokenPolicy:
 
 
 class EchoPolicy:
+
     def __init__(self):
         self.seen = []
 
@@ -133,6 +134,7 @@ def test_artifact_directories_go_through_from_artifacts(tmp_path, monkeypatch):
 
 
 class _FakeController:
+
     def __init__(self, requests):
         self.requests = list(requests)
         self.chunks, self.failures = [], []

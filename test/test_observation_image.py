@@ -11,8 +11,11 @@ from vla_ros.types import CAMERA_KEYS
 
 
 def _ramp(h: int, w: int, coef_y: int, coef_x: int) -> np.ndarray:
-    """Image whose channel 0 is coef_y*y + coef_x*x (bilinear reproduces it exactly),
-    channel 1 is 255 minus that, channel 2 constant 7."""
+    """Image whose channel 0 is coef_y*y + coef_x*x.
+
+    Bilinear resizing reproduces channel 0 exactly; channel 1 is 255 minus
+    that, channel 2 constant 7.
+    """
     yy, xx = np.mgrid[0:h, 0:w]
     base = coef_y * yy + coef_x * xx
     return np.stack([base, 255 - base, np.full_like(base, 7)], axis=-1).astype(np.uint8)

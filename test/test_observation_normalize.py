@@ -7,9 +7,9 @@ import pytest
 
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 from vla_ros.observation.normalize import (
-    NormStats,
-    Normalizer,
     load_norm_stats,
+    Normalizer,
+    NormStats,
     pad_to_dim,
     save_norm_stats,
 )
@@ -37,7 +37,9 @@ def test_quantile_hand_computed():
     stats = NormStats(mean=[0.0, 0.0], std=[1.0, 1.0], q01=[-1.0, 0.0], q99=[3.0, 10.0])
     norm = Normalizer({"state": stats, "actions": stats}, "quantile")
     out = norm.normalize_state(np.array([1.0, 10.0]))
-    np.testing.assert_allclose(out, [2.0 / 4.000001 * 2 - 1, 10.0 / 10.000001 * 2 - 1], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        out, [2.0 / 4.000001 * 2 - 1, 10.0 / 10.000001 * 2 - 1], rtol=1e-12, atol=1e-15
+    )
     # Unnormalizing -1 and 1 gives back q01 and q99 (+ the epsilon).
     np.testing.assert_allclose(norm.unnormalize_actions(np.array([-1.0, 1.0])), [-1.0, 10.000001], rtol=1e-12)
 

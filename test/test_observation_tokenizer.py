@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
-from vla_ros.observation.tokenizer import PromptTokenizer, discretize_state, train_tokenizer
+from vla_ros.observation.tokenizer import discretize_state, PromptTokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")

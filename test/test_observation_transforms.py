@@ -8,11 +8,11 @@ import pytest
 from vla_ros.errors import ConfigError, ObservationError
 from vla_ros.observation.transforms import (
     AlohaTransform,
-    IdentityTransform,
-    RobotTransform,
     gripper_angular_to_linear,
     gripper_linear_to_angular,
+    IdentityTransform,
     make_transform,
+    RobotTransform,
 )
 
 FLIPPED = [1, 2, 8, 9]

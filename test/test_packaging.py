@@ -10,7 +10,7 @@ import glob
 import os
 import re
 import stat
-import xml.etree.ElementTree as ET
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -37,7 +37,7 @@ def _read(path):
 
 @pytest.fixture(scope='module')
 def package_xml():
-    return ET.parse(os.path.join(ROOT, 'package.xml')).getroot()
+    return ElementTree.parse(os.path.join(ROOT, 'package.xml')).getroot()
 
 
 @pytest.fixture(scope='module')

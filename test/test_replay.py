@@ -16,10 +16,9 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
-
 from vla_ros.tools import bag_io, make_bag, replay, replay_report
 from vla_ros.tools.cli import main
+import yaml
 
 PREFIX = '/vla_replay_test'
 JOINTS = [f'j{i}' for i in range(14)]

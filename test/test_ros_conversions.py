@@ -5,22 +5,22 @@ from __future__ import annotations
 import sys
 import types
 
+from builtin_interfaces.msg import Time
 import cv2
+from diagnostic_msgs.msg import DiagnosticStatus
 import numpy as np
 import pytest
-from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from vla_ros.errors import ConfigError, ObservationError
 from vla_ros.ros import conversions
 from vla_ros.ros.conversions import (
-    ImageConversionError,
-    JointStateMapper,
     compressed_to_rgb,
     diagnostic_status,
     float64_array_msg,
     image_to_rgb,
+    ImageConversionError,
+    JointStateMapper,
     rgb_to_compressed_msg,
     rgb_to_image_msg,
     seconds_to_duration,

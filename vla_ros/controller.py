@@ -205,19 +205,7 @@ class PolicyController:
         except ObservationError as exc:
             self._event(f"invalid_image:{key}", receipt_time, str(exc))
             return False
-        if not stamp > 0.0:
-            self._event(
-                f"zero_stamp:{key}",
-                receipt_time,
-                f"camera {key}: header stamp is zero; using the receipt time",
-                rejected=False,
-            )
-        if not accepted:
-            self._event(
-                f"out_of_order:{key}",
-                receipt_time,
-                f"camera {key}: stamp {stamp:.3f} is older than the buffered frame",
-            )
+        self._report_stamp(key, f"camera {key}", "frame", stamp, receipt_time, accepted)
         return accepted
 
     def on_joint_state(self, positions: np.ndarray, stamp: float, receipt_time: float) -> bool:
@@ -235,24 +223,32 @@ class PolicyController:
         except ObservationError as exc:
             self._event(f"invalid_state:{JOINT_STATE}", receipt_time, str(exc))
             return False
-        if not stamp > 0.0:
-            self._event(
-                f"zero_stamp:{JOINT_STATE}",
-                receipt_time,
-                "joint state: header stamp is zero; using the receipt time",
-                rejected=False,
-            )
+        self._report_stamp(JOINT_STATE, "joint state", "one", stamp, receipt_time, accepted)
         if not accepted:
-            self._event(
-                f"out_of_order:{JOINT_STATE}",
-                receipt_time,
-                f"joint state: stamp {stamp:.3f} is older than the buffered one",
-            )
             return False
         with self._lock:
             self._measured = positions
             self._measured_time = receipt_time
         return True
+
+    def _report_stamp(
+        self, source: str, label: str, buffered: str, stamp: float, receipt_time: float, accepted: bool
+    ) -> None:
+        # After a buffer update: a zero header stamp (the receipt time stood
+        # in) and a message older than the ``buffered`` one (rejected).
+        if not stamp > 0.0:
+            self._event(
+                f"zero_stamp:{source}",
+                receipt_time,
+                f"{label}: header stamp is zero; using the receipt time",
+                rejected=False,
+            )
+        if not accepted:
+            self._event(
+                f"out_of_order:{source}",
+                receipt_time,
+                f"{label}: stamp {stamp:.3f} is older than the buffered {buffered}",
+            )
 
     def on_prompt(self, text: str, receipt_time: float | None = None) -> bool:
         """Set the instruction; an empty one is rejected (the old prompt stays)."""

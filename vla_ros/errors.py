@@ -1,5 +1,7 @@
 """Typed errors. Each message says what is wrong and what to change."""
 
+import math
+
 
 class VlaRosError(Exception):
     """Base class for every error vla_ros raises on purpose."""
@@ -26,3 +28,20 @@ class ObservationError(VlaRosError, ValueError):
 
 class EngineError(VlaRosError, RuntimeError):
     """An inference backend could not be built or run."""
+
+
+def check_positive_finite(parameter: str, value: float, what: str = "number") -> float:
+    """Return ``value`` as a float if it is a finite number > 0.
+
+    Raises:
+        ConfigError(parameter, ...): not a number, not finite or <= 0; the
+            message calls the expected value a ``what`` (e.g. "number of
+            seconds").
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(parameter, f"must be a {what}, got {value!r}") from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise ConfigError(parameter, f"must be a finite {what} > 0, got {value!r}")
+    return value

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
+import time
 
 import numpy as np
 
@@ -18,10 +18,10 @@ from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 from vla_ros.model.config import PolicyConfig
 from vla_ros.observation.image import prepare_images
-from vla_ros.observation.normalize import Normalizer, load_norm_stats, pad_to_dim
+from vla_ros.observation.normalize import load_norm_stats, Normalizer, pad_to_dim
 from vla_ros.observation.tokenizer import PromptTokenizer
-from vla_ros.observation.transforms import RobotTransform, make_transform
-from vla_ros.types import CAMERA_KEYS, ActionChunk, RawObservation
+from vla_ros.observation.transforms import make_transform, RobotTransform
+from vla_ros.types import ActionChunk, CAMERA_KEYS, RawObservation
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ class Policy:
         token_ids, token_masks = (np.asarray(t) for t in tokens)
         if token_ids.shape != (self.cfg.max_token_len,) or token_masks.shape != token_ids.shape:
             raise ObservationError(
-                f"tokenized prompt must have shape ({self.cfg.max_token_len},), got {token_ids.shape} / {token_masks.shape}"
+                f"tokenized prompt must have shape ({self.cfg.max_token_len},), "
+                f"got {token_ids.shape} / {token_masks.shape}"
             )
         if noise is None:
             noise = self.sample_noise()

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from vla_ros.errors import ConfigError
+from vla_ros.errors import check_positive_finite, ConfigError
 from vla_ros.types import ActionChunk
 
 # Tolerance in seconds when comparing times. ROS time is ~1.7e9 s since the
@@ -37,16 +37,6 @@ from vla_ros.types import ActionChunk
 TIME_EPS = 1e-6
 
 AGGREGATION_MODES: tuple[str, ...] = ("temporal_ensemble", "latest", "crossfade")
-
-
-def _check_positive_finite(parameter: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(parameter, f"must be a number, got {value!r}") from None
-    if not math.isfinite(value) or value <= 0.0:
-        raise ConfigError(parameter, f"must be a finite number > 0, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +61,7 @@ class AggregationConfig:
                 f"unknown mode {self.mode!r}; choose one of {', '.join(AGGREGATION_MODES)}",
             )
         _check_m(self.ensemble_m)
-        _check_positive_finite("aggregation.crossfade_overlap", self.crossfade_overlap)
+        check_positive_finite("aggregation.crossfade_overlap", self.crossfade_overlap)
 
     def build(self, dt: float) -> ChunkAggregator:
         """The aggregator this config describes, for a policy action period dt."""
@@ -147,7 +137,7 @@ class ChunkAggregator(abc.ABC):
     """
 
     def __init__(self, dt: float):
-        self.dt = _check_positive_finite("aggregation.dt", dt)
+        self.dt = check_positive_finite("aggregation.dt", dt)
         self._chunks: list[_Chunk] = []
         self._stamps: list[float] = []
         self._dim: int | None = None
@@ -219,6 +209,18 @@ class ChunkAggregator(abc.ABC):
 
     def _droppable(self, index: int, now: float) -> bool:
         return self._chunks[index].end < now - TIME_EPS
+
+    def _taken_over(self, index: int, now: float, delay: float = 0.0) -> bool:
+        """Whether a newer chunk that lasts at least as long took over by ``now``.
+
+        A newer chunk takes over ``delay`` seconds after its start; where the
+        newest chunk wins, it then hides chunk ``index`` at every t >= now.
+        """
+        old = self._chunks[index]
+        return any(
+            c.start + delay <= now + TIME_EPS and c.end >= old.end - TIME_EPS
+            for c in self._chunks[index + 1 :]
+        )
 
     # -- queries ---------------------------------------------------------
 
@@ -331,13 +333,7 @@ class LatestChunk(ChunkAggregator):
     def _droppable(self, index, now):
         # Fully hidden: a newer chunk already started by now and lasts at
         # least as long, so it wins at every t >= now this one covers.
-        if super()._droppable(index, now):
-            return True
-        old = self._chunks[index]
-        return any(
-            c.start <= now + TIME_EPS and c.end >= old.end - TIME_EPS
-            for c in self._chunks[index + 1 :]
-        )
+        return super()._droppable(index, now) or self._taken_over(index, now)
 
 
 class Crossfade(ChunkAggregator):
@@ -355,7 +351,7 @@ class Crossfade(ChunkAggregator):
 
     def __init__(self, dt: float, overlap: float = 0.2):
         super().__init__(dt)
-        self.overlap = _check_positive_finite("aggregation.crossfade_overlap", overlap)
+        self.overlap = check_positive_finite("aggregation.crossfade_overlap", overlap)
 
     def _combine(self, chunks, times, dim):
         out = np.zeros((times.shape[0], dim))
@@ -374,13 +370,7 @@ class Crossfade(ChunkAggregator):
     def _droppable(self, index, now):
         # A newer chunk whose fade-in finished by now and that lasts at least
         # as long overrides this one (alpha = 1) at every t >= now.
-        if super()._droppable(index, now):
-            return True
-        old = self._chunks[index]
-        return any(
-            c.start + self.overlap <= now + TIME_EPS and c.end >= old.end - TIME_EPS
-            for c in self._chunks[index + 1 :]
-        )
+        return super()._droppable(index, now) or self._taken_over(index, now, self.overlap)
 
 
 _PARAMS: dict[str, tuple[str, ...]] = {

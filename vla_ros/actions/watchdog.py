@@ -8,9 +8,8 @@ computed from an old view of the world.
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from vla_ros.errors import ConfigError
+from vla_ros.errors import check_positive_finite
 
 LEVELS: tuple[str, ...] = ("OK", "WARN", "ERROR")
 
@@ -36,14 +35,12 @@ class WatchdogStatus:
 _OK = WatchdogStatus("OK", "", False)
 
 
+def _hold(level: str, reason: str) -> WatchdogStatus:
+    return WatchdogStatus(level, reason, True)
+
+
 def _timeout(parameter: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(parameter, f"must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(value) or value <= 0.0:
-        raise ConfigError(parameter, f"must be a finite number of seconds > 0, got {value!r}")
-    return value
+    return check_positive_finite(parameter, value, "number of seconds")
 
 
 class Watchdog:
@@ -94,29 +91,23 @@ class Watchdog:
 
     def status(self, now: float) -> WatchdogStatus:
         if self._failure is not None:
-            return WatchdogStatus("ERROR", f"inference failed: {self._failure}", True)
+            return _hold("ERROR", f"inference failed: {self._failure}")
         if self._last_obs is None:
-            return WatchdogStatus("WARN", "waiting for the first observation", True)
+            return _hold("WARN", "waiting for the first observation")
         obs_age = now - self._last_obs
         if obs_age > self.obs_timeout:
-            return WatchdogStatus(
-                "ERROR",
-                f"observations stale: last one {obs_age:.3f} s ago (timeout {self.obs_timeout:g} s)",
-                True,
+            return _hold(
+                "ERROR", f"observations stale: last one {obs_age:.3f} s ago (timeout {self.obs_timeout:g} s)"
             )
         if self._last_chunk is None:
-            return WatchdogStatus("WARN", "waiting for the first action chunk", True)
+            return _hold("WARN", "waiting for the first action chunk")
         chunk_age = now - self._last_chunk
         if chunk_age > self.inference_timeout:
-            return WatchdogStatus(
-                "ERROR",
-                f"no action chunk for {chunk_age:.3f} s (timeout {self.inference_timeout:g} s)",
-                True,
+            return _hold(
+                "ERROR", f"no action chunk for {chunk_age:.3f} s (timeout {self.inference_timeout:g} s)"
             )
         if self._horizon_end is not None and now > self._horizon_end:
-            return WatchdogStatus(
-                "WARN",
-                f"action chunks ran out {now - self._horizon_end:.3f} s ago; inference is too slow",
-                True,
+            return _hold(
+                "WARN", f"action chunks ran out {now - self._horizon_end:.3f} s ago; inference is too slow"
             )
         return _OK

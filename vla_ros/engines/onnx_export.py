@@ -23,9 +23,9 @@ import datetime
 import hashlib
 import json
 import logging
+from pathlib import Path
 import shutil
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn

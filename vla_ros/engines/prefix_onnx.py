@@ -27,10 +27,10 @@ import torch
 from vla_ros.engines.onnx_export import (
     INPUT_NAMES,
     ONNX_ELEMENT_TYPES,
-    OUTPUT_NAMES,
-    TRT_CACHE_DIR,
     ort_type_to_torch,
+    OUTPUT_NAMES,
     read_manifest,
+    TRT_CACHE_DIR,
 )
 from vla_ros.errors import ConfigError, EngineError
 from vla_ros.model.config import PolicyConfig

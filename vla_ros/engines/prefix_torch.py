@@ -34,7 +34,8 @@ class TorchPrefixRuntime:
 
         images, image_masks = tensor(images), tensor(image_masks, torch.bool)
         tokens, token_masks = tensor(tokens, torch.int64), tensor(token_masks, torch.bool)
-        full_pad = torch.cat([image_masks.repeat_interleave(self.tokens_per_camera, dim=1), token_masks], dim=1)
+        image_pad = image_masks.repeat_interleave(self.tokens_per_camera, dim=1)
+        full_pad = torch.cat([image_pad, token_masks], dim=1)
         if not (self.compact and images.shape[0] == 1 and bool(image_masks.any())):
             cache = self.model.embed_prefix(images, image_masks, tokens, token_masks)
             keys.copy_(cache.keys)

@@ -7,7 +7,7 @@ import torch
 
 from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.model.gemma import KVCache
-from vla_ros.model.pi0 import Pi0Model, euler_times
+from vla_ros.model.pi0 import euler_times, Pi0Model
 
 
 def batch_tensors(inputs: ModelInputs, device: torch.device) -> dict[str, torch.Tensor]:

@@ -17,12 +17,12 @@ so the whole `forward` can be captured as one CUDA graph (suffix_cuda_graph.py).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from vla_ros.model import masks
 from vla_ros.model.layers import apply_rope, attention, gated_residual, linear, rms_normalize, rope_cos_sin
-from vla_ros.model.pi0 import Pi0Model, euler_times
+from vla_ros.model.pi0 import euler_times, Pi0Model
 
 
 class StaticSuffixDenoiser(nn.Module):

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
+import re
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+import torch
 
 from vla_ros.errors import CheckpointError, ConfigError
-from vla_ros.model.config import GemmaConfig, PolicyConfig, VisionConfig, get_config
+from vla_ros.model.config import GemmaConfig, get_config, PolicyConfig, VisionConfig
 from vla_ros.model.pi0 import Pi0Model
 
 log = logging.getLogger(__name__)

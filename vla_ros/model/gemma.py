@@ -16,17 +16,18 @@ from torch import nn
 from vla_ros.model.config import GemmaConfig
 from vla_ros.model.layers import (
     AdaRMSNorm,
-    GeGLU,
-    RMSNorm,
     apply_rope,
     attention,
     gated_residual,
+    GeGLU,
     linear,
+    RMSNorm,
     rope_cos_sin,
 )
 
 
 class GemmaSelfAttention(nn.Module):
+
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
         self.cfg = cfg
@@ -53,6 +54,7 @@ class GemmaSelfAttention(nn.Module):
 
 
 class GemmaLayer(nn.Module):
+
     def __init__(self, cfg: GemmaConfig, cond_dim: int | None):
         super().__init__()
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 MASK_VALUE = -2.3819763e38
 RMS_EPS = 1e-6
@@ -19,8 +19,11 @@ ROPE_THETA = 10000.0
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Apply a Linear in its own weight dtype: the reference keeps some layers fp32
-    while the stream runs in bf16, so inputs are cast at each layer boundary."""
+    """Apply a Linear in its own weight dtype.
+
+    The reference keeps some layers fp32 while the stream runs in bf16, so
+    inputs are cast at each layer boundary.
+    """
     return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
 
 

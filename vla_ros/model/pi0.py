@@ -12,23 +12,25 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from vla_ros.model import masks
 from vla_ros.model.config import PolicyConfig
-from vla_ros.model.gemma import GemmaStack, KVCache, joint_forward
+from vla_ros.model.gemma import GemmaStack, joint_forward, KVCache
 from vla_ros.model.layers import linear, sincos_time_embedding
 from vla_ros.model.siglip import SiglipVisionTower
 
 
 class _Projector(nn.Module):
+
     def __init__(self, vision_width: int, width: int):
         super().__init__()
         self.linear = nn.Linear(vision_width, width)
 
 
 class _PaliGemmaModel(nn.Module):
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.vision_tower = SiglipVisionTower(cfg.vision)
@@ -37,18 +39,21 @@ class _PaliGemmaModel(nn.Module):
 
 
 class _PaliGemma(nn.Module):
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.model = _PaliGemmaModel(cfg)
 
 
 class _Expert(nn.Module):
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.model = GemmaStack(cfg.expert, cond_dim=cfg.expert.width if cfg.pi05 else None)
 
 
 class _PaliGemmaWithExpert(nn.Module):
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.paligemma = _PaliGemma(cfg)
@@ -78,6 +83,7 @@ def euler_times(num_steps: int) -> list[float]:
 
 
 class Pi0Model(nn.Module):
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.cfg = cfg

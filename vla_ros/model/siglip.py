@@ -7,8 +7,8 @@ state dicts load without renaming.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from vla_ros.model.config import VisionConfig
 from vla_ros.model.layers import attention, linear
@@ -21,6 +21,7 @@ def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 class SiglipAttention(nn.Module):
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
@@ -41,6 +42,7 @@ class SiglipAttention(nn.Module):
 
 
 class SiglipMLP(nn.Module):
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
@@ -51,6 +53,7 @@ class SiglipMLP(nn.Module):
 
 
 class SiglipEncoderLayer(nn.Module):
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(cfg.width, eps=LAYER_NORM_EPS)
@@ -64,6 +67,7 @@ class SiglipEncoderLayer(nn.Module):
 
 
 class SiglipEmbeddings(nn.Module):
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.patch_embedding = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
@@ -79,12 +83,14 @@ class SiglipEmbeddings(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.layers = nn.ModuleList(SiglipEncoderLayer(cfg) for _ in range(cfg.depth))
 
 
 class SiglipVisionModel(nn.Module):
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.embeddings = SiglipEmbeddings(cfg)

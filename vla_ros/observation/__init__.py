@@ -7,9 +7,9 @@ robot transform `outputs`.
 """
 
 from vla_ros.observation.image import prepare_images, resize_with_pad, to_model_range
-from vla_ros.observation.normalize import NormStats, Normalizer, load_norm_stats, pad_to_dim, save_norm_stats
-from vla_ros.observation.tokenizer import PromptTokenizer, discretize_state, train_tokenizer
-from vla_ros.observation.transforms import AlohaTransform, IdentityTransform, RobotTransform, make_transform
+from vla_ros.observation.normalize import load_norm_stats, Normalizer, NormStats, pad_to_dim, save_norm_stats
+from vla_ros.observation.tokenizer import discretize_state, PromptTokenizer, train_tokenizer
+from vla_ros.observation.transforms import AlohaTransform, IdentityTransform, make_transform, RobotTransform
 
 __all__ = [
     "AlohaTransform",

@@ -9,11 +9,11 @@ here knows about ROS: stamps and `now` are plain float seconds on one clock
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import math
 import threading
 import types
-from collections.abc import Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np

@@ -26,7 +26,9 @@ def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
             f"{name}: got an array of shape {image.shape}; expected (height, width, 3) RGB"
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ObservationError(f"{name}: got an empty image of shape {image.shape}; expected height, width >= 1")
+        raise ObservationError(
+            f"{name}: got an empty image of shape {image.shape}; expected height, width >= 1"
+        )
     if image.dtype not in (np.uint8, np.float32):
         raise ObservationError(
             f"{name}: got dtype {image.dtype}; expected uint8 in [0, 255] or float32 in [-1, 1]"
@@ -34,7 +36,9 @@ def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-def resize_with_pad(image: np.ndarray, height: int = MODEL_IMAGE_SIZE, width: int = MODEL_IMAGE_SIZE) -> np.ndarray:
+def resize_with_pad(
+    image: np.ndarray, height: int = MODEL_IMAGE_SIZE, width: int = MODEL_IMAGE_SIZE
+) -> np.ndarray:
     """Letterbox an RGB image to (height, width, 3) without distorting it.
 
     The image is scaled by 1/ratio with ratio = max(w / width, h / height), the

@@ -9,9 +9,9 @@ section 5). pi0 uses z-scores, pi0.5 maps the 1%..99% quantile range to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -92,13 +92,18 @@ def _parse_norm_stats(path: Path) -> dict[str, NormStats]:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read normalization statistics '{path}': {exc}") from exc
-    expected = '{"norm_stats": {"state": {"mean": [...], "std": [...], "q01": [...], "q99": [...]}, "actions": {...}}}'
+    expected = (
+        '{"norm_stats": {"state": {"mean": [...], "std": [...], "q01": [...], "q99": [...]},'
+        ' "actions": {...}}}'
+    )
     if not isinstance(data, dict) or not isinstance(data.get("norm_stats"), dict):
         raise CheckpointError(f"'{path}' has no top-level 'norm_stats' object; expected {expected}")
     stats: dict[str, NormStats] = {}
     for key, entry in data["norm_stats"].items():
         if not isinstance(entry, dict) or "mean" not in entry or "std" not in entry:
-            raise CheckpointError(f"'{path}': norm_stats['{key}'] needs 'mean' and 'std' lists; expected {expected}")
+            raise CheckpointError(
+                f"'{path}': norm_stats['{key}'] needs 'mean' and 'std' lists; expected {expected}"
+            )
         try:
             stats[key] = NormStats(
                 mean=entry["mean"], std=entry["std"], q01=entry.get("q01"), q99=entry.get("q99")
@@ -129,7 +134,9 @@ def find_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> 
     if asset_id is not None:
         path = assets / asset_id / NORM_STATS_FILE
         if not path.is_file():
-            raise CheckpointError(f"no '{path}'; asset ids with normalization statistics in '{root}': {found}")
+            raise CheckpointError(
+                f"no '{path}'; asset ids with normalization statistics in '{root}': {found}"
+            )
         return path
     if len(found) == 1:
         return assets / found[0] / NORM_STATS_FILE
@@ -141,12 +148,16 @@ def find_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> 
     if beside.is_file():
         return beside
     raise CheckpointError(
-        f"no normalization statistics in '{root}': expected assets/<asset_id>/{NORM_STATS_FILE} or {NORM_STATS_FILE}"
+        f"no normalization statistics in '{root}': "
+        f"expected assets/<asset_id>/{NORM_STATS_FILE} or {NORM_STATS_FILE}"
     )
 
 
 def load_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> dict[str, NormStats]:
-    """Load every quantity (usually "state" and "actions") from a checkpoint's stats; see `find_norm_stats`."""
+    """Load every quantity (usually "state" and "actions") from a checkpoint's stats.
+
+    The file is located as in `find_norm_stats`.
+    """
     return _parse_norm_stats(find_norm_stats(checkpoint_dir, asset_id))
 
 
@@ -190,7 +201,9 @@ class Normalizer:
             raise ConfigError("mode", f"got {mode!r}; expected one of {list(NORM_MODES)}")
         for key in ("state", "actions"):
             if key not in stats:
-                raise CheckpointError(f"normalization statistics have no '{key}' entry; found {sorted(stats)}")
+                raise CheckpointError(
+                    f"normalization statistics have no '{key}' entry; found {sorted(stats)}"
+                )
             if mode == "quantile" and not stats[key].has_quantiles:
                 raise CheckpointError(
                     f"quantile normalization (pi0.5) needs q01 and q99, but the '{key}' statistics have"
@@ -255,7 +268,8 @@ def pad_to_dim(x: np.ndarray, dim: int = MODEL_DIM) -> np.ndarray:
         raise ObservationError(f"pad_to_dim: got a scalar; expected shape (D,) or (..., D) with D <= {dim}")
     if x.shape[-1] > dim:
         raise ObservationError(
-            f"vector has {x.shape[-1]} dims, more than the model's {dim}; the robot has too many joints for this model"
+            f"vector has {x.shape[-1]} dims, more than the model's {dim}; "
+            "the robot has too many joints for this model"
         )
     if x.shape[-1] == dim:
         return x

@@ -1,10 +1,10 @@
-"""Prompt (and, for pi0.5, state) -> fixed-length language tokens.
+r"""Prompt (and, for pi0.5, state) -> fixed-length language tokens.
 
 The token layouts follow pi0-reference section 5 exactly, because the policy
 only understands prompts laid out the way it was trained:
 
-- pi0:   BOS + tokens(text) + tokens("\\n"), padded to 48.
-- pi0.5: BOS + tokens("Task: {text}, State: {bins};\\nAction: "), padded to
+- pi0:   BOS + tokens(text) + tokens("\n"), padded to 48.
+- pi0.5: BOS + tokens("Task: {text}, State: {bins};\nAction: "), padded to
   200, where `bins` is the normalized state discretized into 256 bins.
 
 The real tokenizer is PaliGemma's SentencePiece model shipped beside the
@@ -14,9 +14,9 @@ ids for tests and tiny checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 import io
 import logging
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -80,7 +80,9 @@ class PromptTokenizer:
         if fmt not in PROMPT_FORMATS:
             raise ConfigError("fmt", f"got {fmt!r}; expected one of {list(PROMPT_FORMATS)}")
         if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 2:
-            raise ConfigError("max_len", f"got {max_len!r}; expected an int >= 2 (BOS plus at least one token)")
+            raise ConfigError(
+                "max_len", f"got {max_len!r}; expected an int >= 2 (BOS plus at least one token)"
+            )
         path = Path(model_path)
         if not path.is_file():
             raise CheckpointError(
@@ -116,10 +118,10 @@ class PromptTokenizer:
         return self._fmt
 
     def encode_ids(self, prompt: str, state: np.ndarray | None = None) -> list[int]:
-        """Token ids for the prompt before padding/truncation (BOS included).
+        r"""Token ids for the prompt before padding/truncation (BOS included).
 
         An empty (or whitespace-only) prompt is allowed: pi0 then gives
-        BOS + "\\n" and pi0.5 gives the template with an empty task, which is
+        BOS + "\n" and pi0.5 gives the template with an empty task, which is
         what the model would see for a missing instruction.
         """
         if not isinstance(prompt, str):
@@ -214,9 +216,9 @@ def _training_sentences(extra_text: Iterable[str]) -> Iterator[str]:
 
 
 def train_tokenizer(out_path: str | Path, vocab_size: int = 512, extra_text: Iterable[str] = ()) -> Path:
-    """Train a small SentencePiece BPE model with PaliGemma's special ids and write it.
+    r"""Train a small SentencePiece BPE model with PaliGemma's special ids and write it.
 
-    Ids: pad 0, eos 1, bos 2, unk 3; "\\n" is a piece of its own and unknown
+    Ids: pad 0, eos 1, bos 2, unk 3; "\n" is a piece of its own and unknown
     characters fall back to their UTF-8 bytes, so any text encodes and decodes
     back exactly. Like PaliGemma's model it keeps the text as is (no Unicode
     normalization, no dummy prefix) and splits numbers into single digits.
@@ -231,7 +233,11 @@ def train_tokenizer(out_path: str | Path, vocab_size: int = 512, extra_text: Ite
     """
     # 4 special ids + "\n" + 256 byte pieces must fit, plus room for characters.
     min_vocab = 300
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < min_vocab:
+    if (
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, (int, np.integer))
+        or vocab_size < min_vocab
+    ):
         raise ConfigError("vocab_size", f"got {vocab_size!r}; expected an int >= {min_vocab}")
     out = Path(out_path)
     buffer = io.BytesIO()

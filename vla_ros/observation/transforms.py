@@ -11,8 +11,8 @@ gripper units differ from the public ALOHA / Interbotix stack.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import dataclasses
-from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -145,7 +145,9 @@ class AlohaTransform:
         known = tuple(self.CAMERA_RENAMES) + self.DROPPED_CAMERAS
         unknown = sorted(set(images) - set(known))
         if unknown:
-            raise ObservationError(f"ALOHA camera key(s) {unknown} unknown; expected a subset of {list(known)}")
+            raise ObservationError(
+                f"ALOHA camera key(s) {unknown} unknown; expected a subset of {list(known)}"
+            )
         return {self.CAMERA_RENAMES[k]: v for k, v in images.items() if k in self.CAMERA_RENAMES}
 
     def state_to_pi(self, state: np.ndarray) -> np.ndarray:
@@ -175,28 +177,27 @@ class AlohaTransform:
 
     def outputs(self, actions: np.ndarray) -> np.ndarray:
         """Policy actions (..., D >= 14) -> ALOHA commands; dims past 14 pass unchanged."""
-        actions = np.asarray(actions)
-        if actions.ndim == 0 or actions.shape[-1] < ALOHA_DIM:
-            raise ObservationError(f"ALOHA actions: got shape {actions.shape}; expected (..., >= {ALOHA_DIM})")
-        if not self.adapt_to_pi:
-            return actions
-        out = actions.astype(np.float64)
-        out[..., :ALOHA_DIM] *= ALOHA_JOINT_FLIP
-        grippers = list(ALOHA_GRIPPER_DIMS)
-        out[..., grippers] = gripper_from_angular(out[..., grippers])
-        return _same_float_dtype(out, actions)
+        return self._convert_actions(actions, gripper_from_angular)
 
     def actions_to_pi(self, actions: np.ndarray) -> np.ndarray:
         """Inverse of `outputs`: recorded ALOHA actions -> policy convention (for evaluation)."""
+        return self._convert_actions(actions, gripper_to_angular_action)
+
+    def _convert_actions(
+        self, actions: np.ndarray, gripper_map: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        # The joint flips are their own inverse: both directions differ only in the gripper map.
         actions = np.asarray(actions)
         if actions.ndim == 0 or actions.shape[-1] < ALOHA_DIM:
-            raise ObservationError(f"ALOHA actions: got shape {actions.shape}; expected (..., >= {ALOHA_DIM})")
+            raise ObservationError(
+                f"ALOHA actions: got shape {actions.shape}; expected (..., >= {ALOHA_DIM})"
+            )
         if not self.adapt_to_pi:
             return actions
         out = actions.astype(np.float64)
         out[..., :ALOHA_DIM] *= ALOHA_JOINT_FLIP
         grippers = list(ALOHA_GRIPPER_DIMS)
-        out[..., grippers] = gripper_to_angular_action(out[..., grippers])
+        out[..., grippers] = gripper_map(out[..., grippers])
         return _same_float_dtype(out, actions)
 
 
@@ -219,5 +220,7 @@ def make_transform(name: str, **options: Any) -> RobotTransform:
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ConfigError("robot_transform", f"{name!r} takes options {sorted(allowed)}; got unknown {unknown}")
+        raise ConfigError(
+            "robot_transform", f"{name!r} takes options {sorted(allowed)}; got unknown {unknown}"
+        )
     return cls(**options)

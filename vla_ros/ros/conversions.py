@@ -7,14 +7,14 @@ see exactly the same conversions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import math
 import sys
-from collections.abc import Mapping, Sequence
 
-import cv2
-import numpy as np
 from builtin_interfaces.msg import Duration, Time
+import cv2
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+import numpy as np
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 import resource
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -36,13 +36,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def synthetic_observation(cfg, dims: int, seed: int = 0):
+def synthetic_observation(cfg, dims: int, cameras: int | None = None, seed: int = 0):
     from vla_ros.types import CAMERA_KEYS, RawObservation
 
     rng = np.random.default_rng(seed)
-    images = {
-        key: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for key in CAMERA_KEYS[: cfg.num_cameras]
-    }
+    keys = CAMERA_KEYS[: cfg.num_cameras if cameras is None else cameras]
+    images = {key: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for key in keys}
     return RawObservation(
         images, rng.normal(size=dims).astype(np.float32), "pick up the red block and put it in the bin"
     )
@@ -130,7 +129,7 @@ def build_policies(args, tmp: Path):
 def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]]) -> None:
     print(
         f"\nvla-ros bench: {info['config']} ({info['params'] / 1e6:.1f} M params) on {info['device']}, "
-        f"{info['threads']} threads"
+        f"{info['threads']} threads, {info['cameras']} cameras"
     )
     print(f"  optimised: {info['optimised']}")
     print(f"  baseline:  {info['baseline']}")
@@ -163,6 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed inferences first")
     parser.add_argument("--steps", type=int, default=10, help="Euler steps")
     parser.add_argument("--dims", type=int, default=14, help="robot dims for --config")
+    parser.add_argument(
+        "--cameras", type=int, help="cameras present (default: all the model takes; others are masked)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--precision", default="auto", help="optimised engine precision (auto: bf16 where native)"
@@ -199,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         optimised, baseline, cfg, info = build_policies(args, Path(tmp))
         info["build_s"] = time.perf_counter() - start
-        obs = synthetic_observation(cfg, args.dims)
+        obs = synthetic_observation(cfg, args.dims, args.cameras)
+        info["cameras"] = len(obs.images)
         noise = (
             np.random.default_rng(0).standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
         )

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='working directory for every demo file (default ./vla_ros_demo)')
     parser.add_argument('--seconds', type=float, default=10.0, help='length of the sample bag (default 10)')
     parser.add_argument('--config', type=Path, default=None,
-                        help='robot YAML to start from (default: the package\'s config/aloha.yaml)')
+                        help="robot YAML to start from (default: the package's config/aloha.yaml)")
     parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap',
                         help='storage of the sample bag (default mcap)')
     parser.add_argument('--clock', choices=('sim', 'wall'), default='wall',

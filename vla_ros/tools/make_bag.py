@@ -298,7 +298,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='joint order in the JointState messages '
                         '(default: shuffled, plus an extra joint)')
     parser.add_argument('--prompt', default=None,
-                        help='instruction to record (default: the config\'s prompt.default)')
+                        help="instruction to record (default: the config's prompt.default)")
 
 
 def summarize(counts: dict[str, int], seconds: float) -> str:

@@ -185,6 +185,7 @@ def _progress(total: float, desc: str, enabled: bool):
 
 
 class _Progress:
+
     def __init__(self, total: float, desc: str, enabled: bool):
         self.bar = _progress(total, desc, enabled)
         self.shown = 0.0
@@ -697,7 +698,7 @@ class LiveReplay:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('bag', type=Path,
                         help='rosbag2 directory (sqlite3 or mcap), .db3 / .mcap file, or ROS 1 .bag')
-    parser.add_argument('--config', required=True, type=Path, help='robot YAML (the node\'s parameter file)')
+    parser.add_argument('--config', required=True, type=Path, help="robot YAML (the node's parameter file)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument('--checkpoint', type=Path, help='checkpoint directory (offline mode)')
     source.add_argument('--artifacts', type=Path, help='exported artifact directory (offline mode)')
@@ -717,9 +718,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f'offline: the fixed inference latency in ms (default {DEFAULT_LATENCY_MS:g})')
     parser.add_argument('--seed', type=int, default=0, help='offline: seed of the policy noise (default 0)')
     parser.add_argument('--command-topic', default=None,
-                        help='recorded JointTrajectory to compare with (default: the config\'s '
+                        help="recorded JointTrajectory to compare with (default: the config's "
                         'output.trajectory_topic; without it the joint states are the reference)')
-    parser.add_argument('--prompt', default=None, help='instruction to use instead of the bag\'s')
+    parser.add_argument('--prompt', default=None, help="instruction to use instead of the bag's")
     parser.add_argument('--out-storage', choices=('sqlite3', 'mcap'), default='sqlite3',
                         help='storage of the output bag (default sqlite3)')
     parser.add_argument('--clock', choices=('sim', 'wall'), default='sim',
