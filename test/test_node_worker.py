@@ -12,7 +12,6 @@ from vla_ros.errors import EngineError
 from vla_ros.ros.inference_worker import (
     InferenceWorker,
     load_policy,
-    policy_view,
     ProcessRunner,
     ThreadRunner,
     warmup_observation,
@@ -96,19 +95,6 @@ def test_process_runner_reports_failures_and_a_dead_child():
 def test_process_runner_reports_a_policy_that_cannot_load(tmp_path):
     with pytest.raises(EngineError, match="could not load"):
         ProcessRunner(tmp_path / "missing", None, start_timeout=60.0)
-
-
-def test_aloha_transform_gets_its_own_camera_names():
-    class AlohaLike:
-        transform = type(
-            "T", (), {"CAMERA_RENAMES": {"cam_high": "base_0_rgb", "cam_left_wrist": "left_wrist_0_rgb"}}
-        )
-
-    obs = _observation()
-    view = policy_view(AlohaLike(), obs)
-    assert set(view.images) == {"cam_high", "cam_left_wrist"}
-    assert view.images["cam_high"] is obs.images["base_0_rgb"]
-    assert policy_view(EchoPolicy(), obs) is obs
 
 
 def test_aloha_checkpoint_runs_on_model_camera_keys(tiny_checkpoint):

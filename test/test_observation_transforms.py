@@ -105,6 +105,15 @@ def test_aloha_rejects_wrong_dims():
         AlohaTransform().outputs(np.zeros((50, 7)))
 
 
+def test_aloha_accepts_model_camera_keys():
+    # The node keys cameras by model slot; robot names and model slots both work, a clash does not.
+    image = np.zeros((2, 2, 3), np.uint8)
+    _, images = AlohaTransform().inputs(np.zeros(14), {"base_0_rgb": image, "cam_left_wrist": image})
+    assert set(images) == {"base_0_rgb", "left_wrist_0_rgb"}
+    with pytest.raises(ObservationError, match="same model slot"):
+        AlohaTransform().inputs(np.zeros(14), {"base_0_rgb": image, "cam_high": image})
+
+
 def test_identity_passes_through():
     t = make_transform("identity")
     state = np.array([1.0, 2.0])

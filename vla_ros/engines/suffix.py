@@ -71,6 +71,8 @@ class StaticSuffixDenoiser(nn.Module):
             if cfg.pi05:
                 self._precompute_modulation(model, t)
             else:
+                scales = [1.0 + norm.weight.float() for norm in self._expert_norms(model)]
+                self.register_buffer("norm_scale", torch.stack(scales), persistent=False)  # (2L+1, W)
                 width = e.width
                 weight = model.action_time_mlp_in.weight  # (W, 2W) over cat[action_emb, time_emb]
                 self.register_buffer("mlp_action_weight", weight[:, :width].contiguous(), persistent=False)
@@ -80,15 +82,21 @@ class StaticSuffixDenoiser(nn.Module):
                 )  # (steps, W): time half + bias, one row per step
                 self.register_buffer("time_bias", time_bias[:, None, :], persistent=False)
 
-    def _precompute_modulation(self, model: Pi0Model, t: torch.Tensor) -> None:
-        cond = model.time_condition(t)  # (steps, W)
+    @staticmethod
+    def _expert_norms(model: Pi0Model) -> list[nn.Module]:
+        """The 2L+1 norms in the order `velocity` indexes them."""
         norms = []
         for layer in model.expert.layers:
             norms += [layer.input_layernorm, layer.post_attention_layernorm]
-        norms.append(model.expert.norm)
+        return norms + [model.expert.norm]
+
+    def _precompute_modulation(self, model: Pi0Model, t: torch.Tensor) -> None:
+        cond = model.time_condition(t)  # (steps, W)
+        norms = self._expert_norms(model)
         # (steps, 2L+1, 1, W) each; scale/shift stay fp32 (norm math), gate in the stream dtype.
+        # The scale is stored as (1 + scale), the factor the norm multiplies by.
         mods = [torch.stack(parts, dim=1) for parts in zip(*(norm.modulation(cond) for norm in norms))]
-        self.register_buffer("mod_scale", mods[0].float(), persistent=False)
+        self.register_buffer("mod_scale", 1.0 + mods[0].float(), persistent=False)
         self.register_buffer("mod_shift", mods[1].float(), persistent=False)
         self.register_buffer("mod_gate", mods[2].to(self.dtype), persistent=False)
 
@@ -108,10 +116,10 @@ class StaticSuffixDenoiser(nn.Module):
         mask = masks.suffix_attention_mask(self.prefix_pad, torch.ones_like(self.suffix_ar), self.suffix_ar)
         return cos, sin, mask
 
-    def _norm(self, module: nn.Module, x: torch.Tensor, step: int, index: int):
+    def _norm(self, x: torch.Tensor, step: int, index: int):
         if not self.cfg.pi05:
-            return rms_normalize(x).mul(1.0 + module.weight.float()).to(x.dtype), None
-        out = rms_normalize(x) * (1.0 + self.mod_scale[step, index]) + self.mod_shift[step, index]
+            return (rms_normalize(x) * self.norm_scale[index]).to(x.dtype), None
+        out = rms_normalize(x) * self.mod_scale[step, index] + self.mod_shift[step, index]
         return out.to(x.dtype), self.mod_gate[step, index]
 
     def velocity(self, x: torch.Tensor, step: int, state_emb, cos, sin, mask) -> torch.Tensor:
@@ -123,15 +131,15 @@ class StaticSuffixDenoiser(nn.Module):
             mixed = F.silu(F.linear(action_emb, self.mlp_action_weight) + self.time_bias[step])
             hidden = torch.cat([state_emb, linear(model.action_time_mlp_out, mixed)], dim=1).to(self.dtype)
         for index, layer in enumerate(model.expert.layers):
-            normed, gate = self._norm(layer.input_layernorm, hidden, step, 2 * index)
+            normed, gate = self._norm(hidden, step, 2 * index)
             q, k, v = layer.self_attn.qkv(normed)
             self.keys[index, :, :, self.plen :].copy_(apply_rope(k, cos, sin))
             self.values[index, :, :, self.plen :].copy_(v)
             attn = attention(apply_rope(q, cos, sin), self.keys[index], self.values[index], mask)
             hidden = gated_residual(hidden, linear(layer.self_attn.o_proj, attn).to(hidden.dtype), gate)
-            normed, gate = self._norm(layer.post_attention_layernorm, hidden, step, 2 * index + 1)
+            normed, gate = self._norm(hidden, step, 2 * index + 1)
             hidden = gated_residual(hidden, layer.mlp(normed).to(hidden.dtype), gate)
-        out, _ = self._norm(model.expert.norm, hidden, step, 2 * len(model.expert.layers))
+        out, _ = self._norm(hidden, step, 2 * len(model.expert.layers))
         return linear(model.action_out_proj, out[:, -self.cfg.action_horizon :]).float()
 
     @torch.no_grad()

@@ -142,13 +142,19 @@ class AlohaTransform:
             raise ConfigError("adapt_to_pi", f"got {self.adapt_to_pi!r}; expected true or false")
 
     def _rename_cameras(self, images: Images) -> dict[str, np.ndarray]:
-        known = tuple(self.CAMERA_RENAMES) + self.DROPPED_CAMERAS
+        # Robot names (cam_high, ...) are renamed; model slots (base_0_rgb, ...), which the
+        # node already keys its cameras by, pass through.
+        model_keys = tuple(self.CAMERA_RENAMES.values())
+        known = tuple(self.CAMERA_RENAMES) + self.DROPPED_CAMERAS + model_keys
         unknown = sorted(set(images) - set(known))
         if unknown:
             raise ObservationError(
                 f"ALOHA camera key(s) {unknown} unknown; expected a subset of {list(known)}"
             )
-        return {self.CAMERA_RENAMES[k]: v for k, v in images.items() if k in self.CAMERA_RENAMES}
+        renamed = {self.CAMERA_RENAMES.get(k, k): v for k, v in images.items() if k not in self.DROPPED_CAMERAS}
+        if len(renamed) < len(set(images) - set(self.DROPPED_CAMERAS)):
+            raise ObservationError(f"ALOHA cameras {sorted(images)} name the same model slot twice")
+        return renamed
 
     def state_to_pi(self, state: np.ndarray) -> np.ndarray:
         """ALOHA state (..., 14) -> pi-runtime state."""

@@ -66,21 +66,6 @@ def load_policy(checkpoint: str | Path, options: Any):
     return Policy.from_checkpoint(directory, options)
 
 
-def policy_view(policy: Any, obs: RawObservation) -> RawObservation:
-    """Return the observation with the camera names the policy's robot transform expects.
-
-    The node keys cameras by model slot (base_0_rgb, ...). A transform that
-    renames robot cameras to model slots (ALOHA: cam_high -> base_0_rgb)
-    expects the robot names, so the renaming is undone here.
-    """
-    renames = getattr(getattr(policy, "transform", None), "CAMERA_RENAMES", None)
-    if not isinstance(renames, Mapping):
-        return obs
-    robot_name = {model: robot for robot, model in renames.items()}
-    images = {robot_name.get(k, k): v for k, v in obs.images.items()}
-    return RawObservation(images=images, state=obs.state, prompt=obs.prompt, timestamp=obs.timestamp)
-
-
 def warmup_observation(
     camera_sizes: Mapping[str, tuple[int, int]], num_joints: int, prompt: str = "warm up"
 ) -> RawObservation:
@@ -106,7 +91,7 @@ class ThreadRunner:
         self.policy = policy
 
     def infer(self, obs: RawObservation) -> ActionChunk:
-        return self.policy.infer(policy_view(self.policy, obs))
+        return self.policy.infer(obs)
 
     def close(self) -> None:
         self.policy = None
@@ -188,7 +173,7 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
                     prompt=meta["prompt"],
                     timestamp=meta["timestamp"],
                 )
-                chunk = policy.infer(policy_view(policy, obs))
+                chunk = policy.infer(obs)
                 del images, obs
                 name, shape, dtype = out.write(np.asarray(chunk.actions, dtype=np.float32))
                 conn.send(

@@ -47,15 +47,27 @@ def synthetic_observation(cfg, dims: int, cameras: int | None = None, seed: int 
     )
 
 
-def measure(policy, obs, runs: int, warmup: int, noise) -> dict:
+def measure(policies: dict, obs, runs: int, warmup: int, noise) -> dict:
+    """Per-stage percentiles for each policy.
+
+    Runs are interleaved so that drift in the machine's load (other processes,
+    frequency changes) hits every policy alike.
+    """
     for _ in range(warmup):
-        policy.infer(obs, noise=noise)
-    samples = {stage: [] for stage in STAGES}
+        for policy in policies.values():
+            policy.infer(obs, noise=noise)
+    samples = {name: {stage: [] for stage in STAGES} for name in policies}
+    actions = {}
     for _ in range(runs):
-        chunk = policy.infer(obs, noise=noise)
-        for stage in STAGES:
-            samples[stage].append(chunk.timings[stage])
-    return {stage: percentiles(values) for stage, values in samples.items()} | {"actions": chunk.actions}
+        for name, policy in policies.items():
+            chunk = policy.infer(obs, noise=noise)
+            actions[name] = chunk.actions
+            for stage in STAGES:
+                samples[name][stage].append(chunk.timings[stage])
+    return {
+        name: {stage: percentiles(values) for stage, values in per_stage.items()} | {"actions": actions[name]}
+        for name, per_stage in samples.items()
+    }
 
 
 def peak_rss_gb() -> float:
@@ -79,19 +91,19 @@ def build_policies(args, tmp: Path):
     from vla_ros.engines.prefix_torch import TorchPrefixRuntime
     from vla_ros.engines.reference import ReferenceEngine
     from vla_ros.engines.suffix import StaticSuffixDenoiser
-    from vla_ros.model.checkpoint import load_model, random_model
+    from vla_ros.model.checkpoint import config_from_checkpoint, load_model, random_model
     from vla_ros.model.config import get_config
     from vla_ros.observation.normalize import Normalizer, load_norm_stats
     from vla_ros.observation.tokenizer import PromptTokenizer
     from vla_ros.policy import Policy, PolicyOptions, find_tokenizer
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.precision, device)
+    cfg = config_from_checkpoint(args.checkpoint) if args.checkpoint else get_config(args.config)
+    dtype = resolve_dtype(args.precision, device, cfg=cfg)
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, dtype=dtype, device=device)
         tokenizer_path, stats = find_tokenizer(Path(args.checkpoint)), load_norm_stats(args.checkpoint)
     else:
-        cfg = get_config(args.config)
         tokenizer_path, stats = _support_files(tmp, args.dims)
         model = random_model(cfg, seed=0, dtype=dtype).to(device)
 
@@ -182,13 +194,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--robot-config", type=Path, help="--node: robot YAML (default: the ALOHA profile)")
 
 
-def run_node_bench(args) -> int:
-    from vla_ros.tools.bench_node import measure_timer_jitter
+def default_robot_config() -> Path:
+    """The ALOHA profile: from the ament index when installed by colcon, else beside the sources."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
 
-    result = measure_timer_jitter(args.robot_config, args.checkpoint, args.seconds)
-    print(json.dumps(result, indent=2))
+        return Path(get_package_share_directory("vla_ros")) / "config" / "aloha.yaml"
+    except Exception:  # not installed through colcon (a venv)
+        return Path(__file__).resolve().parents[2] / "config" / "aloha.yaml"
+
+
+def run_node_bench(args) -> int:
+    """Control-timer period deviation idle vs under inference load, in one run (a real node over DDS)."""
+    from vla_ros.tools.bench_node import format_report, measure_timer_jitter
+    from vla_ros.tools.make_tiny import make_tiny_checkpoint
+
+    robot = args.robot_config or default_robot_config()
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or make_tiny_checkpoint(
+            Path(tmp) / "ckpt", args.config or "pi0-tiny", dims=14
+        )
+        result = measure_timer_jitter(robot, checkpoint, args.seconds)
+    print(format_report(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -206,12 +235,12 @@ def run(args: argparse.Namespace) -> int:
         noise = (
             np.random.default_rng(0).standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
         )
-        results = {}
-        for name, policy in (("optimised", optimised), ("baseline", baseline)):
-            print(
-                f"measuring {name} ({args.warmup} warm-up + {args.runs} runs)...", file=sys.stderr, flush=True
-            )
-            results[name] = measure(policy, obs, args.runs, args.warmup, noise)
+        print(
+            f"measuring optimised and baseline interleaved ({args.warmup} warm-up + {args.runs} runs each)",
+            file=sys.stderr,
+            flush=True,
+        )
+        results = measure({"optimised": optimised, "baseline": baseline}, obs, args.runs, args.warmup, noise)
     a, b = results["optimised"].pop("actions"), results["baseline"].pop("actions")
     results["max_abs_diff"] = float(np.abs(a - b).max())
     results["rel_diff"] = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
