@@ -157,13 +157,15 @@ def test_restamp_shifts_header_stamps():
 # ------------------------------------------------------------------ live ---
 
 @pytest.fixture
-def node_process(setup, tiny_checkpoint, tmp_path, monkeypatch):
+def node_process(setup, tiny_checkpoint, tmp_path, monkeypatch, request):
     _, config, _ = setup
     monkeypatch.setenv('ROS_DOMAIN_ID', str(os.getpid() % 100 + 1))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     log = (tmp_path / 'node.log').open('w')
     command = [sys.executable, '-m', 'vla_ros.ros.node', '--ros-args', '--params-file', str(config),
                '-p', f'checkpoint:={tiny_checkpoint}']
+    if getattr(request, 'param', 'wall') == 'sim':
+        command += ['-p', 'use_sim_time:=true']
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     yield proc, tmp_path / 'node.log'
     if proc.poll() is None:
@@ -176,11 +178,13 @@ def node_process(setup, tiny_checkpoint, tmp_path, monkeypatch):
     log.close()
 
 
-def test_live_replay_records_the_node(setup, node_process, tmp_path, capsys):
+@pytest.mark.parametrize('node_process', ['wall', 'sim'], indirect=True)
+def test_live_replay_records_the_node(setup, node_process, tmp_path, capsys, request):
     _, config, bag = setup
     proc, log = node_process
+    clock = request.node.callspec.params['node_process']
     out = tmp_path / 'live'
-    rc, stdout, stderr = _replay([bag, '--config', config, '--mode', 'live', '--clock', 'wall', '--out', out,
+    rc, stdout, stderr = _replay([bag, '--config', config, '--mode', 'live', '--clock', clock, '--out', out,
                                   '--wait', '60'], capsys)
     assert rc == 0, stderr + log.read_text()
     print(stdout)  # the live figures, for the log

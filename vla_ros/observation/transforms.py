@@ -151,8 +151,9 @@ class AlohaTransform:
             raise ObservationError(
                 f"ALOHA camera key(s) {unknown} unknown; expected a subset of {list(known)}"
             )
-        renamed = {self.CAMERA_RENAMES.get(k, k): v for k, v in images.items() if k not in self.DROPPED_CAMERAS}
-        if len(renamed) < len(set(images) - set(self.DROPPED_CAMERAS)):
+        kept = [k for k in images if k not in self.DROPPED_CAMERAS]
+        renamed = {self.CAMERA_RENAMES.get(k, k): images[k] for k in kept}
+        if len(renamed) < len(kept):
             raise ObservationError(f"ALOHA cameras {sorted(images)} name the same model slot twice")
         return renamed
 
