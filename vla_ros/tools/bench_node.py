@@ -94,7 +94,7 @@ def _run_feeder(spec: dict, seconds: float) -> None:
     """Publish synthetic cameras and joint states for ``seconds`` (the child process)."""
     import numpy as np
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
 
@@ -138,8 +138,8 @@ def _run_feeder(spec: dict, seconds: float) -> None:
     try:
         while time.monotonic() < deadline and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # the benchmark stops the feeder with SIGTERM, which rclpy turns into a shutdown
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -188,6 +188,7 @@ def measure_timer_jitter(
 
     import rclpy
     from rclpy.context import Context
+    from rclpy.executors import ExternalShutdownException, ShutdownException
     from rclpy.lifecycle import TransitionCallbackReturn
 
     from vla_ros.ros.node import make_executor, VlaPolicyNode
@@ -197,7 +198,14 @@ def measure_timer_jitter(
     feeder = None
     node = None
     executor = make_executor(cfg.executor_threads, context=context)
-    spin = threading.Thread(target=executor.spin, daemon=True)
+
+    def spin_until_shutdown() -> None:
+        try:
+            executor.spin()
+        except (ExternalShutdownException, ShutdownException):
+            pass  # the context is shut down when the measurement ends
+
+    spin = threading.Thread(target=spin_until_shutdown, daemon=True)
     try:
         node = VlaPolicyNode(context=context, parameter_overrides=_parameters(cfg))
         executor.add_node(node)
