@@ -369,3 +369,16 @@ def test_period_recorder():
     assert stats["max_ms"] == pytest.approx(5.0, abs=1e-6) or stats["max_ms"] == pytest.approx(0.0, abs=1e-6)
     rec.reset()
     assert rec.count == 0
+
+
+def test_period_recorder_skips_gaps_of_a_simulated_clock():
+    # Wall-clock jitter under /clock: the 0.5 s wait for playback to start and the jump
+    # of a bag loop are not jitter; a tick 4 ms late while the clock runs steadily is.
+    rec = PeriodRecorder(0.02)
+    wall = [0.0, 0.5, 0.52, 0.544, 0.564, 0.9, 0.92]
+    sim = [0.0, 100.0, 100.02, 100.04, 100.06, 5.0, 5.02]
+    for t, s in zip(wall, sim):
+        rec.record(t, s)
+    stats = rec.stats()
+    assert stats["periods"] == 4  # 0.52, 0.544, 0.564 and 0.92; the two gaps are skipped
+    assert stats["max_ms"] == pytest.approx(4.0, abs=1e-6)

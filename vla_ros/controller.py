@@ -98,16 +98,30 @@ class PeriodRecorder:
         self._deviation = np.zeros(size)
         self._count = 0
         self._last: float | None = None
+        self._last_sim: float | None = None
 
     def reset(self) -> None:
         self._count = 0
         self._last = None
+        self._last_sim = None
 
-    def record(self, t: float) -> None:
-        if self._last is not None:
+    def record(self, t: float, sim_time: float | None = None) -> None:
+        """Record a tick at wall time `t`.
+
+        Under a simulated clock pass its time too: a timer driven by /clock stops
+        while the clock stands still (before playback, at a pause) and jumps with
+        it, and those gaps say nothing about the control thread's jitter, so a
+        tick whose simulated period is off by more than half a period is not
+        counted.
+        """
+        steady = sim_time is None or (
+            self._last_sim is not None and abs(sim_time - self._last_sim - self.period) <= 0.5 * self.period
+        )
+        if self._last is not None and steady:
             self._deviation[self._count % self._deviation.shape[0]] = abs(t - self._last - self.period)
             self._count += 1
         self._last = t
+        self._last_sim = sim_time
 
     @property
     def count(self) -> int:

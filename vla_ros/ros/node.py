@@ -156,6 +156,7 @@ class VlaPolicyNode(LifecycleNode):
         self._diag_pub = None
         self._last_level = ""
         self._control_timer: DedicatedTimer | None = None
+        self._sim_time = False
 
     # ----------------------------------------------------------- helpers ---
 
@@ -220,6 +221,7 @@ class VlaPolicyNode(LifecycleNode):
         self.runner = runner
         self.controller = PolicyController(config)
         self.period_recorder = PeriodRecorder(config.control_period)
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self._create_entities(config)
         self.worker = InferenceWorker(
             self.controller,
@@ -472,7 +474,7 @@ class VlaPolicyNode(LifecycleNode):
     # ------------------------------------------------------------ output ---
 
     def _on_control_timer(self) -> None:
-        self.period_recorder.record(time.monotonic())
+        self.period_recorder.record(time.monotonic(), self._now() if self._sim_time else None)
         if not self._active:
             return
         with self._output_lock:
