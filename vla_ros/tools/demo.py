@@ -47,10 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="robot YAML to start from (default: the package's config/aloha.yaml)")
     parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap',
                         help='storage of the sample bag (default mcap)')
-    parser.add_argument('--clock', choices=('sim', 'wall'), default='sim',
-                        help='sim (default): the node runs with use_sim_time and the replay publishes '
-                        '/clock; wall: the node runs on the system clock and the replay restamps '
-                        'the messages')
+    # wall by default: under /clock the node's timer fires on clock messages, so its
+    # measured jitter would show the replayer's clock granularity, not the node's.
+    parser.add_argument('--clock', choices=('sim', 'wall'), default='wall',
+                        help='wall (default): the node runs on the system clock and the replay restamps '
+                        'the messages; sim: the node runs with use_sim_time and the replay publishes '
+                        '/clock')
     parser.add_argument('--inference-mode', choices=('thread', 'process'), default=None,
                         help='where the node runs the policy (default: what the robot YAML says)')
     parser.add_argument('--no-export', action='store_true', help='run the checkpoint, skip the ONNX export')
