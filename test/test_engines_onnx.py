@@ -18,14 +18,14 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from vla_ros.engines import onnx_export  # noqa: E402
-from vla_ros.engines.onnx_export import (  # noqa: E402
-    export_artifact,
-    ExportOptions,
+from vla_ros.engines.artifact import (  # noqa: E402
+    is_suffix_key,
     load_suffix_model,
     read_manifest,
-    validation_inputs,
     verify_artifact,
 )
+from vla_ros.engines.onnx_export import export_artifact, ExportOptions  # noqa: E402
+from vla_ros.engines.prefix_graph import validation_inputs  # noqa: E402
 from vla_ros.engines.prefix_onnx import choose_providers, CPU, CUDA, OnnxPrefixRuntime, TENSORRT  # noqa: E402
 from vla_ros.errors import ConfigError, EngineError  # noqa: E402
 from vla_ros.model.checkpoint import load_model  # noqa: E402
@@ -190,7 +190,7 @@ def test_artifact_dir_alone_loads_the_suffix(exported, variant, tmp_path):
 
     params = dict(suffix.named_parameters())
     real = {k for k, p in params.items() if not p.is_meta}
-    assert real == {k for k in params if onnx_export.is_suffix_key(k)}
+    assert real == {k for k in params if is_suffix_key(k)}
     assert suffix.language_model.layers[0].mlp.up_proj.weight.is_meta
     time_mlp = "time_mlp_in.weight" if cfg.pi05 else "action_time_mlp_in.weight"
     assert time_mlp in real and "action_in_proj.weight" in real and "action_out_proj.weight" in real

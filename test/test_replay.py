@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import pytest
-from vla_ros.tools import bag_io, make_bag, replay, replay_report
+from vla_ros.tools import bag_io, make_bag, replay_live, replay_report
 from vla_ros.tools.cli import main
 import yaml
 
@@ -148,7 +148,7 @@ def test_restamp_shifts_header_stamps():
     writer_store = bag_io._typestore()
     data = bytes(writer_store.serialize_cdr(bag_io.to_rosbags(msg, bag_io.JOINT_STATE, writer_store),
                                             bag_io.JOINT_STATE))
-    shifted = replay.restamp(data, bag_io.JOINT_STATE, 5 * 10**9, 2.0, 100 * 10**9)
+    shifted = replay_live.restamp(data, bag_io.JOINT_STATE, 5 * 10**9, 2.0, 100 * 10**9)
     moved = bag_io.decode(bag_io.BagMessage('/js', bag_io.JOINT_STATE, 0, shifted))
     assert (moved.header.stamp.sec, moved.header.stamp.nanosec) == (105, 250_000_000)
     assert list(moved.position) == [1.0]

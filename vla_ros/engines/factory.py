@@ -134,7 +134,7 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
                 f"'onnx' needs an exported artifact directory ({directory} has no {MANIFEST_FILE}); "
                 f"run `vla-ros export --checkpoint {directory} --out ARTIFACT_DIR` first",
             )
-        from vla_ros.engines.onnx_export import load_suffix_model
+        from vla_ros.engines.artifact import load_suffix_model
         from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
 
         model, cfg = load_suffix_model(directory, dtype=dtype, device=device)

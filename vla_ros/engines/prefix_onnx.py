@@ -11,27 +11,23 @@ Provider choice: onnxruntime-gpu lists the TensorRT and CUDA providers even on
 machines without a GPU or without the CUDA/TensorRT libraries, so a provider
 counts as usable only when it is listed AND torch sees a CUDA device; and since
 onnxruntime itself falls back silently when a provider fails to load, the
-providers of the created session are checked again.
+providers of the created session are checked again. The TensorRT provider's
+options and engine cache come from prefix_tensorrt.py, which with
+suffix_cuda_graph.py are the only modules that touch TensorRT / CUDA graphs.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from vla_ros.engines.onnx_export import (
-    INPUT_NAMES,
-    ONNX_ELEMENT_TYPES,
-    ort_type_to_torch,
-    OUTPUT_NAMES,
-    read_manifest,
-    TRT_CACHE_DIR,
-)
+from vla_ros.engines import prefix_tensorrt
+from vla_ros.engines.artifact import read_manifest
+from vla_ros.engines.prefix_graph import INPUT_NAMES, ONNX_ELEMENT_TYPES, ort_type_to_torch, OUTPUT_NAMES
 from vla_ros.errors import ConfigError, EngineError
 from vla_ros.model.config import PolicyConfig
 
@@ -84,14 +80,6 @@ def choose_providers(
     return chain, warning
 
 
-def _writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(path, os.W_OK)
-
-
 class OnnxPrefixRuntime:
     """Runs an exported prefix graph with IO binding.
 
@@ -99,8 +87,8 @@ class OnnxPrefixRuntime:
     force "tensorrt" / "cuda" / "cpu" (an unusable forced provider logs one
     warning and the next one is used). num_threads sets onnxruntime's intra-op
     threads (None: its default, one per core). engine_cache_dir holds the
-    TensorRT provider's engine and timing caches (default: ARTIFACT_DIR/trt_cache,
-    or ~/.cache/vla_ros/trt_cache when the artifact is read-only).
+    TensorRT provider's engine and timing caches (default: a folder in the
+    artifact, or under ~/.cache/vla_ros when the artifact is read-only).
     """
 
     name = "onnxruntime"
@@ -129,7 +117,10 @@ class OnnxPrefixRuntime:
         chain, warning = choose_providers(providers)
         if warning:
             log.warning(warning)
-        self.engine_cache_dir = self._cache_dir(engine_cache_dir) if TENSORRT in chain else None
+        self.engine_cache_dir = (
+            prefix_tensorrt.cache_dir(self.artifact_dir, self.manifest, engine_cache_dir)
+            if TENSORRT in chain else None
+        )
         self._ort_stream = self._torch_stream() if chain[0] in _GPU_PROVIDERS else None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -182,22 +173,6 @@ class OnnxPrefixRuntime:
         self._said_staging = False
 
     # -- session setup ---------------------------------------------------------------------------
-    def _cache_dir(self, engine_cache_dir: str | Path | None) -> Path:
-        if engine_cache_dir is not None:
-            path = Path(engine_cache_dir)
-            if not _writable_dir(path):
-                raise ConfigError("engine_cache_dir", f"{path} cannot be created or written")
-            return path
-        path = self.artifact_dir / self.manifest["tensorrt_ep"].get("trt_engine_cache_path", TRT_CACHE_DIR)
-        if _writable_dir(path):
-            return path
-        # Installed artifacts may be read-only; key the fallback by the graph so caches never mix.
-        digest = self.manifest["files"][self.manifest["graph"]["file"]]["sha256"][:16]
-        fallback = Path.home() / ".cache" / "vla_ros" / TRT_CACHE_DIR / digest
-        log.info("%s is not writable; TensorRT engine cache in %s", path, fallback)
-        fallback.mkdir(parents=True, exist_ok=True)
-        return fallback
-
     def _torch_stream(self) -> int | None:
         # Running onnxruntime on torch's current stream orders it after the input copies
         # without a host sync. The legacy default stream (0) is not handed over: onnxruntime
@@ -210,12 +185,7 @@ class OnnxPrefixRuntime:
 
     def _provider_options(self, provider: str) -> dict[str, str]:
         if provider == TENSORRT:
-            options = dict(self.manifest["tensorrt_ep"])
-            options.update(
-                device_id=str(self.device_id),
-                trt_engine_cache_path=str(self.engine_cache_dir),
-                trt_timing_cache_path=str(self.engine_cache_dir),
-            )
+            options = prefix_tensorrt.provider_options(self.manifest, self.engine_cache_dir, self.device_id)
         elif provider == CUDA:
             options = {
                 "device_id": str(self.device_id),

@@ -1,8 +1,9 @@
 """Captures the static suffix denoiser as one CUDA graph and replays it per inference.
 
-One of the two modules allowed to touch CUDA graphs / TensorRT. The denoiser's
-every input and output is a static buffer, so after capture an inference is:
-write noise / state (and the prefix K/V, written by the prefix runtime), replay.
+This module and prefix_tensorrt.py are the only two that touch CUDA graphs /
+TensorRT. The denoiser's every input and output is a static buffer, so after
+capture an inference is: write noise / state (and the prefix K/V, written by the
+prefix runtime), replay.
 """
 
 from __future__ import annotations

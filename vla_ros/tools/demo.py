@@ -156,7 +156,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vla_ros.tools import bag_io, make_bag, replay, replay_report
+    from vla_ros.config import DEFAULT_NODE_NAME
+    from vla_ros.tools import bag_io, make_bag, replay, replay_live, replay_offline, replay_report
     from vla_ros.tools.make_tiny import make_tiny_checkpoint
 
     started = time.monotonic()
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     log_path = out / 'node.log'
     print(f'      {" ".join(command)}')
     print(f'      ROS_DOMAIN_ID={domain}, localhost only, dry_run (publishes to '
-          f'{replay._resolve_topic(config.output.debug_trajectory_topic, replay.DEFAULT_NODE_NAME)}); '
+          f'{replay_live.resolve_topic(config.output.debug_trajectory_topic, DEFAULT_NODE_NAME)}); '
           f'log: {log_path}')
     with log_path.open('w') as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
@@ -220,9 +221,9 @@ def run(args: argparse.Namespace) -> int:
         replay_args = argparse.Namespace(
             bag=bag_path, config=config_path, checkpoint=None, artifacts=None, out=out / 'replay',
             mode='live', rate=1.0, start=0.0, duration=None, latency='fixed',
-            latency_ms=replay.DEFAULT_LATENCY_MS, seed=0, command_topic=config.output.trajectory_topic,
-            prompt=None, out_storage='sqlite3', clock=args.clock, node_name=replay.DEFAULT_NODE_NAME,
-            wait=120.0, overwrite=False, no_progress=False)
+            latency_ms=replay_offline.DEFAULT_LATENCY_MS, seed=0,
+            command_topic=config.output.trajectory_topic, prompt=None, out_storage='sqlite3',
+            clock=args.clock, node_name=DEFAULT_NODE_NAME, wait=120.0, overwrite=False, no_progress=False)
         metrics = replay.replay(replay_args, abort_check=node_died)
     finally:
         _stop(proc)

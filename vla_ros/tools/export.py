@@ -2,7 +2,8 @@
 
 The artifact holds prefix.onnx (validated against PyTorch), suffix.safetensors,
 config.json, the norm stats, the tokenizer and manifest.json; with --tensorrt also
-a serialized TensorRT engine for this GPU. See vla_ros/engines/onnx_export.py.
+a serialized TensorRT engine for this GPU. See vla_ros/engines/onnx_export.py and
+artifact.py.
 """
 
 from __future__ import annotations
