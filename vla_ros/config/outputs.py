@@ -1,0 +1,125 @@
+"""The output and safety sections: aggregation.*, output.*, limits.*, watchdog.*, diagnostics.*."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from vla_ros.config.validate import _positive, _topic, BOOL, FLOAT, FLOAT_LIST, INT, param, STR
+from vla_ros.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregationSection:
+    """How overlapping chunks are merged (see vla_ros.actions.aggregation)."""
+
+    mode: str = param(
+        "temporal_ensemble",
+        "ACT temporal ensembling, newest chunk wins, or a linear crossfade.",
+        STR,
+        ("temporal_ensemble", "latest", "crossfade"),
+    )
+    ensemble_m: float = param(
+        0.01, "Temporal-ensemble weight decay m in exp(-m * i), i = 0 for the oldest chunk.", FLOAT
+    )
+    crossfade_overlap: float = param(0.2, "Seconds over which 'crossfade' blends into a new chunk.", FLOAT)
+
+    def __post_init__(self) -> None:
+        self.to_aggregation_config()  # its own checks name aggregation.* parameters
+
+    def to_aggregation_config(self):
+        from vla_ros.actions.aggregation import AggregationConfig
+
+        return AggregationConfig(
+            mode=self.mode, ensemble_m=self.ensemble_m, crossfade_overlap=self.crossfade_overlap
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSection:
+    """What the control timer publishes."""
+
+    trajectory_topic: str = param(
+        "/joint_trajectory_controller/joint_trajectory",
+        "trajectory_msgs/JointTrajectory topic "
+        "(ros2_control joint_trajectory_controller); '' disables it.",
+        STR,
+    )
+    num_points: int = param(5, "Look-ahead points per trajectory, one control period apart.", INT)
+    velocities: bool = param(
+        True, "Send velocities (finite differences) so the controller splines cubically.", BOOL
+    )
+    position_topic: str = param(
+        "",
+        "std_msgs/Float64MultiArray topic for position-group controllers (first point's positions); "
+        "'' disables it.",
+        STR,
+    )
+    debug_trajectory_topic: str = param(
+        "~/debug/joint_trajectory", "Where the trajectory goes when dry_run is set.", STR
+    )
+    debug_position_topic: str = param("~/debug/commands", "Where the positions go when dry_run is set.", STR)
+
+    def __post_init__(self) -> None:
+        _topic("output.trajectory_topic", self.trajectory_topic, allow_empty=True)
+        _topic("output.position_topic", self.position_topic, allow_empty=True)
+        _topic("output.debug_trajectory_topic", self.debug_trajectory_topic)
+        _topic("output.debug_position_topic", self.debug_position_topic)
+        if not self.trajectory_topic and not self.position_topic:
+            raise ConfigError(
+                "output.trajectory_topic",
+                "both output.trajectory_topic and output.position_topic are "
+                "empty; the node would publish nothing",
+            )
+        if not 1 <= self.num_points <= 1000:
+            raise ConfigError("output.num_points", f"expected 1..1000, got {self.num_points}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsSection:
+    """Per-joint limits, in joint_names order (see vla_ros.actions.limits.JointLimits)."""
+
+    lower: tuple[float, ...] = param(
+        (), "Lower position limit per joint (rad or m; -.inf for none).", FLOAT_LIST
+    )
+    upper: tuple[float, ...] = param(
+        (), "Upper position limit per joint (rad or m; .inf for none).", FLOAT_LIST
+    )
+    max_velocity: tuple[float, ...] = param(
+        (),
+        "Largest speed between consecutive commands per joint (rad/s or m/s); one value applies to all.",
+        FLOAT_LIST,
+    )
+    max_distance_from_measured: tuple[float, ...] = param(
+        (math.inf,),
+        "Largest gap between a command and the measured position per joint; one value applies to "
+        "all (.inf disables).",
+        FLOAT_LIST,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchdogSection:
+    """When the control timer holds instead of executing actions."""
+
+    obs_timeout: float = param(
+        0.5, "Hold when no fresh observation could be assembled for this many seconds.", FLOAT
+    )
+    inference_timeout: float = param(2.0, "Hold when no action chunk arrived for this many seconds.", FLOAT)
+
+    def __post_init__(self) -> None:
+        _positive("watchdog.obs_timeout", self.obs_timeout)
+        _positive("watchdog.inference_timeout", self.inference_timeout)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnosticsSection:
+    """The diagnostic_msgs/DiagnosticArray on /diagnostics."""
+
+    rate: float = param(1.0, "Diagnostics publishing rate (Hz).", FLOAT)
+    window: float = param(5.0, "Seconds a rejected input keeps the status at WARN.", FLOAT)
+    hardware_id: str = param("", "hardware_id of the diagnostic status.", STR)
+
+    def __post_init__(self) -> None:
+        _positive("diagnostics.rate", self.rate)
+        _positive("diagnostics.window", self.window)

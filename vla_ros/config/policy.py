@@ -1,0 +1,146 @@
+"""The policy.* and inference.* sections: how to load and run the checkpoint, and when."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from vla_ros.config.validate import (
+    _choice,
+    _choices,
+    _positive,
+    BOOL_LIST,
+    FLOAT,
+    INFERENCE_MODES,
+    INT,
+    param,
+    STR,
+    TRIGGERS,
+)
+from vla_ros.errors import ConfigError
+from vla_ros.observation.transforms import TRANSFORM_NAMES
+from vla_ros.policy import DEVICES, PolicyOptions, PRECISIONS, PREFIX_ENGINES, SUFFIX_ENGINES
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySection:
+    """How to load and run the checkpoint (maps onto vla_ros.policy.PolicyOptions)."""
+
+    device: str = param("auto", "Inference device.", STR, DEVICES)
+    precision: str = param("auto", "Inference precision.", STR, PRECISIONS)
+    engine: str = param("auto", "Prefix engine.", STR, PREFIX_ENGINES)
+    suffix: str = param("auto", "Suffix (denoiser) engine.", STR, SUFFIX_ENGINES)
+    num_steps: int = param(10, "Flow-matching (Euler) denoising steps.", INT)
+    robot_transform: str = param(
+        "identity",
+        "Robot <-> policy conventions (joint signs, gripper units, camera names).",
+        STR,
+        TRANSFORM_NAMES,
+    )
+    asset_id: str = param("", "Norm-stats asset id under <checkpoint>/assets/ ('' = the only one).", STR)
+    action_dims: int = param(0, "Action dimensions the robot uses (0 = the number of joint_names).", INT)
+    seed: int = param(-1, "Seed of the denoising noise (-1 = random).", INT)
+    num_threads: int = param(
+        0,
+        "CPU threads of the inference engine (torch intra-op / onnxruntime); 0 = library default. "
+        "Keep it below the core count so the control timer keeps a core.",
+        INT,
+    )
+    action_rate: float = param(
+        50.0, "Rate (Hz) of the actions in a chunk: action k is meant for obs_time + k / action_rate.", FLOAT
+    )
+    action_space: str = param(
+        "absolute",
+        "What the policy's actions are: joint positions or offsets "
+        "from the joint state at observation time.",
+        STR,
+        ("absolute", "delta"),
+    )
+    delta_mask: tuple[bool, ...] = param(
+        (),
+        "For action_space 'delta': per joint, true if its action is a delta (empty = all joints).",
+        BOOL_LIST,
+    )
+    warmup_runs: int = param(2, "Inferences run on a synthetic observation during configure.", INT)
+
+    def __post_init__(self) -> None:
+        for name in ("device", "precision", "engine", "suffix", "robot_transform", "action_space"):
+            _choice(f"policy.{name}", getattr(self, name), _choices(type(self), name))
+        if self.num_steps < 1:
+            raise ConfigError("policy.num_steps", f"expected an integer >= 1, got {self.num_steps}")
+        if not 0 <= self.action_dims <= 32:
+            raise ConfigError(
+                "policy.action_dims", f"expected 0 (all joints) or 1..32, got {self.action_dims}"
+            )
+        if self.seed < -1:
+            raise ConfigError("policy.seed", f"expected -1 (random) or a seed >= 0, got {self.seed}")
+        if self.num_threads < 0:
+            raise ConfigError(
+                "policy.num_threads", f"expected 0 (default) or a positive count, got {self.num_threads}"
+            )
+        _positive("policy.action_rate", self.action_rate)
+        if self.warmup_runs < 0:
+            raise ConfigError("policy.warmup_runs", f"expected an integer >= 0, got {self.warmup_runs}")
+        self.to_policy_options()  # PolicyOptions' own checks name policy.* parameters too
+
+    @property
+    def action_period(self) -> float:
+        return 1.0 / self.action_rate
+
+    def to_policy_options(self) -> PolicyOptions:
+        """Return the PolicyOptions for vla_ros.policy.Policy."""
+        return PolicyOptions(
+            device=self.device,
+            precision=self.precision,
+            engine=self.engine,
+            suffix=self.suffix,
+            num_steps=self.num_steps,
+            robot_transform=self.robot_transform,
+            asset_id=self.asset_id or None,
+            action_dims=self.action_dims or None,
+            seed=None if self.seed < 0 else self.seed,
+            num_threads=self.num_threads or None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSection:
+    """When the next inference starts, and where the policy runs."""
+
+    mode: str = param(
+        "thread",
+        "Where the policy runs: a worker thread of the node, or a separate process "
+        "(shared memory for images and chunks) that cannot stall the control timer through the GIL.",
+        STR,
+        INFERENCE_MODES,
+    )
+    trigger: str = param(
+        "threshold",
+        "Start the next inference when the executed part of the current chunk passes "
+        "execute_threshold, or at a fixed rate.",
+        STR,
+        TRIGGERS,
+    )
+    execute_threshold: float = param(
+        0.5,
+        "Fraction (0, 1] of the newest chunk's duration, counted from its observation time, after "
+        "which the next inference starts.",
+        FLOAT,
+    )
+    rate: float = param(2.0, "Inference rate (Hz) for trigger 'rate'.", FLOAT)
+    retry_delay: float = param(0.5, "Seconds to wait after a failed inference before the next try.", FLOAT)
+    timeout: float = param(
+        30.0, "Seconds after which an inference in a separate process counts as hung (process mode).", FLOAT
+    )
+
+    def __post_init__(self) -> None:
+        _choice("inference.mode", self.mode, INFERENCE_MODES)
+        _choice("inference.trigger", self.trigger, TRIGGERS)
+        if not 0.0 < self.execute_threshold <= 1.0:
+            raise ConfigError(
+                "inference.execute_threshold", f"expected a fraction in (0, 1], got {self.execute_threshold}"
+            )
+        _positive("inference.rate", self.rate)
+        if math.isnan(self.retry_delay) or self.retry_delay < 0.0:
+            raise ConfigError("inference.retry_delay", f"expected seconds >= 0, got {self.retry_delay}")
+        _positive("inference.timeout", self.timeout)
