@@ -205,9 +205,10 @@ def test_dry_run_publishes_to_the_debug_topic_only(system):
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        assert harness.wait_for(lambda: len(harness.debug_trajectories) > 10, timeout=5.0)
+        # Generous timeouts: on two loaded cores the first periods after activation can lag.
+        assert harness.wait_for(lambda: len(harness.debug_trajectories) > 10, timeout=15.0)
         assert not _window(harness, harness.trajectories, 0.5), "dry run must not command the controller"
-        assert len(harness.debug_trajectories) > 20
+        assert harness.wait_for(lambda: len(harness.debug_trajectories) > 20, timeout=10.0)
     finally:
         node.trigger_deactivate()
         node.trigger_cleanup()
