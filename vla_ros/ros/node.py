@@ -88,7 +88,7 @@ class DedicatedTimer:
     rclpy executors run their scheduling loop in Python under the GIL; with
     cameras and joint states arriving at a few hundred messages per second
     the node's own executor can delay a timer by tens of milliseconds (see
-    vla_ros.tools.bench_node). This executor waits on one timer only, so the
+    vla_ros.ros.timer_jitter). This executor waits on one timer only, so the
     callback runs as soon as the timer is due and the GIL is free. The helper
     node follows the parent's use_sim_time and has no parameter services.
     """

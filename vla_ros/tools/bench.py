@@ -207,7 +207,7 @@ def default_robot_config() -> Path:
 
 def run_node_bench(args) -> int:
     """Control-timer period deviation idle vs under inference load, in one run (a real node over DDS)."""
-    from vla_ros.tools.bench_node import format_report, measure_timer_jitter
+    from vla_ros.ros.timer_jitter import format_report, measure_timer_jitter
     from vla_ros.tools.make_tiny import make_tiny_checkpoint
 
     robot = args.robot_config or default_robot_config()

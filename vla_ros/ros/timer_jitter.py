@@ -1,7 +1,9 @@
 """Control-timer jitter of the policy node, idle and under inference load, in one run.
 
-    python -m vla_ros.tools.bench_node --config config/aloha.yaml --checkpoint models/<name> \
+    python -m vla_ros.ros.timer_jitter --config config/aloha.yaml --checkpoint models/<name> \
         --seconds 10 [--mode thread|process]
+
+(`vla-ros bench --node` runs the same measurement on a tiny checkpoint.)
 
 ``measure_timer_jitter`` starts the real VlaPolicyNode (dry run) in this
 process and a feeder in a child process that plays the robot: every configured
@@ -217,7 +219,7 @@ def measure_timer_jitter(
             [
                 sys.executable,
                 "-m",
-                "vla_ros.tools.bench_node",
+                "vla_ros.ros.timer_jitter",
                 "--feed",
                 json.dumps(_feeder_spec(cfg)),
                 "--seconds",
@@ -348,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vla_ros.tools.bench_node", description=__doc__.split("\n")[0]
+        prog="python -m vla_ros.ros.timer_jitter", description=__doc__.split("\n")[0]
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
