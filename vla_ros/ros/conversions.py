@@ -13,7 +13,7 @@ import sys
 
 from builtin_interfaces.msg import Duration, Time
 import cv2
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
@@ -557,3 +557,13 @@ def diagnostic_status(
     status.hardware_id = hardware_id
     status.values = [KeyValue(key=str(k), value=_format_value(v)) for k, v in (values or {}).items()]
     return status
+
+
+def diagnostic_array(
+    statuses: Sequence[DiagnosticStatus], stamp: Time | float | None = None
+) -> DiagnosticArray:
+    """A DiagnosticArray of `statuses` stamped `stamp` (a Time, or float seconds >= 0)."""
+    array = DiagnosticArray()
+    array.header.stamp = _as_stamp(stamp)
+    array.status = list(statuses)
+    return array

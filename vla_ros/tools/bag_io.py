@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ JOINT_TRAJECTORY = 'trajectory_msgs/msg/JointTrajectory'
 STRING = 'std_msgs/msg/String'
 FLOAT64_MULTI_ARRAY = 'std_msgs/msg/Float64MultiArray'
 DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
-CLOCK = 'rosgraph_msgs/msg/Clock'
 
 
 class BagError(VlaRosError):
@@ -162,10 +160,10 @@ def normalize_msgtype(msgtype: str) -> str:
 
 def message_class(msgtype: str) -> type:
     """The rclpy message class of 'pkg/msg/Name' (imported from the ROS Python package)."""
-    package, kind, name = normalize_msgtype(msgtype).split('/')
+    from vla_ros.ros import bag_messages
+
     try:
-        module = importlib.import_module(f'{package}.{kind}')
-        return getattr(module, name)
+        return bag_messages.message_class(normalize_msgtype(msgtype))
     except (ImportError, AttributeError) as exc:
         raise BagError(
             f"message type '{msgtype}' is not available in this Python environment: {exc}") from exc
@@ -197,10 +195,10 @@ class BagMessage:
 
 def decode(message: BagMessage) -> Any:
     """Deserialize a message's CDR bytes into the rclpy message the node would receive."""
-    from rclpy.serialization import deserialize_message
+    from vla_ros.ros import bag_messages
 
     try:
-        return deserialize_message(message.data, message_class(message.msgtype))
+        return bag_messages.deserialize(message.data, message_class(message.msgtype))
     except BagError:
         raise
     except Exception as exc:  # rclpy raises plain RuntimeError / TypeError on bad data

@@ -169,50 +169,18 @@ class LiveReplay:
         self.trajectory_topic = resolve_topic(topic or '/joint_trajectory', node_name)
 
     def run(self, bag: Any, record: Any, progress: bool = True) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from rosgraph_msgs.msg import Clock
-
-        from vla_ros.ros.conversions import seconds_to_stamp
+        from vla_ros.ros.bag_player import BagPlayer
         from vla_ros.tools import bag_io
 
         plan = self.plan
         begin = plan.begin_ns * 1e-9
-        own_context = not rclpy.ok()
-        if own_context:
-            rclpy.init(args=None)
-        node = rclpy.create_node('vla_replay')
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
         recorder = _NodeRecorder(record, plan.config.joint_names, self.trajectory_topic, self.node_name,
                                  begin)
-
-        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        node.create_subscription(bag_io.message_class(bag_io.JOINT_TRAJECTORY), self.trajectory_topic,
-                                 recorder.on_trajectory, reliable)
-        node.create_subscription(bag_io.message_class(bag_io.DIAGNOSTIC_ARRAY), DIAGNOSTICS_TOPIC,
-                                 recorder.on_diagnostics,
-                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        publishers = {}
-        for topic in plan.input_topics:
-            publishers[topic] = node.create_publisher(
-                bag_io.message_class(bag.topics[topic].msgtype), topic,
-                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        clock_pub = None
-        if self.clock == 'sim':
-            clock_pub = node.create_publisher(
-                Clock, '/clock', QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        spinner = threading.Thread(target=executor.spin, name='vla_replay_spin', daemon=True)
-        spinner.start()
-
-        def publish_clock(t: float) -> None:
-            if clock_pub is not None:
-                clock_pub.publish(Clock(clock=seconds_to_stamp(t)))
-
-        try:
-            self._wait_for_node(node, publishers, publish_clock, begin)
-            wall_duration, replayer_cpu = self._play(bag, node, publishers, publish_clock, recorder, progress)
+        inputs = {topic: bag_io.message_class(bag.topics[topic].msgtype) for topic in plan.input_topics}
+        with BagPlayer(inputs, self.trajectory_topic, recorder.on_trajectory, DIAGNOSTICS_TOPIC,
+                       recorder.on_diagnostics, sim_clock=self.clock == 'sim') as player:
+            self._wait_for_node(player, begin)
+            wall_duration, replayer_cpu = self._play(bag, player, recorder, progress)
             # the node's counters (chunks, skipped actions) as of the end: its next diagnostics
             deadline = time.monotonic() + 1.2 / plan.config.diagnostics.rate
             while time.monotonic() < deadline:
@@ -220,23 +188,14 @@ class LiveReplay:
                     if recorder.diag_after is not None:
                         break
                 time.sleep(0.02)
-        finally:
-            executor.shutdown(timeout_sec=1.0)
-            spinner.join(timeout=2.0)
-            node.destroy_node()
-            if own_context:
-                rclpy.try_shutdown()
 
         with recorder.lock:
             diag = recorder.diag
             receipts = np.array(recorder.receipts)
         self._fill_record(record, diag, receipts, wall_duration, replayer_cpu)
 
-    def _play(self, bag: Any, node: Any, publishers: dict, publish_clock: Any, recorder: _NodeRecorder,
-              progress: bool) -> tuple[float, float]:
+    def _play(self, bag: Any, player: Any, recorder: _NodeRecorder, progress: bool) -> tuple[float, float]:
         """Publish the window's messages on time; returns its wall-clock and CPU seconds."""
-        from std_msgs.msg import String
-
         plan = self.plan
         begin, end = plan.begin_ns * 1e-9, plan.end_ns * 1e-9
         wall0 = time.monotonic()
@@ -244,7 +203,7 @@ class LiveReplay:
         offset_ns = 0
         if self.clock == 'wall':
             # bag time `begin` becomes the node's "now"
-            offset_ns = node.get_clock().now().nanoseconds - plan.begin_ns
+            offset_ns = player.now_ns() - plan.begin_ns
 
         def prepare(msg: Any) -> bytes:
             if self.clock == 'sim':
@@ -254,9 +213,9 @@ class LiveReplay:
         if plan.instruction_topic and plan.prompt_override is None:
             last = instruction_before_window(bag, plan)
             if last is not None:
-                publishers[plan.instruction_topic].publish(last.data)
+                player.publish(plan.instruction_topic, last.data)
         if plan.prompt_override is not None and plan.instruction_topic:
-            publishers[plan.instruction_topic].publish(String(data=plan.prompt_override))
+            player.publish_text(plan.instruction_topic, plan.prompt_override)
         bar = Progress(end - begin, f'replay (live x{self.rate:g}, {self.clock} clock)', progress)
         last_clock = -math.inf
 
@@ -268,7 +227,7 @@ class LiveReplay:
                 now = t_sim if wall >= due else min(t_sim, begin + (wall - wall0) * self.rate)
                 recorder.set_now(now)
                 if wall - last_clock >= self.clock_period or wall >= due:
-                    publish_clock(now)
+                    player.publish_clock(now)
                     last_clock = wall
                 bar.to(now - begin)
                 if wall >= due:
@@ -284,7 +243,7 @@ class LiveReplay:
                     self.abort_check()
                     next_check = msg.time + 0.5
                 wait_until(msg.time)
-                publishers[msg.topic].publish(prepare(msg))
+                player.publish(msg.topic, prepare(msg))
             wait_until(end)
             wall_duration = time.monotonic() - wall0
             replayer_cpu = time.process_time() - cpu0
@@ -324,14 +283,14 @@ class LiveReplay:
             'diagnostics_received': diag is not None,
         }
 
-    def _wait_for_node(self, node: Any, publishers: dict, publish_clock: Any, begin: float) -> None:
+    def _wait_for_node(self, player: Any, begin: float) -> None:
         """Wait until the node subscribes to every input and publishes its trajectory topic."""
         deadline = time.monotonic() + self.wait_timeout
         while True:
             self.abort_check()
-            publish_clock(begin)
-            missing = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
-            no_output = node.count_publishers(self.trajectory_topic) == 0
+            player.publish_clock(begin)
+            missing = player.inputs_without_subscribers()
+            no_output = player.publisher_count(self.trajectory_topic) == 0
             if not missing and not no_output:
                 break
             if time.monotonic() > deadline:
@@ -350,5 +309,5 @@ class LiveReplay:
             time.sleep(0.05)
         # discovery goes both ways: give the node's side a moment to match our publishers
         for _ in range(25):
-            publish_clock(begin)
+            player.publish_clock(begin)
             time.sleep(0.02)

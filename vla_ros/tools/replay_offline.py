@@ -32,14 +32,10 @@ def load_policy(config: Any, directory: Path, seed: int) -> Any:
 
 
 def _diagnostic_array(name: str, status: Any, now: float, hardware_id: str = '') -> Any:
-    from diagnostic_msgs.msg import DiagnosticArray
+    from vla_ros.ros.conversions import diagnostic_array, diagnostic_status
 
-    from vla_ros.ros.conversions import diagnostic_status, seconds_to_stamp
-
-    msg = DiagnosticArray()
-    msg.header.stamp = seconds_to_stamp(now)
-    msg.status = [diagnostic_status(name, status.level, status.message, status.values, hardware_id)]
-    return msg
+    return diagnostic_array(
+        [diagnostic_status(name, status.level, status.message, status.values, hardware_id)], now)
 
 
 class OfflineReplay:
