@@ -202,3 +202,19 @@ def test_compacted_prefix_equals_full_prefix_after_other_inputs():
     full.run(images.numpy(), masked.numpy(), tokens.numpy(), token_masks.numpy(),
              denoiser.prefix_keys, denoiser.prefix_values, denoiser.prefix_pad)
     assert torch.equal(denoiser.prefix_pad, torch.cat([masked.repeat_interleave(256, 1), token_masks], 1))
+
+
+def test_compiled_suffix_matches_eager(tiny_checkpoint):
+    # torch.compile of the static-buffer module (the CPU's opt-in `compiled` mode); the
+    # first compile takes ~50 s on two cores, so the test uses one engine and one call.
+    noise = np.random.default_rng(8).standard_normal((50, 32)).astype(np.float32)
+    eager = Policy.from_checkpoint(
+        tiny_checkpoint, PolicyOptions(device="cpu", suffix="eager", precision="fp32")
+    )
+    compiled = Policy.from_checkpoint(
+        tiny_checkpoint, PolicyOptions(device="cpu", suffix="compiled", precision="fp32")
+    )
+    assert compiled.engine.suffix_mode == "compiled"
+    a = eager.infer(_observation(), noise=noise).actions
+    b = compiled.infer(_observation(), noise=noise).actions
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
