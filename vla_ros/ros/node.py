@@ -22,6 +22,7 @@ topics to it.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -48,6 +49,7 @@ from rclpy.qos import (
     QoSProfile,
     QoSReliabilityPolicy,
 )
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -116,8 +118,16 @@ class DedicatedTimer:
             pass  # Ctrl-C / rclpy.shutdown: main() cleans up
 
     def destroy(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.thread.join(timeout=2.0)
+        # Order matters at Ctrl-C: destroying a node whose executor thread still waits
+        # on its handles crashes rcl (seen as SIGSEGV). Stop the timer, stop the
+        # executor, and destroy only once the thread has really finished.
+        self.timer.cancel()
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
+        if self.thread.is_alive():
+            self.node.get_logger().warning("control thread did not stop; leaving its node to process exit")
+            return
+        self.node.destroy_timer(self.timer)
         self.node.destroy_node()
 
 
@@ -382,14 +392,15 @@ class VlaPolicyNode(LifecycleNode):
         for service in self._owned_services:
             self.destroy_service(service)
         self._owned_timers, self._input_subscriptions, self._owned_services = [], [], []
-        for name in ("_traj_pub", "_pos_pub"):
-            pub = getattr(self, name)
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-                setattr(self, name, None)
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
+        with self._output_lock:  # no publish in flight while the publishers go
+            for name in ("_traj_pub", "_pos_pub"):
+                pub = getattr(self, name)
+                if pub is not None:
+                    self.destroy_lifecycle_publisher(pub)
+                    setattr(self, name, None)
+            if self._diag_pub is not None:
+                self.destroy_publisher(self._diag_pub)
+                self._diag_pub = None
         self.controller = None
         self.config = None
 
@@ -558,9 +569,19 @@ def make_executor(threads: int, context: Any = None) -> Any:
     return MultiThreadedExecutor(num_threads=threads, context=context)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``vla_policy_node``."""
-    rclpy.init(args=args)
+    # rclpy's own SIGINT handler shuts the context down while the control-timer and
+    # executor threads still wait on it, which intermittently crashed rcl at Ctrl-C
+    # (SIGSEGV, or errors from take_message). Here Ctrl-C and SIGTERM become a
+    # KeyboardInterrupt in this thread instead, and the node stops its threads and
+    # destroys its entities while the context is still valid.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     executor = None
     try:
@@ -569,10 +590,13 @@ def main(args: list[str] | None = None) -> None:
         executor.add_node(node)
         if node.get_parameter("auto_activate").value:
             node.autostart()
-        executor.spin()
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)  # wakes up to see a pending KeyboardInterrupt
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # a second Ctrl-C aborts the cleanup
         if node is not None:
             node.release()
             node.destroy_node()
