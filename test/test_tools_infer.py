@@ -56,47 +56,19 @@ def test_make_tiny_then_infer_matches_policy(tmp_path):
     # other tokens give other actions.
     norm_state = policy.normalizer.normalize_state(state)
     tokens, mask = policy.tokenizer.tokenize("open the drawer", norm_state)
-    np.savez(
-        tmp_path / "tok.npz",
-        base_0_rgb=base,
-        state=state,
-        tokenized_prompt=tokens,
-        tokenized_prompt_mask=mask,
-    )
-    _cli(
-        "infer",
-        "--checkpoint",
-        ckpt,
-        "--obs",
-        tmp_path / "tok.npz",
-        "--noise",
-        tmp_path / "noise.npy",
-        "--out",
-        tmp_path / "tok_actions.npy",
-    )
-    np.testing.assert_allclose(np.load(tmp_path / "tok_actions.npy"), expected, atol=1e-5)
+
+    def infer_with_tokens(name, token_ids):
+        np.savez(tmp_path / f"{name}.npz", base_0_rgb=base, state=state,
+                 tokenized_prompt=token_ids, tokenized_prompt_mask=mask)
+        _cli("infer", "--checkpoint", ckpt, "--obs", tmp_path / f"{name}.npz",
+             "--noise", tmp_path / "noise.npy", "--out", tmp_path / f"{name}_actions.npy")
+        return np.load(tmp_path / f"{name}_actions.npy")
+
+    np.testing.assert_allclose(infer_with_tokens("tok", tokens), expected, atol=1e-5)
     tokens2 = tokens.copy()
     tokens2[1 : int(mask.sum())] = (tokens2[1 : int(mask.sum())] + 5) % policy.cfg.vocab_size
-    np.savez(
-        tmp_path / "tok2.npz",
-        base_0_rgb=base,
-        state=state,
-        tokenized_prompt=tokens2,
-        tokenized_prompt_mask=mask,
-    )
-    _cli(
-        "infer",
-        "--checkpoint",
-        ckpt,
-        "--obs",
-        tmp_path / "tok2.npz",
-        "--noise",
-        tmp_path / "noise.npy",
-        "--out",
-        tmp_path / "tok2_actions.npy",
-    )
     # (an untrained tiny model reacts weakly to language: well above the 1e-5 parity, not large)
-    assert np.abs(np.load(tmp_path / "tok2_actions.npy") - expected).max() > 1e-4
+    assert np.abs(infer_with_tokens("tok2", tokens2) - expected).max() > 1e-4
 
 
 def test_infer_reports_bad_input_in_one_line(tmp_path, tiny_checkpoint):
