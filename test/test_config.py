@@ -75,6 +75,8 @@ def test_policy_options_sentinels():
         **{"policy.seed": 7, "policy.num_threads": 2, "policy.action_dims": 3}
     ).policy.to_policy_options()
     assert (options.seed, options.num_threads, options.action_dims) == (7, 2, 3)
+    assert options.pack_weights is True
+    assert build(**{"policy.pack_weights": False}).policy.to_policy_options().pack_weights is False
 
 
 @pytest.mark.parametrize(

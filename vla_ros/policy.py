@@ -45,6 +45,7 @@ class PolicyOptions:
     action_dims: int | None = None
     seed: int | None = None
     num_threads: int | None = None
+    pack_weights: bool = True
 
     def __post_init__(self) -> None:
         for name, choices in (

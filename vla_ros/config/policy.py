@@ -9,6 +9,7 @@ from vla_ros.config.validate import (
     _choice,
     _choices,
     _positive,
+    BOOL,
     BOOL_LIST,
     FLOAT,
     INFERENCE_MODES,
@@ -45,6 +46,12 @@ class PolicySection:
         "CPU threads of the inference engine (torch intra-op / onnxruntime); 0 = library default. "
         "Keep it below the core count so the control timer keeps a core.",
         INT,
+    )
+    pack_weights: bool = param(
+        True,
+        "On CPUs running bf16: pack the weights into oneDNN's blocked layout at load and fuse the "
+        "MLP activations into the matmuls (faster; false = plain torch matmuls, for debugging).",
+        BOOL,
     )
     action_rate: float = param(
         50.0, "Rate (Hz) of the actions in a chunk: action k is meant for obs_time + k / action_rate.", FLOAT
@@ -100,6 +107,7 @@ class PolicySection:
             action_dims=self.action_dims or None,
             seed=None if self.seed < 0 else self.seed,
             num_threads=self.num_threads or None,
+            pack_weights=self.pack_weights,
         )
 
 

@@ -91,6 +91,18 @@ def resolve_suffix(suffix: str, device: torch.device) -> str:
     return suffix
 
 
+def pack_for_cpu(model, suffix: str = "eager"):
+    """The model with its bf16 CPU layers packed (engines/cpu_packed.py), or as it is if that can't apply."""
+    from vla_ros.engines import cpu_packed
+
+    if model.compute_dtype != torch.bfloat16 or model.action_in_proj.weight.device.type != "cpu":
+        return model
+    if not cpu_packed.packing_available():
+        log.info("oneDNN packed linear ops unavailable in this torch build; using plain bf16 matmuls")
+        return model
+    return cpu_packed.pack_model(model, expert=suffix != "compiled")
+
+
 def is_artifact_dir(directory: Path) -> bool:
     return (Path(directory) / MANIFEST_FILE).is_file()
 
@@ -124,6 +136,7 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
     from vla_ros.engines.optimized import OptimizedEngine
     from vla_ros.engines.suffix import StaticSuffixDenoiser
 
+    suffix_mode = resolve_suffix(options.suffix, device)
     prefix_engine = options.engine
     if prefix_engine == "auto":
         prefix_engine = "onnx" if artifacts else "pytorch"
@@ -138,6 +151,8 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
         from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
 
         model, cfg = load_suffix_model(directory, dtype=dtype, device=device)
+        if options.pack_weights:
+            model = pack_for_cpu(model, suffix_mode)
         providers = "auto" if device.type == "cuda" else "cpu"
         prefix = OnnxPrefixRuntime(directory, providers=providers, num_threads=options.num_threads)
     else:
@@ -149,6 +164,8 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
         from vla_ros.model.checkpoint import load_model
 
         model, cfg = load_model(directory, dtype=dtype, device=device)
+        if options.pack_weights:
+            model = pack_for_cpu(model, suffix_mode)
         prefix = TorchPrefixRuntime(model)
     denoiser = StaticSuffixDenoiser(model, options.num_steps, device)
-    return OptimizedEngine(prefix, denoiser, resolve_suffix(options.suffix, device)), cfg
+    return OptimizedEngine(prefix, denoiser, suffix_mode), cfg

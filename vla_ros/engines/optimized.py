@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vla_ros.engines.base import Engine, ModelInputs
+from vla_ros.engines.cpu_packed import is_packed
 from vla_ros.engines.suffix import StaticSuffixDenoiser
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class OptimizedEngine(Engine):
             "device": str(self.device),
             "suffix": self.suffix_mode,
             "suffix_dtype": str(self.denoiser.dtype).replace("torch.", ""),
+            "packed_weights": is_packed(self.denoiser.model),
             "prefix": self.prefix.name,
             **{f"prefix_{k}": v for k, v in self.prefix.describe().items() if k != "engine"},
         }

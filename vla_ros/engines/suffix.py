@@ -21,7 +21,15 @@ from torch import nn
 import torch.nn.functional as F
 
 from vla_ros.model import masks
-from vla_ros.model.layers import apply_rope, attention, gated_residual, linear, rms_normalize, rope_cos_sin
+from vla_ros.model.layers import (
+    apply_rope,
+    attention,
+    attention_bias,
+    gated_residual,
+    linear,
+    rms_normalize,
+    rope_cos_sin,
+)
 from vla_ros.model.pi0 import euler_times, Pi0Model
 
 
@@ -42,8 +50,7 @@ class StaticSuffixDenoiser(nn.Module):
         self.model = model  # shares the weights; nothing is copied
         self.num_steps = num_steps
         device = torch.device(device) if device is not None else model.action_in_proj.weight.device
-        expert = model.expert
-        self.dtype = expert.layers[0].self_attn.q_proj.weight.dtype
+        self.dtype = model.compute_dtype
         e = cfg.expert
         horizon, adim, plen = cfg.action_horizon, cfg.action_dim, cfg.prefix_len
         self.dt = -1.0 / num_steps
@@ -114,7 +121,7 @@ class StaticSuffixDenoiser(nn.Module):
         positions = self.prefix_pad.sum(dim=1, keepdim=True) + self.suffix_offsets
         cos, sin = rope_cos_sin(positions, self.cfg.expert.head_dim)
         mask = masks.suffix_attention_mask(self.prefix_pad, torch.ones_like(self.suffix_ar), self.suffix_ar)
-        return cos, sin, mask
+        return cos, sin, attention_bias(mask)
 
     def _norm(self, x: torch.Tensor, step: int, index: int):
         if not self.cfg.pi05:

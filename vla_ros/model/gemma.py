@@ -18,6 +18,7 @@ from vla_ros.model.layers import (
     AdaRMSNorm,
     apply_rope,
     attention,
+    attention_bias,
     gated_residual,
     GeGLU,
     linear,
@@ -120,6 +121,7 @@ def joint_forward(
     head_dim = stacks[active[0]].cfg.head_dim
     cos, sin = rope_cos_sin(positions, head_dim)
     hidden = {e: embeds[e] for e in active}
+    mask = attention_bias(mask)
     keys, values = [], []
     depth = stacks[active[0]].cfg.depth
     for index in range(depth):

@@ -18,13 +18,16 @@ RMS_EPS = 1e-6
 ROPE_THETA = 10000.0
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a Linear in its own weight dtype.
 
     The reference keeps some layers fp32 while the stream runs in bf16, so
-    inputs are cast at each layer boundary.
+    inputs are cast at each layer boundary. CPU runtimes swap in packed layers
+    (engines/cpu_packed.py), which cast for themselves.
     """
-    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+    return layer(x)
 
 
 def rms_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -120,11 +123,21 @@ def use_fused_attention(q: torch.Tensor) -> bool:
     return q.dtype == torch.float32 or q.shape[-1] < 128
 
 
+def attention_bias(mask: torch.Tensor) -> torch.Tensor:
+    """The additive fp32 form (0 or MASK_VALUE) of a bool attention mask, True = may attend.
+
+    Built once per pass and shared by every layer: one add per layer instead of
+    inverting the mask and filling. Results are bit-identical: a logit plus
+    MASK_VALUE rounds to MASK_VALUE in fp32.
+    """
+    return torch.where(mask, 0.0, MASK_VALUE)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Multi-query attention.
 
-    q (B, H, T, Dh); k, v (B, KV, S, Dh); mask bool (B, T, S), True = may attend,
-    or None for full attention. Returns (B, T, H * Dh) in v's dtype.
+    q (B, H, T, Dh); k, v (B, KV, S, Dh); mask (B, T, S): bool, True = may attend,
+    or its `attention_bias`; None for full attention. Returns (B, T, H * Dh) in v's dtype.
     Every query row must see at least one key (true of every pi0 layout).
     """
     batch, heads, tokens, head_dim = q.shape
@@ -136,10 +149,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     kv_heads = k.shape[1]
     # Group query heads over their shared kv head: (B, KV, H/KV * T, Dh).
     qg = q.reshape(batch, kv_heads, (heads // kv_heads) * tokens, head_dim)
-    logits = torch.matmul(qg, k.transpose(-1, -2)).float() * (head_dim**-0.5)
-    logits = logits.view(batch, kv_heads, heads // kv_heads, tokens, -1)
-    if mask is not None:
-        logits = logits.masked_fill(~mask[:, None, None], MASK_VALUE)
+    logits = torch.matmul(qg, k.transpose(-1, -2)).view(batch, kv_heads, heads // kv_heads, tokens, -1)
+    scale = head_dim**-0.5
+    if mask is None:
+        logits = logits.float() * scale
+    elif mask.dtype == torch.bool:
+        logits = (logits.float() * scale).masked_fill(~mask[:, None, None], MASK_VALUE)
+    else:
+        logits = torch.add(mask[:, None, None], logits, alpha=scale)
     probs = torch.softmax(logits, dim=-1).to(v.dtype)
     out = torch.matmul(probs.view(batch, kv_heads, (heads // kv_heads) * tokens, -1), v)
     return out.view(batch, heads, tokens, head_dim).transpose(1, 2).reshape(batch, tokens, heads * head_dim)

@@ -114,7 +114,8 @@ class Pi0Model(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.language_model.layers[0].self_attn.q_proj.weight.dtype
+        # The token embedding follows the matmul weights' precision and is never repacked.
+        return self.language_model.embed_tokens.weight.dtype
 
     def to_mixed_precision(self, dtype: torch.dtype = torch.bfloat16) -> "Pi0Model":
         """The reference split: big matmul weights in `dtype`, norms / embeddings / action heads fp32."""
