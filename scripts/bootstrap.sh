@@ -15,9 +15,14 @@
 #   requirements files, setup.py/setup.cfg, the package version, the ROS mode
 #   and the python version, so a second run takes about a second.
 #
+# - ONNXRUNTIME=openvino installs onnxruntime-openvino in place of
+#   onnxruntime-gpu (both provide the `onnxruntime` module, so one venv holds
+#   one of them): for CPU-only robots, whose exported prefix then runs in bf16
+#   on OpenVINO (about 2x onnxruntime's CPU provider, see the README).
+#
 # Prints one line saying what it did. On a pip failure it prints the tail of the
 # pip log and exits non-zero. Environment: VENV, PYTHON (interpreter used to
-# create the venv; default python3).
+# create the venv; default python3), ONNXRUNTIME (gpu, the default, or openvino).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +34,11 @@ case "$VENV" in
     *) VENV="$ROOT/$VENV" ;;
 esac
 PYTHON="${PYTHON:-python3}"
+ONNXRUNTIME="${ONNXRUNTIME:-gpu}"
+case "$ONNXRUNTIME" in
+    gpu | openvino) ;;
+    *) echo "bootstrap: error: ONNXRUNTIME must be 'gpu' or 'openvino', got '$ONNXRUNTIME'" >&2; exit 1 ;;
+esac
 STAMP="$VENV/.vla_ros_bootstrap_stamp"
 LOG="$VENV/bootstrap-pip.log"
 
@@ -59,6 +69,7 @@ compute_hash() {
     {
         echo "version=$version"
         echo "ros_mode=$ros_mode"
+        echo "onnxruntime=$ONNXRUNTIME"
         echo "python=$("$VENV/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null || echo none)"
         for f in requirements.txt requirements-ros.txt setup.py setup.cfg; do
             echo "== $f"
@@ -106,7 +117,15 @@ pip_run() {
 }
 
 start=$SECONDS
-req_args=(-r requirements.txt)
+requirements="$VENV/bootstrap-requirements.txt"
+sed "s/^onnxruntime-gpu\b.*/onnxruntime-$ONNXRUNTIME/" requirements.txt >"$requirements"
+other="onnxruntime-openvino"
+[ "$ONNXRUNTIME" = "openvino" ] && other="onnxruntime-gpu"
+if "$VENV/bin/python" -m pip show -q "$other" >/dev/null 2>&1; then
+    # Installing one flavour over the other leaves a mixed onnxruntime module.
+    pip_run uninstall -y -q onnxruntime-gpu onnxruntime-openvino onnxruntime
+fi
+req_args=(-r "$requirements")
 if [ "$ros_mode" = "pip" ]; then
     req_args+=(-r requirements-ros.txt)
 else
@@ -123,4 +142,4 @@ pip_run install -q --no-deps -e .
 echo "$hash" >"$STAMP"
 
 what="${created:+$created, }installed requirements and vla_ros $version (editable)"
-echo "bootstrap: $what into ${VENV#"$ROOT"/} in $((SECONDS - start)) s (ROS 2 from $ros_mode)"
+echo "bootstrap: $what into ${VENV#"$ROOT"/} in $((SECONDS - start)) s (ROS 2 from $ros_mode, onnxruntime-$ONNXRUNTIME)"

@@ -6,6 +6,7 @@ The tiny checkpoints are exported once per module; GPU-only checks skip without 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import sys
@@ -26,7 +27,15 @@ from vla_ros.engines.artifact import (  # noqa: E402
 )
 from vla_ros.engines.onnx_export import export_artifact, ExportOptions  # noqa: E402
 from vla_ros.engines.prefix_graph import validation_inputs  # noqa: E402
-from vla_ros.engines.prefix_onnx import choose_providers, CPU, CUDA, OnnxPrefixRuntime, TENSORRT  # noqa: E402
+from vla_ros.engines.prefix_onnx import (  # noqa: E402
+    choose_providers,
+    CPU,
+    CUDA,
+    OnnxPrefixRuntime,
+    OPENVINO,
+    openvino_options,
+    TENSORRT,
+)
 from vla_ros.errors import ConfigError, EngineError  # noqa: E402
 from vla_ros.model.checkpoint import load_model  # noqa: E402
 
@@ -311,6 +320,51 @@ def test_choose_providers():
         choose_providers("gpu")
 
 
+def test_choose_providers_openvino():
+    # OpenVINO needs no CUDA; "auto" ranks it after the GPU providers.
+    assert choose_providers("auto", [OPENVINO, CPU], cuda_available=False) == ([OPENVINO, CPU], None)
+    every = [TENSORRT, CUDA, OPENVINO, CPU]
+    assert choose_providers("auto", every, cuda_available=True) == (every, None)
+    assert choose_providers("openvino", [OPENVINO, CPU], cuda_available=True) == ([OPENVINO, CPU], None)
+    chain, warning = choose_providers("openvino", [TENSORRT, CUDA, CPU], cuda_available=True)
+    assert chain == [CPU] and "onnxruntime-openvino" in warning
+
+
+def test_openvino_options_ask_for_bf16_where_the_cpu_has_it(monkeypatch):
+    from vla_ros.engines import factory
+
+    for native, hint in ((True, "bf16"), (False, "f32")):
+        monkeypatch.setattr(factory, "cpu_has_native_bf16", lambda native=native: native)
+        options = openvino_options(num_threads=2)
+        assert options["device_type"] == "CPU" and options["num_of_threads"] == "2"
+        assert json.loads(options["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": hint}}
+    assert "num_of_threads" not in openvino_options(None)
+    # An explicit fp32 policy keeps OpenVINO in fp32 for parity checks.
+    fp32 = json.loads(openvino_options(None, bf16=False)["load_config"])
+    assert fp32["CPU"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+@pytest.mark.skipif(
+    OPENVINO not in ort.get_available_providers(),
+    reason="needs onnxruntime-openvino (installed in place of onnxruntime-gpu)",
+)
+def test_openvino_provider_matches_pytorch(exported):
+    from vla_ros.engines.factory import cpu_has_native_bf16
+
+    _, artifact, model = exported("pi0")
+    runtime = OnnxPrefixRuntime(artifact, providers="openvino", num_threads=2)
+    assert runtime.providers[0] == OPENVINO and runtime.device.type == "cpu"
+    inputs = validation_inputs(model.cfg, seed=4)
+    keys, values, pad = runtime.allocate_outputs()
+    runtime.run(**inputs, keys=keys, values=values, pad_mask=pad)
+    reference = _reference(model, inputs)
+    # bf16 inference where the CPU has it: the stated bf16 tolerance, relative to the range.
+    tolerance = 2e-2 if cpu_has_native_bf16() else FP32_TOL
+    for got, want in ((keys, reference.keys), (values, reference.values)):
+        assert (got - want).abs().max().item() <= tolerance * want.abs().max().item()
+    assert torch.equal(pad, reference.pad_mask)
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the fallback on a machine without CUDA")
 @pytest.mark.parametrize("forced", ["cuda", "tensorrt"])
 def test_forced_gpu_provider_without_gpu_warns_and_runs_on_cpu(exported, forced, caplog):
@@ -394,3 +448,12 @@ def test_tensorrt_engine_build(tiny_checkpoint, tmp_path):
     engine = manifest["tensorrt_engine"]
     assert engine["file"] == "prefix.engine" and "prefix.engine" in manifest["files"]
     assert (tmp_path / "trt" / "prefix.engine").stat().st_size > 0
+
+
+def test_cpu_engines_take_openvino_where_installed(monkeypatch):
+    from vla_ros.engines import factory
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [OPENVINO, CPU])
+    assert factory.cpu_onnx_providers() == "openvino"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TENSORRT, CUDA, CPU])
+    assert factory.cpu_onnx_providers() == "cpu"  # onnxruntime-gpu on a CPU-only engine

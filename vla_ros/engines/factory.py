@@ -103,6 +103,13 @@ def pack_for_cpu(model, suffix: str = "eager"):
     return cpu_packed.pack_model(model, expert=suffix != "compiled")
 
 
+def cpu_onnx_providers() -> str:
+    """onnxruntime providers for a CPU engine: OpenVINO (bf16 matmuls) where installed, else the CPU's."""
+    import onnxruntime
+
+    return "openvino" if "OpenVINOExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
 def is_artifact_dir(directory: Path) -> bool:
     return (Path(directory) / MANIFEST_FILE).is_file()
 
@@ -153,8 +160,13 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
         model, cfg = load_suffix_model(directory, dtype=dtype, device=device)
         if options.pack_weights:
             model = pack_for_cpu(model, suffix_mode)
-        providers = "auto" if device.type == "cuda" else "cpu"
-        prefix = OnnxPrefixRuntime(directory, providers=providers, num_threads=options.num_threads)
+        providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
+        prefix = OnnxPrefixRuntime(
+            directory,
+            providers=providers,
+            num_threads=options.num_threads,
+            cpu_bf16=dtype == torch.bfloat16,
+        )
     else:
         if artifacts:
             raise ConfigError(
