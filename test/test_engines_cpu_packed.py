@@ -1,5 +1,7 @@
 """oneDNN-packed bf16 layers: each fused kernel and the packed model against plain bf16 torch."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,14 @@ def test_pack_model_shares_what_it_does_not_pack():
     assert plain == []
     fp32 = random_model(get_config("pi0-tiny"), seed=1)
     assert not is_packed(pack_model(fp32))  # nothing to pack in an fp32 model
+
+
+def test_pack_model_in_place_drops_the_plain_weights():
+    model = random_model(get_config("pi0-tiny"), seed=1, dtype=torch.bfloat16)
+    gate = model.language_model.layers[0].mlp.gate_proj.weight
+    references = sys.getrefcount(gate)
+    assert pack_model(model, inplace=True) is model and is_packed(model)
+    assert sys.getrefcount(gate) == references - 1  # only this test still holds the plain weight
 
 
 @pytest.mark.parametrize("name", ["pi0-tiny", "pi05-tiny"])

@@ -12,7 +12,7 @@ size those passes cost as much per layer as the attention does.
 `pack_model` returns a copy of the model whose bf16 layers are replaced by
 packed ones; every other tensor is shared with the original, so a caller that
 keeps the original (the benchmark's baseline) pays only for the packed
-weights, and one that drops it frees the plain weights.
+weights. Engines that own their model pack it in place.
 """
 
 from __future__ import annotations
@@ -152,14 +152,19 @@ def _packable(layer: nn.Linear) -> bool:
     return layer.weight.dtype == torch.bfloat16 and layer.weight.device.type == "cpu"
 
 
-def pack_model(model: Pi0Model, expert: bool = True) -> Pi0Model:
+def pack_model(model: Pi0Model, expert: bool = True, inplace: bool = False) -> Pi0Model:
     """A copy of `model` with its bf16 CPU layers packed; all other tensors are shared.
 
     expert=False leaves the action expert plain, for a torch.compile'd suffix:
-    dynamo cannot trace oneDNN's opaque packed tensors.
+    dynamo cannot trace oneDNN's opaque packed tensors. inplace=True packs
+    `model` itself, layer by layer, so each plain weight is freed as soon as its
+    packed form exists: loading peaks near one copy of the weights, not two.
     """
-    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    packed = copy.deepcopy(model, memo=shared)
+    if inplace:
+        packed = model
+    else:
+        shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        packed = copy.deepcopy(model, memo=shared)
     pali = packed.paligemma_with_expert.paligemma.model
     for layer in pali.vision_tower.vision_model.encoder.layers:
         if _packable(layer.self_attn.q_proj):

@@ -91,7 +91,7 @@ def resolve_suffix(suffix: str, device: torch.device) -> str:
     return suffix
 
 
-def pack_for_cpu(model, suffix: str = "eager"):
+def pack_for_cpu(model, suffix: str = "eager", inplace: bool = False):
     """The model with its bf16 CPU layers packed (engines/cpu_packed.py), or as it is if that can't apply."""
     from vla_ros.engines import cpu_packed
 
@@ -100,7 +100,7 @@ def pack_for_cpu(model, suffix: str = "eager"):
     if not cpu_packed.packing_available():
         log.info("oneDNN packed linear ops unavailable in this torch build; using plain bf16 matmuls")
         return model
-    return cpu_packed.pack_model(model, expert=suffix != "compiled")
+    return cpu_packed.pack_model(model, expert=suffix != "compiled", inplace=inplace)
 
 
 def cpu_onnx_providers() -> str:
@@ -159,7 +159,7 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
 
         model, cfg = load_suffix_model(directory, dtype=dtype, device=device)
         if options.pack_weights:
-            model = pack_for_cpu(model, suffix_mode)
+            model = pack_for_cpu(model, suffix_mode, inplace=True)
         providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
         prefix = OnnxPrefixRuntime(
             directory,
@@ -177,7 +177,7 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
 
         model, cfg = load_model(directory, dtype=dtype, device=device)
         if options.pack_weights:
-            model = pack_for_cpu(model, suffix_mode)
+            model = pack_for_cpu(model, suffix_mode, inplace=True)
         prefix = TorchPrefixRuntime(model)
     denoiser = StaticSuffixDenoiser(model, options.num_steps, device)
     return OptimizedEngine(prefix, denoiser, suffix_mode), cfg
