@@ -457,3 +457,57 @@ def test_cpu_engines_take_openvino_where_installed(monkeypatch):
     assert factory.cpu_onnx_providers() == "openvino"
     monkeypatch.setattr(ort, "get_available_providers", lambda: [TENSORRT, CUDA, CPU])
     assert factory.cpu_onnx_providers() == "cpu"  # onnxruntime-gpu on a CPU-only engine
+
+
+def test_prefix_engine_resolution(exported, tiny_checkpoint, caplog):
+    from vla_ros.engines.factory import resolve_prefix_engine
+
+    _, artifact, _ = exported("pi0")
+    cpu = torch.device("cpu")
+    assert resolve_prefix_engine("auto", tiny_checkpoint, cpu) == "pytorch"
+    assert resolve_prefix_engine("auto", artifact, cpu) == "onnx"
+    with caplog.at_level(logging.WARNING, logger="vla_ros.engines.factory"):
+        assert resolve_prefix_engine("tensorrt", artifact, cpu) == "onnx"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'tensorrt'" in warnings[0] and "CPU" in warnings[0]
+    with pytest.raises(ConfigError, match="--tensorrt"):
+        resolve_prefix_engine("tensorrt", tiny_checkpoint, cpu)
+    with pytest.raises(ConfigError, match="checkpoint directory"):
+        resolve_prefix_engine("pytorch", artifact, cpu)
+
+
+def test_tensorrt_engine_unusable_reasons(exported):
+    from vla_ros.engines.prefix_tensorrt import engine_unusable_reason
+
+    _, artifact, _ = exported("pi0")
+    manifest = read_manifest(artifact)
+    assert "--tensorrt" in engine_unusable_reason(manifest)  # exported without an engine
+    built = dict(manifest, tensorrt_engine={"file": "prefix.engine", "tensorrt_version": "0.0", "gpu": "X"})
+    reason = engine_unusable_reason(built)
+    if not HAS_CUDA:
+        assert "no CUDA device" in reason
+    else:
+        assert reason is not None  # version 0.0 / GPU "X" never match
+
+
+@needs_cuda
+def test_tensorrt_runtime_runs_the_exported_engine(tiny_checkpoint, tmp_path):
+    pytest.importorskip("tensorrt")
+    from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
+
+    artifact = tmp_path / "trt"
+    export_artifact(tiny_checkpoint, artifact, ExportOptions(tensorrt=True, workspace_gib=1.0))
+    model, _ = load_model(tiny_checkpoint)
+    runtime = TensorRTPrefixRuntime(artifact)
+    inputs = validation_inputs(model.cfg, seed=6)
+    shapes = runtime.output_shapes
+    keys = torch.zeros(shapes["keys"], device="cuda")
+    values = torch.zeros(shapes["values"], device="cuda")
+    pad = torch.zeros(shapes["pad_mask"], dtype=torch.bool, device="cuda")
+    runtime.run(**inputs, keys=keys, values=values, pad_mask=pad)
+    torch.cuda.synchronize()
+    reference = _reference(model, inputs)
+    # TensorRT may pick TF32 kernels for an fp32 engine: 1e-3 relative to the range.
+    assert (keys.cpu() - reference.keys).abs().max() <= 1e-3 * reference.keys.abs().max()
+    assert (values.cpu() - reference.values).abs().max() <= 1e-3 * reference.values.abs().max()
+    assert torch.equal(pad.cpu(), reference.pad_mask)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-PREFIX_ENGINES = ("auto", "pytorch", "onnx", "reference")
+PREFIX_ENGINES = ("auto", "pytorch", "onnx", "tensorrt", "reference")
 SUFFIX_ENGINES = ("auto", "eager", "compiled", "cuda_graph", "reference")
 
 

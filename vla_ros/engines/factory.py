@@ -114,6 +114,47 @@ def is_artifact_dir(directory: Path) -> bool:
     return (Path(directory) / MANIFEST_FILE).is_file()
 
 
+def resolve_prefix_engine(engine: str, directory: Path, device: torch.device) -> str:
+    """'pytorch', 'onnx' or 'tensorrt' for `policy.engine` and the directory it names.
+
+    auto: PyTorch for a checkpoint directory; for an artifact, the serialized
+    TensorRT engine where it runs here (CUDA, the building TensorRT version and
+    GPU), else the ONNX graph under onnxruntime (whose own TensorRT provider
+    still comes first on a GPU). A forced 'tensorrt' that can't run here warns
+    once and takes the ONNX graph.
+    """
+    artifacts = is_artifact_dir(directory)
+    if engine in ("onnx", "tensorrt") and not artifacts:
+        raise ConfigError(
+            "policy.engine",
+            f"'{engine}' needs an exported artifact directory ({directory} has no {MANIFEST_FILE}); "
+            f"run `vla-ros export --checkpoint {directory} --out ARTIFACT_DIR"
+            f"{' --tensorrt' if engine == 'tensorrt' else ''}` first",
+        )
+    if engine == "pytorch" and artifacts:
+        raise ConfigError(
+            "policy.engine", "'pytorch' needs a checkpoint directory; artifacts hold no prefix weights"
+        )
+    if engine == "auto" and not artifacts:
+        return "pytorch"
+    if engine not in ("auto", "tensorrt"):
+        return engine
+    from vla_ros.engines.artifact import read_manifest
+    from vla_ros.engines.prefix_tensorrt import engine_unusable_reason
+
+    if device.type != "cuda":
+        reason = "policy.device is the CPU"
+    else:
+        reason = engine_unusable_reason(read_manifest(directory))
+    if reason is None:
+        return "tensorrt"
+    if engine == "tensorrt":
+        log.warning(
+            "policy.engine 'tensorrt' can't run here: %s; running the ONNX graph with onnxruntime", reason
+        )
+    return "onnx"
+
+
 def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
     """Engine and model config for a checkpoint or exported artifact directory."""
     if options.num_threads:
@@ -144,34 +185,28 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
     from vla_ros.engines.suffix import StaticSuffixDenoiser
 
     suffix_mode = resolve_suffix(options.suffix, device)
-    prefix_engine = options.engine
-    if prefix_engine == "auto":
-        prefix_engine = "onnx" if artifacts else "pytorch"
-    if prefix_engine == "onnx":
-        if not artifacts:
-            raise ConfigError(
-                "policy.engine",
-                f"'onnx' needs an exported artifact directory ({directory} has no {MANIFEST_FILE}); "
-                f"run `vla-ros export --checkpoint {directory} --out ARTIFACT_DIR` first",
-            )
+    prefix_engine = resolve_prefix_engine(options.engine, directory, device)
+    if prefix_engine in ("onnx", "tensorrt"):
         from vla_ros.engines.artifact import load_suffix_model
-        from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
 
         model, cfg = load_suffix_model(directory, dtype=dtype, device=device)
         if options.pack_weights:
             model = pack_for_cpu(model, suffix_mode, inplace=True)
-        providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
-        prefix = OnnxPrefixRuntime(
-            directory,
-            providers=providers,
-            num_threads=options.num_threads,
-            cpu_bf16=dtype == torch.bfloat16,
-        )
-    else:
-        if artifacts:
-            raise ConfigError(
-                "policy.engine", "'pytorch' needs a checkpoint directory; artifacts hold no prefix weights"
+        if prefix_engine == "tensorrt":
+            from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
+
+            prefix = TensorRTPrefixRuntime(directory, device_id=device.index or 0)
+        else:
+            from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
+
+            providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
+            prefix = OnnxPrefixRuntime(
+                directory,
+                providers=providers,
+                num_threads=options.num_threads,
+                cpu_bf16=dtype == torch.bfloat16,
             )
+    else:
         from vla_ros.engines.prefix_torch import TorchPrefixRuntime
         from vla_ros.model.checkpoint import load_model
 

@@ -2,11 +2,13 @@
 
 Input and output names, the dtype tables that turn onnxruntime's type names into
 torch dtypes and torch dtypes into IO-binding element types, the module that is
-traced, and the inputs it is traced and validated with.
+traced, the inputs it is traced and validated with, and the input staging the
+onnxruntime and TensorRT runtimes share.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +37,26 @@ def ort_type_to_torch(type_string: str) -> torch.dtype:
             f"unsupported graph tensor type {type_string}; expected one of {sorted(_ORT_TYPES)}"
         )
     return _ORT_TYPES[type_string]
+
+
+def stage_input(buffer: torch.Tensor, name: str, value, cfg: PolicyConfig) -> None:
+    """Copy one prefix input (numpy or torch, batched (1, ...) or not) into its static buffer."""
+    if isinstance(value, torch.Tensor):
+        source = value
+    else:
+        array = np.asarray(value)
+        source = torch.from_numpy(array if array.flags.writeable else array.copy())
+    if source.numel() != buffer.numel():
+        raise EngineError(
+            f"prefix input '{name}' has shape {tuple(source.shape)}; the exported graph takes "
+            f"{tuple(buffer.shape)} (batch 1, {cfg.num_cameras} cameras, {cfg.max_token_len} tokens)"
+        )
+    buffer.copy_(source.reshape(buffer.shape))
+
+
+def can_write_directly(target: torch.Tensor, own: torch.Tensor) -> bool:
+    """Whether a runtime may bind the caller's buffer as the graph output instead of its own."""
+    return target.device == own.device and target.dtype == own.dtype and target.is_contiguous()
 
 
 class PrefixEncoder(nn.Module):

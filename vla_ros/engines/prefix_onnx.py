@@ -23,12 +23,18 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from vla_ros.engines import prefix_tensorrt
 from vla_ros.engines.artifact import read_manifest
-from vla_ros.engines.prefix_graph import INPUT_NAMES, ONNX_ELEMENT_TYPES, ort_type_to_torch, OUTPUT_NAMES
+from vla_ros.engines.prefix_graph import (
+    can_write_directly,
+    INPUT_NAMES,
+    ONNX_ELEMENT_TYPES,
+    ort_type_to_torch,
+    OUTPUT_NAMES,
+    stage_input,
+)
 from vla_ros.errors import ConfigError, EngineError
 from vla_ros.model.config import PolicyConfig
 
@@ -243,24 +249,6 @@ class OnnxPrefixRuntime:
         element_type = ONNX_ELEMENT_TYPES[tensor.dtype]
         bind(name, device_type, device_id, element_type, list(tensor.shape), tensor.data_ptr())
 
-    def _load_input(self, name: str, value) -> None:
-        buffer = self._inputs[name]
-        if isinstance(value, torch.Tensor):
-            source = value
-        else:
-            array = np.asarray(value)
-            source = torch.from_numpy(array if array.flags.writeable else array.copy())
-        if source.numel() != buffer.numel():
-            raise EngineError(
-                f"prefix input '{name}' has shape {tuple(source.shape)}; the exported graph takes "
-                f"{tuple(buffer.shape)} (batch 1, {self.cfg.num_cameras} cameras, "
-                f"{self.cfg.max_token_len} tokens)"
-            )
-        buffer.copy_(source.reshape(buffer.shape))
-
-    def _direct(self, target: torch.Tensor, own: torch.Tensor) -> bool:
-        return target.device == own.device and target.dtype == own.dtype and target.is_contiguous()
-
     # -- public -------------------------------------------------------------------------------------
     @property
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -293,14 +281,14 @@ class OnnxPrefixRuntime:
         session) get a cast copy from the runtime's own output tensors.
         """
         for name, value in zip(INPUT_NAMES, (images, image_masks, tokens, token_masks)):
-            self._load_input(name, value)
+            stage_input(self._inputs[name], name, value, self.cfg)
         staged = []
         for name, target in zip(OUTPUT_NAMES, (keys, values, pad_mask)):
             own = self._outputs[name]
             if tuple(target.shape) != tuple(own.shape):
                 raise EngineError(f"output buffer '{name}' has shape {tuple(target.shape)}; "
                                   f"the graph writes {tuple(own.shape)}")
-            bound = target if self._direct(target, own) else own
+            bound = target if can_write_directly(target, own) else own
             if bound is own:
                 staged.append((target, own))
             key = (bound.data_ptr(), bound.dtype, bound.device)

@@ -144,3 +144,123 @@ def provider_options(manifest: dict, cache: Path, device_id: int) -> dict[str, s
         trt_timing_cache_path=str(cache),
     )
     return options
+
+
+def engine_unusable_reason(manifest: dict) -> str | None:
+    """Why this machine cannot run the artifact's prefix.engine natively, or None if it can."""
+    entry = manifest.get("tensorrt_engine")
+    if not entry:
+        return "the artifact has no prefix.engine (export with --tensorrt on the robot's GPU)"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    try:
+        import tensorrt
+    except ImportError:
+        return "the tensorrt package is not importable here"
+    if entry.get("tensorrt_version") != tensorrt.__version__:
+        return (f"prefix.engine was built by TensorRT {entry.get('tensorrt_version')}, this is "
+                f"{tensorrt.__version__} (serialized engines only load in the version that built them)")
+    gpu = torch.cuda.get_device_name()
+    if entry.get("gpu") not in (gpu, "unknown"):
+        return f"prefix.engine was built on a {entry.get('gpu')}, this is a {gpu}"
+    return None
+
+
+def _torch_dtype(trt, data_type) -> torch.dtype:
+    table = {
+        "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
+        "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool,
+    }
+    for name, dtype in table.items():
+        if getattr(trt.DataType, name, None) == data_type:
+            return dtype
+    raise EngineError(f"prefix.engine has a tensor of TensorRT type {data_type}, which torch cannot hold")
+
+
+class TensorRTPrefixRuntime:
+    """Runs the artifact's serialized prefix.engine with TensorRT itself, no onnxruntime in between.
+
+    Every engine tensor gets a static CUDA tensor, its address set once; `run`
+    stages the inputs, points the K/V outputs at the caller's buffers where
+    their dtype and device match (the suffix's static cache: no copy), and
+    enqueues the engine on torch's current stream, so the suffix that follows on
+    the same stream needs no host synchronisation.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, artifact_dir: str | Path, device_id: int = 0):
+        from vla_ros.engines.artifact import read_manifest
+        from vla_ros.engines.prefix_graph import INPUT_NAMES, OUTPUT_NAMES
+        from vla_ros.model.config import PolicyConfig
+
+        self.artifact_dir = Path(artifact_dir)
+        manifest = read_manifest(self.artifact_dir)
+        reason = engine_unusable_reason(manifest)
+        if reason:
+            raise EngineError(f"cannot run {self.artifact_dir / 'prefix.engine'} with TensorRT: {reason}")
+        self.cfg = PolicyConfig.from_dict(manifest["config"])
+        self.precision = manifest["precision"]
+        self.device = torch.device("cuda", device_id)
+        trt = import_tensorrt()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        path = self.artifact_dir / manifest["tensorrt_engine"]["file"]
+        with torch.cuda.device(self.device):
+            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            if self._engine is None:
+                raise EngineError(f"TensorRT could not deserialize {path} (see the TensorRT log above)")
+            self._context = self._engine.create_execution_context()
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._outputs: dict[str, torch.Tensor] = {}
+        for index in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(index)
+            shape = tuple(self._engine.get_tensor_shape(name))
+            dtype = _torch_dtype(trt, self._engine.get_tensor_dtype(name))
+            tensor = torch.zeros(shape, dtype=dtype, device=self.device)
+            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self._inputs if is_input else self._outputs)[name] = tensor
+            self._context.set_tensor_address(name, tensor.data_ptr())
+        if set(self._inputs) != set(INPUT_NAMES) or set(self._outputs) != set(OUTPUT_NAMES):
+            raise EngineError(
+                f"{path} has inputs {sorted(self._inputs)} and outputs {sorted(self._outputs)}; expected "
+                f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}: re-export with `vla-ros export --tensorrt`"
+            )
+        self._addresses = {name: t.data_ptr() for name, t in self._outputs.items()}
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(t.shape) for name, t in self._outputs.items()}
+
+    def run(self, images, image_masks, tokens, token_masks,
+            keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor) -> None:
+        """Same contract as OnnxPrefixRuntime.run: K/V and pad mask written in place."""
+        from vla_ros.engines.prefix_graph import can_write_directly, INPUT_NAMES, OUTPUT_NAMES, stage_input
+
+        for name, value in zip(INPUT_NAMES, (images, image_masks, tokens, token_masks)):
+            stage_input(self._inputs[name], name, value, self.cfg)
+        staged = []
+        for name, target in zip(OUTPUT_NAMES, (keys, values, pad_mask)):
+            own = self._outputs[name]
+            if tuple(target.shape) != tuple(own.shape):
+                raise EngineError(f"output buffer '{name}' has shape {tuple(target.shape)}; "
+                                  f"the engine writes {tuple(own.shape)}")
+            bound = target if can_write_directly(target, own) else own
+            if bound is own:
+                staged.append((target, own))
+            if self._addresses[name] != bound.data_ptr():
+                self._context.set_tensor_address(name, bound.data_ptr())
+                self._addresses[name] = bound.data_ptr()
+        stream = torch.cuda.current_stream(self.device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise EngineError("TensorRT failed to enqueue prefix.engine (see the TensorRT log above)")
+        for target, own in staged:
+            target.copy_(own)
+
+    def describe(self) -> dict:
+        return {
+            "engine": self.name,
+            "device": str(self.device),
+            "precision": self.precision,
+            "engine_file": str(self.artifact_dir / "prefix.engine"),
+        }
