@@ -149,15 +149,15 @@ def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]])
     print(f"  optimised: {info['optimised']}")
     print(f"  baseline:  {info['baseline']}")
     header = f"{'stage':<12}" + "".join(
-        f"{name + ' p50':>16}{'p99':>11}" for name in ("optimised", "baseline")
+        f"{name + ' p50':>16}{'p99':>12}" for name in ("optimised", "baseline")
     )
     print(header + f"{'speedup':>10}")
     for stage in STAGES:
         o, b = results["optimised"][stage], results["baseline"][stage]
         ratio = b["p50"] / o["p50"] if o["p50"] > 0 else float("inf")
         print(
-            f"{stage:<12}{o['p50'] * 1e3:>13.2f} ms{o['p99'] * 1e3:>8.2f} ms"
-            f"{b['p50'] * 1e3:>13.2f} ms{b['p99'] * 1e3:>8.2f} ms{ratio:>9.2f}x"
+            f"{stage:<12}{o['p50'] * 1e3:>13.2f} ms{o['p99'] * 1e3:>9.2f} ms"
+            f"{b['p50'] * 1e3:>13.2f} ms{b['p99'] * 1e3:>9.2f} ms{ratio:>9.2f}x"
         )
     print(
         f"peak memory (RSS): {results['peak_rss_gb']:.2f} GB; actions max |optimised - baseline| "
