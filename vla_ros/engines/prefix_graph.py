@@ -39,24 +39,45 @@ def ort_type_to_torch(type_string: str) -> torch.dtype:
     return _ORT_TYPES[type_string]
 
 
-def stage_input(buffer: torch.Tensor, name: str, value, cfg: PolicyConfig) -> None:
-    """Copy one prefix input (numpy or torch, batched (1, ...) or not) into its static buffer."""
-    if isinstance(value, torch.Tensor):
-        source = value
-    else:
-        array = np.asarray(value)
-        source = torch.from_numpy(array if array.flags.writeable else array.copy())
-    if source.numel() != buffer.numel():
-        raise EngineError(
-            f"prefix input '{name}' has shape {tuple(source.shape)}; the exported graph takes "
-            f"{tuple(buffer.shape)} (batch 1, {cfg.num_cameras} cameras, {cfg.max_token_len} tokens)"
-        )
-    buffer.copy_(source.reshape(buffer.shape))
+def stage_inputs(buffers: dict[str, torch.Tensor], values, cfg: PolicyConfig) -> None:
+    """Copy the prefix inputs (INPUT_NAMES order; numpy or torch, batched or not) into static buffers."""
+    for name, value in zip(INPUT_NAMES, values):
+        buffer = buffers[name]
+        if isinstance(value, torch.Tensor):
+            source = value
+        else:
+            array = np.asarray(value)
+            source = torch.from_numpy(array if array.flags.writeable else array.copy())
+        if source.numel() != buffer.numel():
+            raise EngineError(
+                f"prefix input '{name}' has shape {tuple(source.shape)}; the exported graph takes "
+                f"{tuple(buffer.shape)} (batch 1, {cfg.num_cameras} cameras, {cfg.max_token_len} tokens)"
+            )
+        buffer.copy_(source.reshape(buffer.shape))
 
 
-def can_write_directly(target: torch.Tensor, own: torch.Tensor) -> bool:
-    """Whether a runtime may bind the caller's buffer as the graph output instead of its own."""
-    return target.device == own.device and target.dtype == own.dtype and target.is_contiguous()
+def output_targets(
+    own: dict[str, torch.Tensor], targets
+) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Where a runtime writes each output (OUTPUT_NAMES order), and the (target, own) copies left after.
+
+    The caller's buffer is written directly where device, dtype and layout match
+    (the suffix's static K/V cache: no copy); otherwise the runtime's own output
+    tensor, then a cast copy into the target.
+    """
+    bound, staged = {}, []
+    for name, target in zip(OUTPUT_NAMES, targets):
+        mine = own[name]
+        if tuple(target.shape) != tuple(mine.shape):
+            raise EngineError(
+                f"output buffer '{name}' has shape {tuple(target.shape)}; "
+                f"the prefix writes {tuple(mine.shape)}"
+            )
+        direct = target.device == mine.device and target.dtype == mine.dtype and target.is_contiguous()
+        bound[name] = target if direct else mine
+        if not direct:
+            staged.append((target, mine))
+    return bound, staged
 
 
 class PrefixEncoder(nn.Module):

@@ -28,12 +28,12 @@ import torch
 from vla_ros.engines import prefix_tensorrt
 from vla_ros.engines.artifact import read_manifest
 from vla_ros.engines.prefix_graph import (
-    can_write_directly,
     INPUT_NAMES,
     ONNX_ELEMENT_TYPES,
     ort_type_to_torch,
     OUTPUT_NAMES,
-    stage_input,
+    output_targets,
+    stage_inputs,
 )
 from vla_ros.errors import ConfigError, EngineError
 from vla_ros.model.config import PolicyConfig
@@ -280,20 +280,12 @@ class OnnxPrefixRuntime:
         directly; others (e.g. bf16 buffers for an fp32 graph, or CPU buffers for a GPU
         session) get a cast copy from the runtime's own output tensors.
         """
-        for name, value in zip(INPUT_NAMES, (images, image_masks, tokens, token_masks)):
-            stage_input(self._inputs[name], name, value, self.cfg)
-        staged = []
-        for name, target in zip(OUTPUT_NAMES, (keys, values, pad_mask)):
-            own = self._outputs[name]
-            if tuple(target.shape) != tuple(own.shape):
-                raise EngineError(f"output buffer '{name}' has shape {tuple(target.shape)}; "
-                                  f"the graph writes {tuple(own.shape)}")
-            bound = target if can_write_directly(target, own) else own
-            if bound is own:
-                staged.append((target, own))
-            key = (bound.data_ptr(), bound.dtype, bound.device)
+        stage_inputs(self._inputs, (images, image_masks, tokens, token_masks), self.cfg)
+        bound, staged = output_targets(self._outputs, (keys, values, pad_mask))
+        for name, tensor in bound.items():
+            key = (tensor.data_ptr(), tensor.dtype, tensor.device)
             if self._bound_outputs.get(name) != key:
-                self._bind(name, bound, output=True)
+                self._bind(name, tensor, output=True)
                 self._bound_outputs[name] = key
         if staged and not self._said_staging:
             target, own = staged[0]

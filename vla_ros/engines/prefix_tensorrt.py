@@ -235,22 +235,14 @@ class TensorRTPrefixRuntime:
     def run(self, images, image_masks, tokens, token_masks,
             keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor) -> None:
         """Same contract as OnnxPrefixRuntime.run: K/V and pad mask written in place."""
-        from vla_ros.engines.prefix_graph import can_write_directly, INPUT_NAMES, OUTPUT_NAMES, stage_input
+        from vla_ros.engines.prefix_graph import output_targets, stage_inputs
 
-        for name, value in zip(INPUT_NAMES, (images, image_masks, tokens, token_masks)):
-            stage_input(self._inputs[name], name, value, self.cfg)
-        staged = []
-        for name, target in zip(OUTPUT_NAMES, (keys, values, pad_mask)):
-            own = self._outputs[name]
-            if tuple(target.shape) != tuple(own.shape):
-                raise EngineError(f"output buffer '{name}' has shape {tuple(target.shape)}; "
-                                  f"the engine writes {tuple(own.shape)}")
-            bound = target if can_write_directly(target, own) else own
-            if bound is own:
-                staged.append((target, own))
-            if self._addresses[name] != bound.data_ptr():
-                self._context.set_tensor_address(name, bound.data_ptr())
-                self._addresses[name] = bound.data_ptr()
+        stage_inputs(self._inputs, (images, image_masks, tokens, token_masks), self.cfg)
+        bound, staged = output_targets(self._outputs, (keys, values, pad_mask))
+        for name, tensor in bound.items():
+            if self._addresses[name] != tensor.data_ptr():
+                self._context.set_tensor_address(name, tensor.data_ptr())
+                self._addresses[name] = tensor.data_ptr()
         stream = torch.cuda.current_stream(self.device)
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise EngineError("TensorRT failed to enqueue prefix.engine (see the TensorRT log above)")
