@@ -569,19 +569,36 @@ def make_executor(threads: int, context: Any = None) -> Any:
     return MultiThreadedExecutor(num_threads=threads, context=context)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class _StopRequest:
+    """What SIGINT / SIGTERM do to `main`.
+
+    Before the spin loop (a slow model load) a signal raises KeyboardInterrupt,
+    so Ctrl-C aborts at once. While spinning it only sets a flag the loop polls
+    every 0.1 s: no exception lands inside the executor or rclpy, which left
+    them half-updated at shutdown. A second signal always interrupts, so a
+    stuck cleanup can still be aborted.
+    """
+
+    def __init__(self):
+        self.spinning = False
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.spinning and not self.requested:
+            self.requested = True
+            return
+        raise KeyboardInterrupt
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``vla_policy_node``."""
     # rclpy's own SIGINT handler shuts the context down while the control-timer and
     # executor threads still wait on it, which intermittently crashed rcl at Ctrl-C
-    # (SIGSEGV, or errors from take_message). Here Ctrl-C and SIGTERM become a
-    # KeyboardInterrupt in this thread instead, and the node stops its threads and
-    # destroys its entities while the context is still valid.
+    # (SIGSEGV, or errors from take_message). Here the node stops its threads and
+    # destroys its entities first, while the context is still valid.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = _StopRequest()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     executor = None
     try:
@@ -590,18 +607,20 @@ def main(args: list[str] | None = None) -> None:
         executor.add_node(node)
         if node.get_parameter("auto_activate").value:
             node.autostart()
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)  # wakes up to see a pending KeyboardInterrupt
+        stop.spinning = True
+        while rclpy.ok() and not stop.requested:
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # a second Ctrl-C aborts the cleanup
+        stop.spinning = False  # from here on a signal interrupts the cleanup
         if node is not None:
             node.release()
             node.destroy_node()
         if executor is not None:
             executor.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         rclpy.try_shutdown()
 
 
