@@ -10,6 +10,7 @@ the parameter.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -21,7 +22,7 @@ from rclpy.parameter import Parameter
 from test_node_harness import check_trajectory, Harness, is_hold, JOINT_NAMES, MEASURED
 from vla_ros.config import NodeConfig
 from vla_ros.errors import ConfigError
-from vla_ros.ros.node import make_executor, VlaPolicyNode
+from vla_ros.ros.node import _StopRequest, make_executor, VlaPolicyNode
 from vla_ros.ros.params import read_parameters
 from vla_ros.types import ActionChunk
 
@@ -257,3 +258,14 @@ def test_parameters_are_declared_with_descriptions(system):
     transport = node.describe_parameters(["cameras.base_0_rgb.transport"])[0]
     assert "compressed" in transport.additional_constraints
     assert MEASURED.shape == (len(JOINT_NAMES),)
+
+
+def test_stop_request_interrupts_a_load_but_only_flags_a_spinning_node():
+    stop = _StopRequest()
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during a slow model load aborts at once
+        stop(signal.SIGINT, None)
+    stop.spinning = True
+    stop(signal.SIGTERM, None)  # while spinning: the loop sees the flag and cleans up
+    assert stop.requested
+    with pytest.raises(KeyboardInterrupt):  # a second signal aborts a stuck cleanup
+        stop(signal.SIGINT, None)
