@@ -76,6 +76,8 @@ def test_policy_options_sentinels():
     ).policy.to_policy_options()
     assert (options.seed, options.num_threads, options.action_dims) == (7, 2, 3)
     assert options.pack_weights is True
+    assert build().joint_states.merge_partial is False
+    assert build(**{"joint_states.merge_partial": True}).joint_states.merge_partial is True
     assert build(**{"policy.pack_weights": False}).policy.to_policy_options().pack_weights is False
 
 

@@ -269,3 +269,56 @@ def test_stop_request_interrupts_a_load_but_only_flags_a_spinning_node():
     assert stop.requested
     with pytest.raises(KeyboardInterrupt):  # a second signal aborts a stuck cleanup
         stop(signal.SIGINT, None)
+
+
+def test_partial_joint_states_merge_and_a_silent_gripper_pauses():
+    """A gripper driver publishing its joints beside the arm's (joint_states.merge_partial)."""
+    arm, grippers = JOINT_NAMES[:6] + JOINT_NAMES[7:13], [JOINT_NAMES[6], JOINT_NAMES[13]]
+    prefix, name = "/vla_merge", "vla_merge_policy"  # apart from the module's node and topics
+    cameras = {key: (topic.replace(PREFIX, prefix), kind) for key, (topic, kind) in CAMERAS.items()}
+    harness = Harness(prefix, cameras, node_name=name)
+    harness.joints_enabled = False
+    flat = flat_parameters(**{"joint_states.merge_partial": True, "joint_states.max_staleness": 0.2})
+    flat.update({k: v.replace(PREFIX, prefix) for k, v in flat.items() if isinstance(v, str)})
+    node = VlaPolicyNode(
+        name, context=harness.context, parameter_overrides=as_parameters(flat), policy_factory=FakePolicy
+    )
+    executor = make_executor(1, context=harness.context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    gripper_on, stop = threading.Event(), threading.Event()
+    gripper_on.set()
+
+    def drivers() -> None:
+        index = {name: i for i, name in enumerate(JOINT_NAMES)}
+        for tick in iter(int, 1):
+            if stop.is_set():
+                return
+            harness.joint_pub.publish(harness.joint_state_msg([MEASURED[index[n]] for n in arm], arm))
+            if gripper_on.is_set() and tick % 4 == 0:  # the gripper driver runs at a quarter of the rate
+                harness.joint_pub.publish(
+                    harness.joint_state_msg([MEASURED[index[n]] for n in grippers], grippers)
+                )
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=drivers, daemon=True)
+    publisher.start()
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert harness.wait_for_diagnostics(lambda v: v["state"] == "EXECUTING", timeout=5.0)
+        assert len(_window(harness, harness.trajectories, 0.5)) > 15
+        gripper_on.clear()  # the gripper driver dies: its joints go stale, the policy pauses
+        values = harness.wait_for_diagnostics(lambda v: v["state"] != "EXECUTING", timeout=5.0)
+        assert values is not None, "a silent gripper must stop execution"
+        messages = _window(harness, harness.trajectories, 0.3)
+        assert messages and all(is_hold(m) for m in messages)
+    finally:
+        stop.set()
+        publisher.join(timeout=2.0)
+        node.release()
+        executor.shutdown(timeout_sec=5.0)
+        spinner.join(timeout=5.0)
+        node.destroy_node()
+        harness.close()

@@ -8,6 +8,7 @@ from vla_ros.config.validate import (
     _choice,
     _positive,
     _topic,
+    BOOL,
     CAMERA_TRANSPORTS,
     FLOAT,
     INT,
@@ -38,6 +39,13 @@ class JointStatesSection:
     topic: str = param("/joint_states", "sensor_msgs/JointState topic.", STR)
     max_staleness: float = param(0.1, "Seconds a joint state may age before observations pause.", FLOAT)
     qos: str = param("sensor_data", "Subscription QoS profile.", STR, QOS_PROFILES)
+    merge_partial: bool = param(
+        False,
+        "Merge messages that carry only some of joint_names (e.g. a gripper driver beside the arm's): "
+        "each message updates the joints it names; a state needs every joint heard within max_staleness "
+        "of the newest message.",
+        BOOL,
+    )
 
     def __post_init__(self) -> None:
         _topic("joint_states.topic", self.topic)

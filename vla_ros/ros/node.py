@@ -63,11 +63,11 @@ from vla_ros.ros.conversions import (
     diagnostic_status,
     float64_array_msg,
     image_to_rgb,
-    JointStateMapper,
     stamp_to_seconds,
     trajectory_msg,
 )
 from vla_ros.ros.inference_worker import InferenceWorker, make_runner, warmup_observation
+from vla_ros.ros.joint_state_merge import joint_state_reader
 from vla_ros.ros.params import declare_parameters, read_parameters
 
 RELIABLE_QOS = QoSProfile(
@@ -294,7 +294,9 @@ class VlaPolicyNode(LifecycleNode):
             self._pos_pub = self.create_lifecycle_publisher(Float64MultiArray, pos_topic, RELIABLE_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        mapper = JointStateMapper(config.joint_names)
+        read_joint_state = joint_state_reader(
+            config.joint_names, config.joint_states.merge_partial, config.joint_states.max_staleness
+        )
         subs = self._input_subscriptions
         for stream in config.cameras.streams:
             compressed = stream.transport == "compressed"
@@ -311,7 +313,7 @@ class VlaPolicyNode(LifecycleNode):
             self.create_subscription(
                 JointState,
                 config.joint_states.topic,
-                self._joint_state_callback(mapper),
+                self._joint_state_callback(read_joint_state),
                 QOS[config.joint_states.qos],
                 callback_group=self._state_group,
             )
@@ -447,21 +449,22 @@ class VlaPolicyNode(LifecycleNode):
 
         return callback
 
-    def _joint_state_callback(self, mapper: JointStateMapper) -> Callable[[JointState], None]:
+    def _joint_state_callback(
+        self, read: Callable[[JointState, float], tuple[Any, float]]
+    ) -> Callable[[JointState], None]:
         def callback(msg: JointState) -> None:
             controller = self.controller
             if controller is None:
                 return
             receipt = self._now()
             try:
-                positions = mapper.update(msg)
+                positions, stamp = read(msg, receipt)
             except Exception as exc:
                 controller.on_input_error(
                     "joint_state", f"joint state: {exc}", receipt, reason="invalid_state"
                 )
                 self._warn_throttled(f"joint_state:{str(exc)[:24]}", f"rejected joint state: {exc}")
                 return
-            stamp = stamp_to_seconds(msg.header.stamp)
             if not controller.on_joint_state(positions, stamp, receipt):
                 self._warn_throttled(
                     "joint_state", "rejected joint state: " f"{_last_detail(controller, 'joint_state')}"

@@ -48,7 +48,7 @@ class OfflineReplay:
     def __init__(self, plan: ReplayPlan, policy: Any, latency: str = 'fixed',
                  latency_ms: float = DEFAULT_LATENCY_MS):
         from vla_ros.controller import PolicyController
-        from vla_ros.ros.conversions import JointStateMapper
+        from vla_ros.ros.joint_state_merge import joint_state_reader
 
         if latency not in ('fixed', 'measured'):
             raise ValueError(f"latency must be 'fixed' or 'measured', got {latency!r}")
@@ -58,7 +58,10 @@ class OfflineReplay:
         self.latency = latency
         self.latency_s = latency_ms / 1e3
         self.controller = PolicyController(self.config)
-        self.mapper = JointStateMapper(self.config.joint_names)
+        js = self.config.joint_states
+        self.read_joint_state = joint_state_reader(
+            self.config.joint_names, js.merge_partial, js.max_staleness
+        )
         self.period = self.config.control_period
         self.pending: tuple[float, Any, float] | None = None  # (arrival, chunk or error text, obs time)
         self.latencies: list[float] = []
@@ -87,11 +90,11 @@ class OfflineReplay:
         elif msg.topic == self.plan.robot.joint_state_topic:
             ros_msg = bag_io.decode(msg)
             try:
-                positions = self.mapper.update(ros_msg)
+                positions, stamp = self.read_joint_state(ros_msg, now)
             except ObservationError as exc:
                 ctl.on_input_error('joint_state', str(exc), now)
                 return
-            ctl.on_joint_state(positions, stamp_to_seconds(ros_msg.header.stamp), now)
+            ctl.on_joint_state(positions, stamp, now)
         elif msg.topic == self.plan.instruction_topic and self.plan.prompt_override is None:
             ctl.on_prompt(bag_io.decode(msg).data, now)
 

@@ -118,16 +118,20 @@ def read_reference(bag, plan: ReplayPlan) -> tuple[str, str, np.ndarray, np.ndar
     Also checks that the window holds joint states with every configured joint.
     """
     from vla_ros.errors import ObservationError
-    from vla_ros.ros.conversions import JointStateMapper, stamp_to_seconds
+    from vla_ros.ros.conversions import stamp_to_seconds
+    from vla_ros.ros.joint_state_merge import joint_state_reader
     from vla_ros.tools import bag_io
 
-    mapper = JointStateMapper(tuple(plan.config.joint_names))
+    js = plan.config.joint_states
+    read = joint_state_reader(tuple(plan.config.joint_names), js.merge_partial, js.max_staleness)
     js_times, js_positions = [], []
     for msg in bag.messages([plan.robot.joint_state_topic], plan.begin_ns, plan.end_ns):
         state = bag_io.decode(msg)
         try:
-            positions = mapper.update(state)
+            positions, _ = read(state, msg.time * 1e-9)
         except ObservationError as exc:
+            if js.merge_partial:
+                continue  # partial messages before every joint was heard, or a stale joint
             raise bag_io.NoJointStatesError(
                 f"joint states on '{msg.topic}' at bag time {msg.time - bag.start_time:.3f} s cannot be used "
                 f'for the configured joint_names: {exc}') from exc
