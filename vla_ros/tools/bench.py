@@ -114,11 +114,24 @@ def build_policies(args, tmp: Path):
         return Policy(cfg, engine, tok, norm, None, options)
 
     suffix_mode = resolve_suffix(args.suffix, device)
-    # A packed copy shares every unpacked tensor with `model`, which the baseline may reuse.
-    fast = pack_for_cpu(model, suffix_mode) if args.pack_weights else model
-    optimised = policy(
-        OptimizedEngine(TorchPrefixRuntime(fast), StaticSuffixDenoiser(fast, args.steps), suffix_mode)
-    )
+    if args.artifacts:
+        # The deployed form: what `Policy.from_artifacts` builds, ONNX / TensorRT prefix included.
+        options = PolicyOptions(
+            device=args.device,
+            precision=args.precision,
+            engine=args.engine,
+            suffix=args.suffix,
+            num_steps=args.steps,
+            seed=0,
+            pack_weights=args.pack_weights,
+        )
+        optimised = Policy.from_artifacts(args.artifacts, options)
+    else:
+        # A packed copy shares every unpacked tensor with `model`, which the baseline may reuse.
+        fast = pack_for_cpu(model, suffix_mode) if args.pack_weights else model
+        optimised = policy(
+            OptimizedEngine(TorchPrefixRuntime(fast), StaticSuffixDenoiser(fast, args.steps), suffix_mode)
+        )
     n_params = sum(p.numel() for p in model.parameters())
     baseline_dtype = dtype
     if args.baseline_precision == "fp32" or (args.baseline_precision == "auto" and n_params < 1e9):
@@ -170,6 +183,13 @@ def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]])
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="checkpoint directory")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        help="also: an exported artifact directory of --checkpoint; the optimised side runs it "
+        "(ONNX / TensorRT prefix) and the baseline runs the checkpoint",
+    )
+    parser.add_argument("--engine", default="auto", help="--artifacts: prefix engine (auto, onnx, tensorrt)")
     source.add_argument(
         "--config", help="named config with random weights (pi0-tiny, pi0-mid, pi0, pi05-...)"
     )
@@ -233,6 +253,12 @@ def run_node_bench(args) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.node:
         return run_node_bench(args)
+    if args.artifacts and not args.checkpoint:
+        from vla_ros.errors import ConfigError
+
+        raise ConfigError(
+            "--artifacts", "needs --checkpoint, the checkpoint it was exported from (the baseline)"
+        )
     if not args.checkpoint and not args.config:
         args.config = "pi0-tiny"
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,45 @@
+"""`vla-ros bench`: the figures it writes, and the deployed (artifact) form against its checkpoint."""
+
+import json
+
+from vla_ros.engines.onnx_export import export_artifact, ExportOptions
+from vla_ros.tools import cli
+
+STAGES = {"preprocess", "prefix", "suffix", "postprocess", "total"}
+
+
+def _bench(tmp_path, *args) -> dict:
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", *args, "--runs", "2", "--warmup", "1", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_reports_every_stage_and_the_checks(tmp_path, capsys):
+    report = _bench(tmp_path, "--config", "pi0-tiny")
+    results = report["results"]
+    for side in ("optimised", "baseline"):
+        assert set(results[side]) == STAGES
+        for stage in STAGES:
+            p = results[side][stage]
+            assert 0 < p["p50"] <= p["p90"] <= p["p99"]
+    # pi0-tiny runs fp32 on both sides: the optimised pipeline equals the reference.
+    assert results["max_abs_diff"] <= 1e-4
+    checks = {c["name"]: c for c in report["checks"]}
+    assert "suffix not slower than baseline" in checks
+    assert all(c["detail"].endswith("x") for c in checks.values())
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "check " in printed
+
+
+def test_bench_runs_an_artifact_against_its_checkpoint(tiny_checkpoint, tmp_path):
+    artifact = tmp_path / "artifact"
+    export_artifact(tiny_checkpoint, artifact, ExportOptions(precision="fp32"))
+    report = _bench(tmp_path, "--checkpoint", str(tiny_checkpoint), "--artifacts", str(artifact))
+    assert report["info"]["optimised"]["prefix"] == "onnxruntime"
+    assert report["info"]["baseline"]["engine"] == "reference"
+    assert report["results"]["max_abs_diff"] <= 1e-4  # fp32 ONNX prefix vs the PyTorch reference
+
+
+def test_bench_artifacts_need_their_checkpoint(tmp_path, capsys):
+    assert cli.main(["bench", "--artifacts", str(tmp_path)]) == 2
+    assert "--artifacts" in capsys.readouterr().err
