@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from vla_ros.engines.onnx_export import export_artifact, ExportOptions
 from vla_ros.tools import cli
 
@@ -27,8 +29,10 @@ def test_bench_reports_every_stage_and_the_checks(tmp_path, capsys):
     checks = {c["name"]: c for c in report["checks"]}
     assert "suffix not slower than baseline" in checks
     assert all(c["detail"].endswith("x") for c in checks.values())
+    roofline = report["info"]["roofline"]
+    assert roofline["bound_s"] == pytest.approx(roofline["flops"] / roofline["peak_flops"])
     printed = capsys.readouterr().out
-    assert "speedup" in printed and "check " in printed
+    assert "speedup" in printed and "check " in printed and "of that bound" in printed
 
 
 def test_bench_runs_an_artifact_against_its_checkpoint(tiny_checkpoint, tmp_path):

@@ -154,6 +154,28 @@ def build_policies(args, tmp: Path):
     return optimised, baseline, cfg, info
 
 
+def arithmetic_bound(policy, obs, info: dict) -> dict:
+    """Matmul FLOPs of this observation's inference and the latency this machine's matmul peak allows."""
+    from vla_ros.tools.roofline import inference_flops, matmul_peak_flops
+
+    inputs, _ = policy.preprocess(obs)
+    engine = policy.engine
+    dtype = engine.denoiser.dtype if hasattr(engine, "denoiser") else engine.model.compute_dtype
+    flops = inference_flops(
+        policy.cfg, int(inputs.image_masks.sum()), int(inputs.token_masks.sum()), policy.options.num_steps
+    )
+    packed = bool(info["optimised"].get("packed_weights"))
+    peak = matmul_peak_flops(dtype, engine.device, packed=packed)
+    return {
+        "flops": flops["total"],
+        "prefix_flops": flops["prefix"],
+        "suffix_flops": flops["suffix"],
+        "dtype": str(dtype).replace("torch.", ""),
+        "peak_flops": peak,
+        "bound_s": flops["total"] / peak,
+    }
+
+
 def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]]) -> None:
     print(
         f"\nvla-ros bench: {info['config']} ({info['params'] / 1e6:.1f} M params) on {info['device']}, "
@@ -301,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{anchor / o['total']['p50']:.2f}x",
             )
         )
+    roofline = arithmetic_bound(optimised, obs, info)
+    info["roofline"] = roofline
     if cfg.name in ("pi0", "pi05"):
         checks.append(
             (
@@ -310,6 +334,13 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     print_report(info, results, checks)
+    print(
+        f"arithmetic: {roofline['flops'] / 1e12:.3f} TFLOP per inference (prefix "
+        f"{roofline['prefix_flops'] / 1e12:.3f}, suffix {roofline['suffix_flops'] / 1e12:.3f}); this "
+        f"machine's {roofline['dtype']} matmul peak {roofline['peak_flops'] / 1e12:.2f} TFLOP/s (measured "
+        f"now) bounds an inference at {roofline['bound_s'] * 1e3:.1f} ms; the optimised total is at "
+        f"{roofline['bound_s'] / o['total']['p50']:.0%} of that bound"
+    )
     if args.json:
         payload = {
             "info": info,
