@@ -147,9 +147,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         )
         return out.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
     kv_heads = k.shape[1]
-    # Group query heads over their shared kv head: (B, KV, H/KV * T, Dh).
-    qg = q.reshape(batch, kv_heads, (heads // kv_heads) * tokens, head_dim)
-    logits = torch.matmul(qg, k.transpose(-1, -2)).view(batch, kv_heads, heads // kv_heads, tokens, -1)
+    group = heads // kv_heads
+    # Group query heads over their shared kv head: (B * KV, H/KV * T, Dh). 3-D bmm takes the
+    # transposed keys as they are; the 4-D broadcasting matmul copied them first.
+    qg = q.reshape(batch * kv_heads, group * tokens, head_dim)
+    keys = k.reshape(batch * kv_heads, -1, head_dim)
+    logits = torch.bmm(qg, keys.transpose(1, 2)).view(batch, kv_heads, group, tokens, -1)
     scale = head_dim**-0.5
     if mask is None:
         logits = logits.float() * scale
@@ -158,7 +161,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     else:
         logits = torch.add(mask[:, None, None], logits, alpha=scale)
     probs = torch.softmax(logits, dim=-1).to(v.dtype)
-    out = torch.matmul(probs.view(batch, kv_heads, (heads // kv_heads) * tokens, -1), v)
+    values = v.reshape(batch * kv_heads, -1, head_dim)
+    out = torch.bmm(probs.view(batch * kv_heads, group * tokens, -1), values)
     return out.view(batch, heads, tokens, head_dim).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
