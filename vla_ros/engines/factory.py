@@ -9,9 +9,12 @@ Defaults (`auto`):
 - precision: the reference engine runs fp32 on the CPU (it is the parity
   baseline); optimised engines run bf16 wherever the hardware does bf16 matmuls
   natively (CUDA, CPUs with AMX or AVX512-BF16), fp32 elsewhere;
-- prefix: PyTorch for a checkpoint directory, onnxruntime for an exported
-  artifact directory (it holds no prefix weights);
-- suffix: a replayed CUDA graph on CUDA, eager static buffers on the CPU.
+- prefix: PyTorch for a checkpoint directory; for an exported artifact
+  directory (it holds no prefix weights) its serialized TensorRT engine where
+  that runs here, else the ONNX graph under onnxruntime (OpenVINO's provider
+  on a CPU where onnxruntime-openvino is installed);
+- suffix: a replayed CUDA graph on CUDA, eager static buffers on the CPU;
+- weights: bf16 models on the CPU are packed for oneDNN (engines/cpu_packed.py).
 """
 
 from __future__ import annotations
