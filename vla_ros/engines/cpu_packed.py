@@ -25,7 +25,7 @@ from torch import nn
 
 from vla_ros.model.config import GemmaConfig
 from vla_ros.model.gemma import GemmaSelfAttention
-from vla_ros.model.layers import GeGLU
+from vla_ros.model.layers import attention, GeGLU
 from vla_ros.model.pi0 import Pi0Model
 from vla_ros.model.siglip import SiglipAttention, SiglipMLP
 
@@ -56,7 +56,6 @@ class PackedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
         super().__init__()
-        self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
         self.bias = None if bias is None else bias.detach().to(weight.dtype)
@@ -125,8 +124,6 @@ class PackedSiglipAttention(nn.Module):
         self.out_proj = PackedLinear.of(attn.out_proj, rows=rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from vla_ros.model.layers import attention
-
         batch, tokens, width = x.shape
         qkv = self.qkv_proj(x).view(batch, tokens, 3, self.num_heads, width // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)

@@ -110,7 +110,9 @@ def cpu_onnx_providers() -> str:
     """onnxruntime providers for a CPU engine: OpenVINO (bf16 matmuls) where installed, else the CPU's."""
     import onnxruntime
 
-    return "openvino" if "OpenVINOExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    from vla_ros.engines.prefix_onnx import OPENVINO
+
+    return "openvino" if OPENVINO in onnxruntime.get_available_providers() else "cpu"
 
 
 def is_artifact_dir(directory: Path) -> bool:
@@ -189,33 +191,33 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
 
     suffix_mode = resolve_suffix(options.suffix, device)
     prefix_engine = resolve_prefix_engine(options.engine, directory, device)
-    if prefix_engine in ("onnx", "tensorrt"):
-        from vla_ros.engines.artifact import load_suffix_model
-
-        model, cfg = load_suffix_model(directory, dtype=dtype, device=device)
-        if options.pack_weights:
-            model = pack_for_cpu(model, suffix_mode, inplace=True)
-        if prefix_engine == "tensorrt":
-            from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
-
-            prefix = TensorRTPrefixRuntime(directory, device_id=device.index or 0)
-        else:
-            from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
-
-            providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
-            prefix = OnnxPrefixRuntime(
-                directory,
-                providers=providers,
-                num_threads=options.num_threads,
-                cpu_bf16=dtype == torch.bfloat16,
-            )
-    else:
-        from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+    if prefix_engine == "pytorch":
         from vla_ros.model.checkpoint import load_model
 
         model, cfg = load_model(directory, dtype=dtype, device=device)
-        if options.pack_weights:
-            model = pack_for_cpu(model, suffix_mode, inplace=True)
+    else:
+        from vla_ros.engines.artifact import load_suffix_model
+
+        model, cfg = load_suffix_model(directory, dtype=dtype, device=device)
+    if options.pack_weights:
+        model = pack_for_cpu(model, suffix_mode, inplace=True)
+    if prefix_engine == "pytorch":
+        from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+
         prefix = TorchPrefixRuntime(model)
+    elif prefix_engine == "tensorrt":
+        from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
+
+        prefix = TensorRTPrefixRuntime(directory, device_id=device.index or 0)
+    else:
+        from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
+
+        providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
+        prefix = OnnxPrefixRuntime(
+            directory,
+            providers=providers,
+            num_threads=options.num_threads,
+            cpu_bf16=dtype == torch.bfloat16,
+        )
     denoiser = StaticSuffixDenoiser(model, options.num_steps, device)
     return OptimizedEngine(prefix, denoiser, suffix_mode), cfg

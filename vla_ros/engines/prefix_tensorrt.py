@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
+from vla_ros.engines.artifact import read_manifest
+from vla_ros.engines.prefix_graph import INPUT_NAMES, OUTPUT_NAMES, output_targets, stage_inputs
 from vla_ros.errors import ConfigError, EngineError
+from vla_ros.model.config import PolicyConfig
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +193,6 @@ class TensorRTPrefixRuntime:
     name = "tensorrt"
 
     def __init__(self, artifact_dir: str | Path, device_id: int = 0):
-        from vla_ros.engines.artifact import read_manifest
-        from vla_ros.engines.prefix_graph import INPUT_NAMES, OUTPUT_NAMES
-        from vla_ros.model.config import PolicyConfig
-
         self.artifact_dir = Path(artifact_dir)
         manifest = read_manifest(self.artifact_dir)
         reason = engine_unusable_reason(manifest)
@@ -235,8 +234,6 @@ class TensorRTPrefixRuntime:
     def run(self, images, image_masks, tokens, token_masks,
             keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor) -> None:
         """Same contract as OnnxPrefixRuntime.run: K/V and pad mask written in place."""
-        from vla_ros.engines.prefix_graph import output_targets, stage_inputs
-
         stage_inputs(self._inputs, (images, image_masks, tokens, token_masks), self.cfg)
         bound, staged = output_targets(self._outputs, (keys, values, pad_mask))
         for name, tensor in bound.items():

@@ -136,8 +136,9 @@ def attention_bias(mask: torch.Tensor) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Multi-query attention.
 
-    q (B, H, T, Dh); k, v (B, KV, S, Dh); mask (B, T, S): bool, True = may attend,
-    or its `attention_bias`; None for full attention. Returns (B, T, H * Dh) in v's dtype.
+    q (B, H, T, Dh); k, v (B, KV, S, Dh); mask (B, T, S): the `attention_bias` of a
+    bool mask (built once per pass), or None for full attention. Returns (B, T, H * Dh)
+    in v's dtype.
     Every query row must see at least one key (true of every pi0 layout).
     """
     batch, heads, tokens, head_dim = q.shape
@@ -156,8 +157,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     scale = head_dim**-0.5
     if mask is None:
         logits = logits.float() * scale
-    elif mask.dtype == torch.bool:
-        logits = (logits.float() * scale).masked_fill(~mask[:, None, None], MASK_VALUE)
     else:
         logits = torch.add(mask[:, None, None], logits, alpha=scale)
     probs = torch.softmax(logits, dim=-1).to(v.dtype)

@@ -36,12 +36,28 @@ class JointStateMerger:
             raise ConfigError("joint_states.max_staleness", f"expected seconds > 0, got {max_skew}")
         self.max_skew = max_skew
         self._index = {name: i for i, name in enumerate(self.joint_names)}
+        self._layouts: dict[tuple[str, ...], tuple[list[int], list[int]]] = {}
         self.reset()
 
     def reset(self) -> None:
         self._positions = np.full(len(self.joint_names), np.nan)
         self._heard = np.full(len(self.joint_names), -np.inf)
         self._stamp = -np.inf
+
+    def _layout(self, names: tuple[str, ...]) -> tuple[list[int], list[int]]:
+        """(our joint indices, their message indices) for a name list; each publisher's is cached."""
+        layout = self._layouts.get(names)
+        if layout is None:
+            ours, theirs = [], []
+            for j, name in enumerate(names):
+                i = self._index.get(name)
+                if i is not None and i not in ours:  # first occurrence wins on duplicates
+                    ours.append(i)
+                    theirs.append(j)
+            if len(self._layouts) >= 16:  # a publisher that varies its name list
+                self._layouts.clear()
+            layout = self._layouts[names] = (ours, theirs)
+        return layout
 
     def update(self, msg: JointState, stamp: float) -> tuple[np.ndarray, float]:
         """Positions (D,) in joint_names order and the state's stamp, after folding in `msg` stamped `stamp`.
@@ -58,12 +74,7 @@ class JointStateMerger:
                 f"joint state has {len(names)} names but {len(msg.position)} positions; "
                 "expected one position per name"
             )
-        ours, theirs = [], []
-        for j, name in enumerate(names):
-            i = self._index.get(name)
-            if i is not None and i not in ours:  # first occurrence wins on duplicates
-                ours.append(i)
-                theirs.append(j)
+        ours, theirs = self._layout(tuple(names))
         if not ours:
             raise ObservationError(f"joint state names none of the configured joints; it has {names}")
         values = np.asarray(msg.position, dtype=np.float64)[theirs]

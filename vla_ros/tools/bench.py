@@ -116,15 +116,9 @@ def build_policies(args, tmp: Path):
     suffix_mode = resolve_suffix(args.suffix, device)
     if args.artifacts:
         # The deployed form: what `Policy.from_artifacts` builds, ONNX / TensorRT prefix included.
-        options = PolicyOptions(
-            device=args.device,
-            precision=args.precision,
-            engine=args.engine,
-            suffix=args.suffix,
-            num_steps=args.steps,
-            seed=0,
-            pack_weights=args.pack_weights,
-        )
+        from vla_ros.tools.infer import policy_options
+
+        options = policy_options(args, pack_weights=args.pack_weights)
         optimised = Policy.from_artifacts(args.artifacts, options)
     else:
         # A packed copy shares every unpacked tensor with `model`, which the baseline may reuse.

@@ -53,22 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suffix", default="auto", help="suffix engine: auto, eager, compiled or cuda_graph")
 
 
-def run(args: argparse.Namespace) -> int:
-    from vla_ros.policy import Policy, PolicyOptions
+def policy_options(args: argparse.Namespace, **overrides):
+    """PolicyOptions from the engine flags `infer` and `bench` share (--device, --precision, ...)."""
+    from vla_ros.policy import PolicyOptions
 
-    obs, tokens = load_observation(args.obs)
-    if args.noise and not args.noise.is_file():
-        raise ObservationError(f"noise file {args.noise} does not exist")
-    noise = np.load(args.noise, allow_pickle=False) if args.noise else None
-    options = PolicyOptions(
+    return PolicyOptions(
         device=args.device,
         precision=args.precision,
         engine=args.engine,
         suffix=args.suffix,
         num_steps=args.steps,
         seed=0,
+        **overrides,
     )
-    policy = Policy.from_checkpoint(args.checkpoint, options)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vla_ros.policy import Policy
+
+    obs, tokens = load_observation(args.obs)
+    if args.noise and not args.noise.is_file():
+        raise ObservationError(f"noise file {args.noise} does not exist")
+    noise = np.load(args.noise, allow_pickle=False) if args.noise else None
+    policy = Policy.from_checkpoint(args.checkpoint, policy_options(args))
     chunk = policy.infer(obs, noise=noise, tokens=tokens)
     actions = chunk.actions
     if args.out:
