@@ -9,9 +9,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_ros.ros.conversions import (
-    compressed_to_rgb, image_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg, seconds_to_duration,
-    seconds_to_stamp)
+from vla_ros.ros.builtin_time import seconds_to_duration, seconds_to_stamp
+from vla_ros.ros.image_msgs import compressed_to_rgb, image_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg
 from vla_ros.tools import bag_io
 
 T0 = 1_700_000_000 * 10**9

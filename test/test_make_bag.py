@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from vla_ros.ros.conversions import compressed_to_rgb, image_to_rgb, JointStateMapper
+from vla_ros.ros.image_msgs import compressed_to_rgb, image_to_rgb
+from vla_ros.ros.joint_state_msgs import JointStateMapper
 from vla_ros.tools import bag_io, make_bag
 from vla_ros.tools.cli import main
 import yaml

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-# Camera keys in the order the model consumes them (pi0-reference section 5).
+# Camera keys in the order the model consumes them (docs/preprocessing.md, "Cameras").
 CAMERA_KEYS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
 

@@ -34,7 +34,8 @@ NORM_STATS_FILE = "norm_stats.json"
 ARTIFACT_FORMAT = "vla_ros.prefix_artifact"
 ARTIFACT_FORMAT_VERSION = 1
 
-# Weights the suffix denoiser reads (pi0-reference section 3); everything else is the prefix.
+# Weights the suffix denoiser reads; everything else is the prefix
+# (docs/model.md, "Prefix / suffix split and the K/V cache").
 SUFFIX_KEY_PREFIXES = (
     "paligemma_with_expert.gemma_expert.",
     "action_in_proj.",

@@ -1,6 +1,6 @@
 """Model sizes for pi0 / pi0.5, as frozen dataclasses, plus the named configurations.
 
-Sizes follow pi0-reference.md section 1. The tiny and mid configurations exist so
+Sizes follow (docs/model.md, "Architecture"). The tiny and mid configurations exist so
 that tests and benchmarks can build matching models without any download; their
 sizes are part of the public interface (external tools build the same shapes).
 """

@@ -1,6 +1,6 @@
 """Building blocks shared by the Gemma stacks and the suffix runtimes.
 
-Numerics follow pi0-reference.md section 1: RMS statistics and softmax in fp32,
+Numerics follow (docs/model.md, "Numerics and mixed precision"): RMS statistics and softmax in fp32,
 rotate-half RoPE over the full head dimension, multi-query attention with an
 additive mask value rather than -inf (so fully masked rows stay finite).
 """

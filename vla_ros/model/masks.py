@@ -1,4 +1,7 @@
-"""Attention masks and RoPE positions of the pi0 token layout (pi0-reference section 2)."""
+"""Attention masks and RoPE positions of the pi0 token layout.
+
+The layout is described in (docs/model.md, "Token layout, masks and positions").
+"""
 
 from __future__ import annotations
 

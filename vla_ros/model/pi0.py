@@ -4,7 +4,7 @@ Three steps, matching the prefix-encoder / suffix-denoiser split of the runtimes
   embed_prefix(images, masks, tokens)  -> KVCache   (SigLIP + Gemma over the prefix)
   denoise_step(cache, x_t, t, state)   -> v_t       (action expert over the suffix)
   sample_actions(...)                  -> actions   (10 Euler steps from noise)
-Module names mirror the openpi / LeRobot checkpoint keys (pi0-reference section 6).
+Module names mirror the openpi / LeRobot checkpoint keys (docs/model.md, "Checkpoint key layout").
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class _PaliGemmaWithExpert(nn.Module):
         self.gemma_expert = _Expert(cfg)
 
 
-# Parameters that stay fp32 when the rest runs in bf16 (pi0-reference section 1).
+# Parameters that stay fp32 when the rest runs in bf16 (docs/model.md, "Numerics and mixed precision").
 FP32_PARAMETER_MARKERS = (
     "vision_model.embeddings.patch_embedding",
     "vision_model.embeddings.position_embedding",

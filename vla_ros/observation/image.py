@@ -2,7 +2,7 @@
 
 pi0 and pi0.5 were trained on images letterboxed to 224x224 (aspect ratio
 kept, black bars), so a camera frame of any size has to go through exactly the
-same resize-and-pad to look like the training data (pi0-reference section 5).
+same resize-and-pad to look like the training data (docs/preprocessing.md, "Resize with pad").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 r"""Prompt (and, for pi0.5, state) -> fixed-length language tokens.
 
-The token layouts follow pi0-reference section 5 exactly, because the policy
+The token layouts follow (docs/preprocessing.md, "Prompt tokens") exactly, because the policy
 only understands prompts laid out the way it was trained:
 
 - pi0:   BOS + tokens(text) + tokens("\n"), padded to 48.

@@ -4,7 +4,7 @@ A transform runs on robot-unit data: `inputs` before normalization (joint
 signs, gripper units, camera names), `outputs` after unnormalization, so the
 statistics in a checkpoint always describe the policy-side convention.
 
-ALOHA follows openpi's `adapt_to_pi` behaviour (pi0-reference section 5): the
+ALOHA follows openpi's `adapt_to_pi` behaviour (docs/preprocessing.md, "ALOHA"): the
 pi base models were trained on an internal runtime whose joint signs and
 gripper units differ from the public ALOHA / Interbotix stack.
 """

@@ -42,8 +42,11 @@ class BagPlayer:
         from diagnostic_msgs.msg import DiagnosticArray
         from rosgraph_msgs.msg import Clock
         from trajectory_msgs.msg import JointTrajectory
+        from std_msgs.msg import String
 
-        from vla_ros.ros.conversions import seconds_to_stamp
+        from vla_ros.ros.qos import INSTRUCTION_QOS
+
+        from vla_ros.ros.builtin_time import seconds_to_stamp
 
         self._seconds_to_stamp = seconds_to_stamp
         self._own_context = not rclpy.ok()
@@ -58,9 +61,12 @@ class BagPlayer:
                                           QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
             self.node.create_subscription(DiagnosticArray, diagnostics_topic, on_diagnostics,
                                           QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+            # The instruction (std_msgs/String) is latched as the node subscribes to it.
             self._publishers = {
                 topic: self.node.create_publisher(
-                    cls, topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+                    cls, topic,
+                    INSTRUCTION_QOS if cls is String
+                    else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
                 for topic, cls in inputs.items()
             }
             self._clock_type = Clock

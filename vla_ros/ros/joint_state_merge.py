@@ -14,7 +14,8 @@ import numpy as np
 from sensor_msgs.msg import JointState
 
 from vla_ros.errors import ConfigError, ObservationError
-from vla_ros.ros.conversions import JointStateMapper, stamp_to_seconds
+from vla_ros.ros.builtin_time import stamp_to_seconds
+from vla_ros.ros.joint_state_msgs import JointStateMapper
 
 
 class JointStateMerger:

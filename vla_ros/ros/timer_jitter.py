@@ -100,7 +100,8 @@ def _run_feeder(spec: dict, seconds: float) -> None:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
 
-    from vla_ros.ros.conversions import rgb_to_compressed_msg, rgb_to_image_msg, seconds_to_stamp
+    from vla_ros.ros.builtin_time import seconds_to_stamp
+    from vla_ros.ros.image_msgs import rgb_to_compressed_msg, rgb_to_image_msg
 
     rclpy.init()
     node = rclpy.create_node(f"vla_ros_bench_feeder_{os.getpid()}")

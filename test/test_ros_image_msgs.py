@@ -1,4 +1,4 @@
-"""Message <-> numpy conversions, checked against real sensor_msgs messages."""
+"""Image / CompressedImage <-> RGB (vla_ros.ros.image_msgs), checked against real sensor_msgs messages."""
 
 from __future__ import annotations
 
@@ -7,26 +7,18 @@ import types
 
 from builtin_interfaces.msg import Time
 import cv2
-from diagnostic_msgs.msg import DiagnosticStatus
 import numpy as np
 import pytest
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import CompressedImage, Image
 
-from vla_ros.errors import ConfigError, ObservationError
-from vla_ros.ros import conversions
-from vla_ros.ros.conversions import (
+from vla_ros.errors import ObservationError
+from vla_ros.ros import image_msgs
+from vla_ros.ros.image_msgs import (
     compressed_to_rgb,
-    diagnostic_status,
-    float64_array_msg,
     image_to_rgb,
     ImageConversionError,
-    JointStateMapper,
     rgb_to_compressed_msg,
     rgb_to_image_msg,
-    seconds_to_duration,
-    seconds_to_stamp,
-    stamp_to_seconds,
-    trajectory_msg,
 )
 
 # 3 rows x 4 columns; every channel value distinct so any mix-up shows.
@@ -167,9 +159,9 @@ class FakeRosBridge:
 
 
 def test_cv_bridge_path_is_used_copied_and_wrapped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conversions, "_CV_BRIDGE", (FakeRosBridge(), FakeBridgeError))
+    monkeypatch.setattr(image_msgs, "_CV_BRIDGE", (FakeRosBridge(), FakeBridgeError))
     FakeRosBridge.calls = 0
-    assert conversions.image_backend() == "cv_bridge"
+    assert image_msgs.image_backend() == "cv_bridge"
 
     msg = make_image(RGB, "rgb8", padding=3)
     rgb = image_to_rgb(msg)
@@ -195,25 +187,25 @@ def test_only_the_ros_cv_bridge_is_picked_up(monkeypatch: pytest.MonkeyPatch) ->
     pypi_port = types.ModuleType("cv_bridge")
     pypi_port.CvBridge = type("CvBridge", (), {})  # no imgmsg_to_cv2
     monkeypatch.setitem(sys.modules, "cv_bridge", pypi_port)
-    assert conversions._load_ros_cv_bridge() is None
+    assert image_msgs._load_ros_cv_bridge() is None
 
     ros_module = types.ModuleType("cv_bridge")
     ros_module.CvBridge = FakeRosBridge
     ros_module.CvBridgeError = FakeBridgeError
     monkeypatch.setitem(sys.modules, "cv_bridge", ros_module)
-    loaded = conversions._load_ros_cv_bridge()
+    loaded = image_msgs._load_ros_cv_bridge()
     assert loaded is not None
     assert isinstance(loaded[0], FakeRosBridge) and loaded[1] is FakeBridgeError
 
 
-@pytest.mark.skipif(conversions.image_backend() != "cv_bridge", reason="ROS cv_bridge not installed")
+@pytest.mark.skipif(image_msgs.image_backend() != "cv_bridge", reason="ROS cv_bridge not installed")
 @pytest.mark.parametrize("encoding", sorted(LAYOUTS))
 def test_real_cv_bridge_matches_numpy(encoding: str) -> None:
     pixels, expected = LAYOUTS[encoding]
     for padding in (0, 4 * pixels.shape[2]):
         msg = make_image(pixels, encoding, padding)
         np.testing.assert_array_equal(image_to_rgb(msg), expected)
-        np.testing.assert_array_equal(conversions._image_to_rgb_numpy(msg, pixels.shape[2]), expected)
+        np.testing.assert_array_equal(image_msgs._image_to_rgb_numpy(msg, pixels.shape[2]), expected)
 
 
 # ------------------------------------------------------- CompressedImage ---
@@ -349,180 +341,3 @@ def test_rgb_to_image_msg_rejects_bad_input() -> None:
         rgb_to_image_msg(RGB, "mono16")
     with pytest.raises(ValueError, match="uint8"):
         rgb_to_image_msg(RGB.astype(np.float32))
-
-
-# ------------------------------------------------------------------ time ---
-
-
-def test_stamp_to_seconds() -> None:
-    assert stamp_to_seconds(Time(sec=12, nanosec=500_000_000)) == 12.5
-    assert stamp_to_seconds(Time()) == 0.0
-
-
-@pytest.mark.parametrize(
-    "seconds, expected",
-    [
-        (0.0, (0, 0)),
-        (1.5, (1, 500_000_000)),
-        (1.999999999, (1, 999_999_999)),
-        (2.9999999999, (3, 0)),  # rounds up to a whole second: carried, not nanosec=1e9
-        (1_700_000_000.25, (1_700_000_000, 250_000_000)),
-    ],
-)
-def test_seconds_to_stamp(seconds: float, expected: tuple[int, int]) -> None:
-    stamp = seconds_to_stamp(seconds)
-    assert (stamp.sec, stamp.nanosec) == expected
-
-
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
-def test_seconds_to_stamp_rejects_negative_and_non_finite(bad: float) -> None:
-    with pytest.raises(ValueError, match="finite number >= 0"):
-        seconds_to_stamp(bad)
-    with pytest.raises(ValueError, match="duration"):
-        seconds_to_duration(bad)
-
-
-# ------------------------------------------------------- JointStateMapper ---
-
-
-def joint_state(names: list[str], positions: list[float]) -> JointState:
-    msg = JointState()
-    msg.name = names
-    msg.position = positions
-    return msg
-
-
-def test_joint_state_mapper_reorders_and_ignores_extras() -> None:
-    mapper = JointStateMapper(["j1", "j2", "j3"])
-    out = mapper.update(joint_state(["gripper", "j3", "j1", "wheel", "j2"], [9.0, 3.0, 1.0, 8.0, 2.0]))
-    assert out.dtype == np.float64
-    assert out.tolist() == [1.0, 2.0, 3.0]
-    assert mapper.joint_names == ("j1", "j2", "j3")
-
-
-def test_joint_state_mapper_caches_one_layout_per_name_list() -> None:
-    mapper = JointStateMapper(["a", "b"])
-    for value in range(5):
-        assert mapper.update(joint_state(["b", "a"], [float(value), 10.0])).tolist() == [10.0, float(value)]
-    assert len(mapper._layouts) == 1
-    assert mapper.update(joint_state(["a", "b"], [1.0, 2.0])).tolist() == [1.0, 2.0]
-    assert len(mapper._layouts) == 2
-    mapper.reset()
-    assert len(mapper._layouts) == 0
-
-
-def test_joint_state_mapper_output_does_not_alias_the_message() -> None:
-    msg = joint_state(["a"], [1.0])
-    out = JointStateMapper(["a"]).update(msg)
-    out[0] = 5.0
-    assert msg.position[0] == 1.0
-
-
-def test_joint_state_mapper_lists_missing_joints() -> None:
-    mapper = JointStateMapper(["j1", "j2", "j3"])
-    with pytest.raises(ObservationError) as info:
-        mapper.update(joint_state(["j2"], [0.0]))
-    assert str(info.value) == "joint state is missing joints ['j1', 'j3']; it has ['j2']"
-    with pytest.raises(ObservationError, match=r"missing joints \['j1', 'j3'\]"):  # cached path
-        mapper.update(joint_state(["j2"], [0.0]))
-
-
-def test_joint_state_mapper_names_non_finite_joints() -> None:
-    mapper = JointStateMapper(["j1", "j2", "j3"])
-    msg = joint_state(["j3", "j2", "j1", "extra"], [float("inf"), 0.0, float("nan"), float("nan")])
-    with pytest.raises(ObservationError) as info:
-        mapper.update(msg)
-    assert str(info.value) == "joint state has non-finite positions for joints ['j1', 'j3']"
-
-
-def test_joint_state_mapper_rejects_length_mismatch() -> None:
-    mapper = JointStateMapper(["j1"])
-    with pytest.raises(ObservationError, match="has 2 names but 1 positions"):
-        mapper.update(joint_state(["j1", "j2"], [0.0]))
-    with pytest.raises(ObservationError, match="has 1 names but 0 positions"):
-        mapper.update(joint_state(["j1"], []))
-
-
-def test_joint_state_mapper_config_validation() -> None:
-    with pytest.raises(ConfigError) as info:
-        JointStateMapper([])
-    assert info.value.parameter == "joint_names"
-    with pytest.raises(ConfigError, match=r"repeated: \['a'\]"):
-        JointStateMapper(["a", "b", "a"])
-
-
-# ---------------------------------------------------------- publications ---
-
-
-def test_trajectory_durations_are_exact_for_control_periods() -> None:
-    k = np.arange(51)
-    times = 0.02 * k
-    positions = np.stack([k * 0.5, -k * 0.25], axis=1)
-    msg = trajectory_msg(["a", "b"], times, positions)
-    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)
-    assert list(msg.joint_names) == ["a", "b"]
-    assert len(msg.points) == 51
-    for i, point in enumerate(msg.points):
-        total_ns = i * 20_000_000
-        assert (point.time_from_start.sec, point.time_from_start.nanosec) == divmod(total_ns, 1_000_000_000)
-        assert list(point.positions) == [i * 0.5, -i * 0.25]
-        assert list(point.velocities) == []
-
-
-def test_trajectory_duration_just_below_two_seconds_and_velocities() -> None:
-    msg = trajectory_msg(["j"], [0.1, 1.999999999, 2.5], [[1.0], [2.0], [3.0]], [[0.5], [0.0], [-0.5]])
-    durations = [(p.time_from_start.sec, p.time_from_start.nanosec) for p in msg.points]
-    assert durations == [(0, 100_000_000), (1, 999_999_999), (2, 500_000_000)]
-    assert [list(p.velocities) for p in msg.points] == [[0.5], [0.0], [-0.5]]
-
-
-@pytest.mark.parametrize(
-    "times, positions, velocities, match",
-    [
-        ([0.1, 0.1], [[1.0], [2.0]], None, "strictly increasing"),
-        ([-0.1, 0.1], [[1.0], [2.0]], None, ">= 0"),
-        ([0.1, 0.2], [[1.0, 2.0], [2.0, 3.0]], None, r"positions must have shape \(N, D\) = \(2, 1\)"),
-        ([0.1, 0.2], [[1.0], [2.0]], [[1.0]], "velocities must have shape"),
-        ([0.1, 0.2], [[1.0], [float("nan")]], None, "finite"),
-        ([], np.zeros((0, 1)), None, "non-empty"),
-    ],
-)
-def test_trajectory_msg_validation(times, positions, velocities, match) -> None:
-    with pytest.raises(ValueError, match=match):
-        vel = None if velocities is None else np.asarray(velocities)
-        trajectory_msg(["j"], times, np.asarray(positions), vel)
-
-
-def test_float64_array_msg() -> None:
-    msg = float64_array_msg(np.array([1.5, -2.0, 3.0], dtype=np.float32))
-    assert list(msg.data) == [1.5, -2.0, 3.0]
-    assert [(d.size, d.stride) for d in msg.layout.dim] == [(3, 3)]
-    grid = float64_array_msg(np.arange(6.0).reshape(2, 3))
-    assert list(grid.data) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    assert [(d.size, d.stride) for d in grid.layout.dim] == [(2, 6), (3, 3)]
-
-
-def test_diagnostic_status_levels_and_compact_values() -> None:
-    status = diagnostic_status(
-        "vla_ros: inference",
-        "WARN",
-        "slow",
-        {"rate_hz": 9.87654, "count": 3, "masked": True, "camera": "base_0_rgb", "latency": np.float32(0.5),
-         "big": 1234567.0, "n": np.int64(7)},
-        hardware_id="gpu0",
-    )
-    assert status.level == DiagnosticStatus.WARN
-    assert (status.name, status.message, status.hardware_id) == ("vla_ros: inference", "slow", "gpu0")
-    assert [(kv.key, kv.value) for kv in status.values] == [
-        ("rate_hz", "9.877"),
-        ("count", "3"),
-        ("masked", "true"),
-        ("camera", "base_0_rgb"),
-        ("latency", "0.5"),
-        ("big", "1.235e+06"),
-        ("n", "7"),
-    ]
-    assert diagnostic_status("x", "OK", "").level == DiagnosticStatus.OK
-    assert diagnostic_status("x", "ERROR", "").level == DiagnosticStatus.ERROR
-    with pytest.raises(ValueError, match="'FATAL'"):
-        diagnostic_status("x", "FATAL", "")

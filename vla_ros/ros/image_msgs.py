@@ -1,27 +1,25 @@
-"""ROS messages <-> numpy. The only module that knows message field layouts.
+"""sensor_msgs Image / CompressedImage <-> uint8 RGB arrays.
 
-Everything here is a pure function of its arguments (plus the per-name-list
-index cache in JointStateMapper), so the node, the bag tools and the tests all
-see exactly the same conversions.
+Cameras reach the node in many forms (rgb8 / bgr8 / mono8 / rgba8 / bgra8 raw
+images with padded rows, JPEG or PNG through image_transport), while the
+policy wants one thing: a fresh uint8 (H, W, 3) RGB array. Decoding happens
+here, with errors that name the encoding and what is supported, so that a
+mis-wired topic (a depth stream, a 16-bit image) is obvious from the log.
+The encoders (RGB -> message) build the synthetic inputs of the bag tools,
+benchmarks and tests with the same layouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-import math
 import sys
 
-from builtin_interfaces.msg import Duration, Time
+from builtin_interfaces.msg import Time
 import cv2
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
-from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from sensor_msgs.msg import CompressedImage, Image
 
-from vla_ros.errors import ConfigError, ObservationError
-
-NANOSECONDS_PER_SECOND = 1_000_000_000
+from vla_ros.errors import ObservationError
+from vla_ros.ros.builtin_time import as_stamp
 
 # encoding -> channels. Every supported encoding has one byte per channel, so
 # `is_bigendian` cannot change the meaning of the data and is ignored on purpose.
@@ -42,19 +40,9 @@ _COMPRESSED_CODECS = ("jpeg", "jpg", "png")
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
 
-_DIAGNOSTIC_LEVELS: dict[str, bytes] = {
-    "OK": DiagnosticStatus.OK,
-    "WARN": DiagnosticStatus.WARN,
-    "ERROR": DiagnosticStatus.ERROR,
-    "STALE": DiagnosticStatus.STALE,
-}
-
 
 class ImageConversionError(ObservationError):
     """An image message cannot be turned into an RGB array."""
-
-
-# ---------------------------------------------------------------- images ---
 
 
 def _load_ros_cv_bridge() -> tuple[object, type[BaseException]] | None:
@@ -239,14 +227,6 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-def _as_stamp(stamp: Time | float | None) -> Time:
-    if stamp is None:
-        return Time()
-    if isinstance(stamp, Time):
-        return stamp
-    return seconds_to_stamp(float(stamp))
-
-
 def _check_rgb(rgb: np.ndarray, allowed_channels: tuple[int, ...] = (3,)) -> np.ndarray:
     array = np.asarray(rgb)
     channels = 1 if array.ndim == 2 else (array.shape[2] if array.ndim == 3 else -1)
@@ -302,7 +282,7 @@ def rgb_to_image_msg(
     rows[:, :row_bytes] = pixels.reshape(height, row_bytes)
 
     msg = Image()
-    msg.header.stamp = _as_stamp(stamp)
+    msg.header.stamp = as_stamp(stamp)
     msg.header.frame_id = frame_id
     msg.height = height
     msg.width = width
@@ -335,235 +315,8 @@ def rgb_to_compressed_msg(
     if not ok:
         raise ImageConversionError(f"OpenCV could not encode a {image.shape} image as {fmt}")
     msg = CompressedImage()
-    msg.header.stamp = _as_stamp(stamp)
+    msg.header.stamp = as_stamp(stamp)
     msg.header.frame_id = frame_id
     msg.format = fmt
     msg.data = encoded.tobytes()
     return msg
-
-
-# ------------------------------------------------------------------ time ---
-
-
-def _split_seconds(seconds: float, what: str) -> tuple[int, int]:
-    """Seconds -> (sec, nanosec) with 0 <= nanosec < 1e9, rounded to the nearest ns.
-
-    The fractional part is taken with floor first, so nanosec can never come
-    out negative, and a fraction that rounds up to a full second carries.
-    """
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{what} must be a finite number >= 0 seconds, got {seconds}")
-    sec = math.floor(seconds)
-    nanosec = round((seconds - sec) * NANOSECONDS_PER_SECOND)
-    if nanosec >= NANOSECONDS_PER_SECOND:
-        sec += 1
-        nanosec -= NANOSECONDS_PER_SECOND
-    return int(sec), int(nanosec)
-
-
-def stamp_to_seconds(stamp: Time | Duration) -> float:
-    """builtin_interfaces Time (or Duration) -> float seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-def seconds_to_stamp(t: float) -> Time:
-    """Float seconds (>= 0) -> builtin_interfaces Time, nearest nanosecond."""
-    sec, nanosec = _split_seconds(t, "stamp")
-    return Time(sec=sec, nanosec=nanosec)
-
-
-def seconds_to_duration(t: float) -> Duration:
-    """Float seconds (>= 0) -> builtin_interfaces Duration, nearest nanosecond."""
-    sec, nanosec = _split_seconds(t, "duration")
-    return Duration(sec=sec, nanosec=nanosec)
-
-
-# ---------------------------------------------------------- joint states ---
-
-
-class JointStateMapper:
-    """Picks the configured joints, in the configured order, out of JointState messages.
-
-    Joint states arrive at 100+ Hz and publishers almost always send the same
-    name list every time, so the name -> index lookup is built once per
-    distinct name list and cached.
-    """
-
-    # Bounds the cache when a misbehaving publisher varies its name list.
-    _MAX_CACHED_LAYOUTS = 16
-
-    def __init__(self, joint_names: Sequence[str]):
-        names = tuple(joint_names)
-        if not names:
-            raise ConfigError("joint_names", "expected at least one joint name, got none")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError("joint_names", f"joint names must be unique; repeated: {duplicates}")
-        self._joint_names = names
-        # tuple(msg.name) -> index array into msg.position, or the missing names.
-        self._layouts: dict[tuple[str, ...], np.ndarray | tuple[str, ...]] = {}
-
-    @property
-    def joint_names(self) -> tuple[str, ...]:
-        return self._joint_names
-
-    def reset(self) -> None:
-        self._layouts.clear()
-
-    def _layout(self, names: tuple[str, ...]) -> np.ndarray | tuple[str, ...]:
-        layout = self._layouts.get(names)
-        if layout is not None:
-            return layout
-        position_of: dict[str, int] = {}
-        for i, name in enumerate(names):
-            position_of.setdefault(name, i)  # first occurrence wins on duplicates
-        missing = tuple(n for n in self._joint_names if n not in position_of)
-        if missing:
-            layout = missing
-        else:
-            layout = np.array([position_of[n] for n in self._joint_names], dtype=np.intp)
-        if len(self._layouts) >= self._MAX_CACHED_LAYOUTS:
-            self._layouts.clear()
-        self._layouts[names] = layout
-        return layout
-
-    def update(self, msg: JointState) -> np.ndarray:
-        """Return float64 (D,) positions of the configured joints, in configured order.
-
-        Raises:
-            ObservationError: configured joints missing from the message (all
-                named), name/position length mismatch, or NaN/inf positions
-                (joints named).
-        """
-        names = tuple(msg.name)
-        positions = msg.position
-        if len(positions) != len(names):
-            raise ObservationError(
-                f"joint state has {len(names)} names but {len(positions)} positions; "
-                "expected one position per name"
-            )
-        layout = self._layout(names)
-        if isinstance(layout, tuple):
-            raise ObservationError(
-                f"joint state is missing joints {list(layout)}; it has {list(names)}"
-            )
-        try:
-            values = np.frombuffer(positions, dtype=np.float64)
-        except TypeError:
-            values = np.asarray(positions, dtype=np.float64)
-        selected = values[layout]  # fancy indexing copies out of the message buffer
-        finite = np.isfinite(selected)
-        if not finite.all():
-            bad = [self._joint_names[i] for i in np.flatnonzero(~finite)]
-            raise ObservationError(f"joint state has non-finite positions for joints {bad}")
-        return selected
-
-
-# ---------------------------------------------------------- publications ---
-
-
-def trajectory_msg(
-    joint_names: Sequence[str],
-    times_from_start: Sequence[float] | np.ndarray,
-    positions: np.ndarray,
-    velocities: np.ndarray | None = None,
-) -> JointTrajectory:
-    """Build a JointTrajectory whose header stamp is zero, meaning "start on receipt".
-
-    times_from_start: (N,) seconds, >= 0 and strictly increasing.
-    positions, velocities: (N, D) with D == len(joint_names); must be finite.
-    """
-    names = list(joint_names)
-    times = np.asarray(times_from_start, dtype=np.float64)
-    pos = np.asarray(positions, dtype=np.float64)
-    if times.ndim != 1 or times.size == 0:
-        raise ValueError(f"times_from_start must be a non-empty (N,) array, got shape {times.shape}")
-    expected = (times.size, len(names))
-    if pos.shape != expected:
-        raise ValueError(f"positions must have shape (N, D) = {expected}, got {pos.shape}")
-    vel = None
-    if velocities is not None:
-        vel = np.asarray(velocities, dtype=np.float64)
-        if vel.shape != expected:
-            raise ValueError(f"velocities must have shape (N, D) = {expected}, got {vel.shape}")
-    if not np.all(np.isfinite(times)) or times[0] < 0 or np.any(np.diff(times) <= 0):
-        raise ValueError(
-            f"times_from_start must be finite, >= 0 and strictly increasing, got {times.tolist()}"
-        )
-    if not np.all(np.isfinite(pos)) or (vel is not None and not np.all(np.isfinite(vel))):
-        raise ValueError("trajectory positions / velocities must be finite")
-
-    msg = JointTrajectory()
-    msg.header.stamp = Time(sec=0, nanosec=0)
-    msg.joint_names = names
-    points = []
-    for k in range(times.size):
-        point = JointTrajectoryPoint()
-        point.positions = pos[k].tolist()
-        if vel is not None:
-            point.velocities = vel[k].tolist()
-        point.time_from_start = seconds_to_duration(float(times[k]))
-        points.append(point)
-    msg.points = points
-    return msg
-
-
-def float64_array_msg(positions: np.ndarray | Sequence[float]) -> Float64MultiArray:
-    """Float64MultiArray with row-major data and one layout dimension per array axis."""
-    array = np.asarray(positions, dtype=np.float64)
-    msg = Float64MultiArray()
-    dims = []
-    stride = int(array.size)
-    for size in array.shape:
-        dims.append(MultiArrayDimension(label="", size=int(size), stride=stride))
-        stride = stride // int(size) if size else 0
-    msg.layout.dim = dims
-    msg.layout.data_offset = 0
-    msg.data = array.ravel().tolist()
-    return msg
-
-
-def _format_value(value: object) -> str:
-    # bool is an int subclass: check it first so True prints as 'true', not '1'.
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return format(float(value), ".4g")
-    return str(value)
-
-
-def diagnostic_status(
-    name: str,
-    level: str,
-    message: str,
-    values: Mapping[str, object] | None = None,
-    hardware_id: str = "",
-) -> DiagnosticStatus:
-    """Build a DiagnosticStatus; values become KeyValue strings in mapping order.
-
-    level: 'OK' | 'WARN' | 'ERROR' | 'STALE'.
-    Formatting: bools 'true'/'false', ints as is, floats with 4 significant
-    digits ('%.4g': 0.123456 -> '0.1235', 1234567.0 -> '1.235e+06'), anything
-    else via str().
-    """
-    if level not in _DIAGNOSTIC_LEVELS:
-        raise ValueError(f"diagnostic level must be one of {list(_DIAGNOSTIC_LEVELS)}, got '{level}'")
-    status = DiagnosticStatus()
-    status.level = _DIAGNOSTIC_LEVELS[level]
-    status.name = name
-    status.message = message
-    status.hardware_id = hardware_id
-    status.values = [KeyValue(key=str(k), value=_format_value(v)) for k, v in (values or {}).items()]
-    return status
-
-
-def diagnostic_array(
-    statuses: Sequence[DiagnosticStatus], stamp: Time | float | None = None
-) -> DiagnosticArray:
-    """A DiagnosticArray of `statuses` stamped `stamp` (a Time, or float seconds >= 0)."""
-    array = DiagnosticArray()
-    array.header.stamp = _as_stamp(stamp)
-    array.status = list(statuses)
-    return array
