@@ -56,6 +56,37 @@ def test_ensemble_weighted_mean_of_three_chunks():
     assert scalar(agg, 0.05) == pytest.approx(0.5, rel=1e-12)
 
 
+def test_ensemble_weights_count_control_periods_between_observations():
+    # ACT's m is per control step. Chunks observed 10 control periods apart
+    # (a new chunk every 0.2 s at a 50 Hz control rate) weigh exp(-m * 10)
+    # relative to each other, not exp(-m * 1) as if they were one step apart.
+    m, period = 0.01, 0.02
+    agg = TemporalEnsemble(0.02, m=m, period=period)
+    assert agg.update(chunk(0.0, [0.0] * 50), now=0.0)
+    assert agg.update(chunk(0.2, [1.0] * 50), now=0.2)
+    assert agg.update(chunk(0.4, [2.0] * 50), now=0.4)
+    w = [1.0, math.exp(-0.1), math.exp(-0.2)]  # ages 0, 10, 20 periods, by hand
+    assert scalar(agg, 0.5) == pytest.approx((0 * w[0] + 1 * w[1] + 2 * w[2]) / sum(w), rel=1e-12)
+    assert scalar(agg, 0.5) == pytest.approx(0.933444, abs=1e-6)
+    # Where the oldest chunk has ended, the next one is the reference (weight 1).
+    assert scalar(agg, 1.1) == pytest.approx((1 + 2 * math.exp(-0.1)) / (1 + math.exp(-0.1)), rel=1e-12)
+    # The action period is not the unit: the same chunks on a 100 Hz control
+    # timer are 20 and 40 periods apart.
+    fast = TemporalEnsemble(0.02, m=m, period=0.01)
+    for stamp, value in ((0.0, 0.0), (0.2, 1.0), (0.4, 2.0)):
+        fast.update(chunk(stamp, [value] * 50), now=stamp)
+    w = [1.0, math.exp(-0.2), math.exp(-0.4)]
+    assert scalar(fast, 0.5) == pytest.approx((w[1] + 2 * w[2]) / sum(w), rel=1e-12)
+
+
+def test_ensemble_weights_do_not_underflow_with_a_large_m():
+    agg = TemporalEnsemble(0.1, m=50.0)
+    agg.update(chunk(0.0, [1.0] * 100), now=0.0)
+    agg.update(chunk(5.0, [3.0] * 100), now=5.0)  # 50 periods later: exp(-2500) underflows
+    assert scalar(agg, 5.5) == pytest.approx(1.0)
+    assert scalar(agg, 10.5) == pytest.approx(3.0), "the newer chunk alone still counts"
+
+
 def test_ensemble_m_zero_is_plain_average():
     agg = three_chunks(m=0.0)
     assert scalar(agg, 0.3) == pytest.approx((3 + 10 + 20) / 3, rel=1e-12)

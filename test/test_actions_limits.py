@@ -141,16 +141,51 @@ def test_first_update_steps_from_measured_without_reset():
         SafetyFilter(limits()).update([0.0, 0.0], None, 0.1)
 
 
-def test_reset_zeroes_report_and_commit_keeps_it():
+def test_reset_zeroes_report_and_hold_keeps_the_last_command():
     f = SafetyFilter(limits())
     f.reset([0.0, 0.0])
     f.update([5.0, 0.0], None, 0.1)
-    f.commit([0.5, 0.5])
-    assert f.last_command.tolist() == [0.5, 0.5]
+    assert f.hold([0.9, 0.9]).tolist() == [1.0, 0.0], "a hold stays at the last command"
     assert f.report().updates == 1
     f.reset([0.0, 0.0])
     assert f.report().updates == 0
     assert f.report().counts["position"] == (0, 0)
+
+
+def test_reset_and_hold_clamp_into_the_limits():
+    f = SafetyFilter(limits())
+    f.reset([1.5, 0.0])
+    assert f.last_command.tolist() == [1.0, 0.0]
+    f = SafetyFilter(limits())
+    # No command yet: hold at the measured position, clamped into the limits.
+    assert f.hold([1.15, -2.5]).tolist() == [1.0, -2.0]
+    assert f.report().last["conflict"] == ("a", "b")
+
+
+# -- the two reproduced bugs: the distance clamp applied last ---------------------------
+
+
+def test_measured_outside_the_limits_never_yields_a_command_outside():
+    # Reproduced on the old filter: measured 1.15 with upper 1.0 gave a command of 1.15.
+    f = SafetyFilter(limits(max_velocity=(1.0, 1.0), max_distance=0.1))
+    f.reset([1.0, 0.0])
+    out = f.update([1.0, 0.0], [1.15, 0.0], 0.02)
+    assert out[0] <= 1.0
+    assert f.report().last["conflict"] == ("a",)
+    # Without a previous command either.
+    g = SafetyFilter(limits(max_velocity=(1.0, 1.0), max_distance=0.1))
+    assert g.update([1.0, 0.0], [1.15, 0.0], 0.02)[0] == 1.0
+
+
+def test_a_drifted_robot_never_yields_a_step_above_the_velocity_limit():
+    # Reproduced on the old filter: a step of 0.45 where 0.02 was allowed.
+    f = SafetyFilter(limits(max_velocity=(1.0, 1.0), max_distance=0.05))
+    f.reset([0.0, 0.0])
+    out = f.update([0.0, 0.0], [0.5, 0.0], 0.02)
+    assert out[0] == pytest.approx(0.02), "toward the measured position, at the velocity limit"
+    assert f.report().last["conflict"] == ("a",) and f.report().last["distance"] == ("a",)
+    look_ahead = f.filter_points(np.zeros((5, 2)), [0.5, 0.0], 0.02)
+    assert np.diff(np.vstack([out, look_ahead])[:, 0]) == pytest.approx([0.02] * 5)
 
 
 def test_wrong_sizes_rejected():
@@ -205,3 +240,76 @@ def test_filter_points_empty_and_shape_check():
     assert f.filter_points(np.zeros((0, 2)), None, 0.1).shape == (0, 2)
     with pytest.raises(ValueError):
         f.filter_points(np.zeros((3, 3)), None, 0.1)
+
+
+# -- property: every published point obeys every limit ----------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+JOINTS = 3
+_anything = st.one_of(
+    st.floats(-10.0, 10.0), st.sampled_from([np.nan, np.inf, -np.inf])
+)
+_finite = st.floats(-10.0, 10.0)
+
+
+@st.composite
+def _case(draw):
+    lower = np.array(draw(hnp.arrays(np.float64, JOINTS, elements=st.floats(-3.0, 0.0))))
+    width = np.array(draw(hnp.arrays(np.float64, JOINTS, elements=st.floats(0.01, 3.0))))
+    velocity = np.array(draw(hnp.arrays(np.float64, JOINTS, elements=st.floats(0.01, 5.0))))
+    distance = draw(st.one_of(st.just(math.inf), st.floats(0.01, 1.0)))
+    lim = JointLimits(tuple("abc"), tuple(lower), tuple(lower + width), tuple(velocity), distance)
+    previous = draw(st.one_of(st.none(), hnp.arrays(np.float64, JOINTS, elements=_finite)))
+    measured = draw(
+        st.one_of(
+            st.none(),
+            hnp.arrays(np.float64, JOINTS, elements=st.one_of(_finite, st.just(np.nan))),
+        )
+    )
+    if previous is None and (measured is None or not np.isfinite(measured).all()):
+        measured = np.array(draw(hnp.arrays(np.float64, JOINTS, elements=_finite)))
+    targets = draw(hnp.arrays(np.float64, (draw(st.integers(1, 4)), JOINTS), elements=_anything))
+    dt = draw(st.floats(0.001, 0.2))
+    return lim, previous, measured, targets, dt
+
+
+def _check_point(lim, before, point, measured, dt):
+    lower, upper = np.array(lim.lower), np.array(lim.upper)
+    step = np.array(lim.max_velocity) * dt
+    assert np.isfinite(point).all()
+    assert (point >= lower).all() and (point <= upper).all(), "position limits"
+    assert (np.abs(point - before) <= step * (1 + 1e-9) + 1e-12).all(), "velocity limit"
+    if measured is None:
+        return
+    d = np.array(lim.max_distance_from_measured)
+    lo, hi = np.maximum(lower, before - step), np.minimum(upper, before + step)
+    for j in range(JOINTS):
+        if np.isnan(measured[j]) or abs(point[j] - measured[j]) <= d[j] * (1 + 1e-9):
+            continue
+        # The distance bound is broken only where it cannot be met, and then the
+        # command is as close to the measured position as the hard limits allow.
+        nearest = min(max(measured[j], lo[j]), hi[j])
+        assert abs(point[j] - nearest) <= 1e-9 * max(1.0, abs(nearest)), "moves toward the robot"
+        assert abs(nearest - measured[j]) > d[j] * (1 - 1e-9), "the bound could have been met"
+
+
+@settings(max_examples=400, deadline=None)
+@given(_case())
+def test_property_every_published_point_obeys_every_limit(case):
+    lim, previous, measured, targets, dt = case
+    f = SafetyFilter(lim)
+    if previous is not None:
+        f.reset(previous)
+    start = f.previous(measured)
+    assert (start >= np.array(lim.lower)).all() and (start <= np.array(lim.upper)).all()
+    look_ahead = f.filter_points(targets, measured, dt)  # commits nothing
+    before = start
+    for point in look_ahead:
+        _check_point(lim, before, point, measured, dt)
+        before = point
+    out = f.update(targets[0], measured, dt)
+    np.testing.assert_array_equal(out, look_ahead[0])
+    _check_point(lim, start, out, measured, dt)
+    assert f.hold(measured).tolist() == out.tolist()

@@ -16,7 +16,7 @@ from vla_ros.actions.trajectory import (
 from vla_ros.errors import ConfigError
 from vla_ros.types import ActionChunk
 
-NO_STATE = {'measured': None, 'hold_position': None}
+NO_STATE = {'measured': None}
 
 
 def safety(max_velocity=(1000.0, 1000.0), start=(0.0, 0.0)):
@@ -90,28 +90,27 @@ def test_ensemble_feeds_plan():
 
 def test_hold_plan_when_nothing_covers():
     s = safety(start=(0.3, 0.4))
-    plan = plan_points(
-        LatestChunk(0.1), s, now=5.0, period=0.02, num_points=3, measured=[0.0, 0.0], hold_position=[0.1, 0.2]
-    )
+    plan = plan_points(LatestChunk(0.1), s, now=5.0, period=0.02, num_points=3, measured=[0.0, 0.0])
     assert plan.is_hold
     assert plan.reason
-    assert plan.positions.tolist() == [[0.1, 0.2]] * 3
+    assert plan.positions.tolist() == [[0.3, 0.4]] * 3, "at the last command, not the measured position"
     assert plan.velocities.tolist() == [[0.0, 0.0]] * 3
     assert plan.times_from_start == pytest.approx([0.02, 0.04, 0.06])
-    assert s.last_command.tolist() == [0.1, 0.2]
+    assert s.last_command.tolist() == [0.3, 0.4]
 
 
-def test_hold_plan_falls_back_to_last_command_then_measured():
+def test_hold_plan_falls_back_to_last_command_then_measured_inside_the_limits():
     s = safety(start=(0.3, 0.4))
     plan = plan_points(LatestChunk(0.1), s, now=0.0, period=0.02, num_points=2, **NO_STATE)
     assert plan.positions.tolist() == [[0.3, 0.4]] * 2
     fresh = safety(start=None)
-    plan = plan_points(
-        LatestChunk(0.1), fresh, now=0.0, period=0.02, num_points=2, measured=[0.7, 0.8], hold_position=None
-    )
+    plan = plan_points(LatestChunk(0.1), fresh, now=0.0, period=0.02, num_points=2, measured=[0.7, 0.8])
     assert plan.positions.tolist() == [[0.7, 0.8]] * 2
+    outside = safety(start=None)
+    plan = plan_points(LatestChunk(0.1), outside, now=0.0, period=0.02, num_points=2, measured=[0.7, 180.0])
+    assert plan.positions.tolist() == [[0.7, 100.0]] * 2, "clamped into the position limits"
     with pytest.raises(ValueError):
-        plan_points(LatestChunk(0.1), safety(start=None), 0.0, 0.02, 2, None, None)
+        plan_points(LatestChunk(0.1), safety(start=None), 0.0, 0.02, 2, None)
 
 
 def test_single_point_has_zero_velocity():
@@ -138,7 +137,7 @@ def test_timing_config_errors():
         hold_plan([0.0], 0.0, 2, "x")
     assert err.value.parameter == "trajectory.period"
     with pytest.raises(ConfigError) as err:
-        plan_points(ramp_aggregator(), safety(), 0.0, 0.1, 0, None, None)
+        plan_points(ramp_aggregator(), safety(), 0.0, 0.1, 0, None)
     assert err.value.parameter == "trajectory.num_points"
 
 

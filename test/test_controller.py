@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vla_ros.config import NodeConfig
-from vla_ros.controller import PeriodRecorder, PolicyController
+from vla_ros.controller import PolicyController
+from vla_ros.status import PeriodRecorder
 from vla_ros.types import ActionChunk
 
 JOINTS = ["j0", "j1", "j2", "j3"]
@@ -64,7 +65,11 @@ def ramp_chunk(timestamp, horizon=50):
 
 
 class Sim:
-    """Simulated time: sensors every 10 ms, worker polling, chunks after a latency, ticks every 20 ms."""
+    """Simulated time: sensors every 10 ms, a worker, chunks after a latency, ticks every 20 ms.
+
+    The worker behaves like InferenceWorker: it polls next_request only while
+    idle, and is blocked (asks nothing) while an inference runs.
+    """
 
     def __init__(self, ctl, policy=ramp_chunk, latency=0.05):
         self.ctl, self.policy, self.latency = ctl, policy, latency
@@ -82,16 +87,17 @@ class Sim:
             self.t = round(self.t + 0.01, 6)
             feed(self.ctl, self.t, self.joints, self.cameras)
             if self.inflight is not None and self.t >= self.inflight[0] - 1e-9:
-                _, obs = self.inflight
+                _, req = self.inflight
                 self.inflight = None
                 if self.fail:
-                    self.ctl.on_inference_failed("engine exploded", self.t)
+                    self.ctl.on_inference_failed("engine exploded", self.t, req)
                 else:
-                    self.ctl.on_chunk(self.policy(obs.timestamp), self.t)
-            obs = self.ctl.next_request(self.t)
-            if obs is not None:
-                self.requests.append(self.t)
-                self.inflight = (self.t + self.latency, obs)
+                    self.ctl.on_chunk(self.policy(req.observation.timestamp), self.t, req)
+            if self.inflight is None:
+                req = self.ctl.next_request(self.t)
+                if req is not None:
+                    self.requests.append(self.t)
+                    self.inflight = (self.t + self.latency, req)
             if round(self.t / DT, 6) % 1 == 0:
                 self.plans.append((self.t, self.ctl.tick(self.t)))
         return self.plans[-1][1]
@@ -114,8 +120,9 @@ def test_request_then_chunk_with_latency_compensation():
     ctl.activate(T0)
     feed(ctl, T0)
     ctl.on_image("base_0_rgb", FRAME, T0 + 0.01, T0 + 0.01)
-    obs = ctl.next_request(T0 + 0.01)
-    assert obs is not None and obs.prompt == "stack the cups"
+    req = ctl.next_request(T0 + 0.01)
+    obs = req.observation
+    assert obs.prompt == "stack the cups"
     assert obs.timestamp == T0 + 0.01  # the newest camera stamp
     assert set(obs.images) == set(CAMS)
     np.testing.assert_array_equal(obs.state, MEASURED.astype(np.float32))
@@ -123,7 +130,7 @@ def test_request_then_chunk_with_latency_compensation():
 
     # The chunk arrives 0.1 s after its observation: actions 0..4 are in the past.
     now = obs.timestamp + 0.1
-    assert ctl.on_chunk(ramp_chunk(obs.timestamp), now)
+    assert ctl.on_chunk(ramp_chunk(obs.timestamp), now, req)
     feed(ctl, now)
     plan = ctl.tick(now)
     assert not plan.is_hold and plan.covered_points == 3
@@ -167,12 +174,12 @@ def test_delta_actions_become_absolute_with_the_state_of_their_observation():
     ctl.activate(T0)
     state = np.array([0.1, 0.2, 0.3, 0.4])
     feed(ctl, T0, state=state)
-    obs = ctl.next_request(T0)
+    req = ctl.next_request(T0)
     feed(ctl, T0 + 0.05, state=np.zeros(4))  # the robot moved since: the chunk still uses the obs state
     chunk = ActionChunk(
-        actions=np.tile(np.float32([0.01, 0.02, 0.03, 0.9]), (50, 1)), timestamp=obs.timestamp
+        actions=np.tile(np.float32([0.01, 0.02, 0.03, 0.9]), (50, 1)), timestamp=req.observation.timestamp
     )
-    assert ctl.on_chunk(chunk, T0 + 0.05)
+    assert ctl.on_chunk(chunk, T0 + 0.05, req)
     plan = ctl.tick(T0 + 0.05)
     np.testing.assert_allclose(plan.positions[0], [0.11, 0.22, 0.33, 0.9], atol=1e-6)
 
@@ -212,7 +219,8 @@ def test_missing_camera_policy(policy):
     plan = sim.plans[-1][1]
     if policy == "mask":
         assert not plan.is_hold
-        assert status.level == "WARN" and "camera left_wrist_0_rgb masked: stale" in status.message
+        assert status.level == "WARN"
+        assert "camera left_wrist_0_rgb (/left_wrist_0_rgb/image_raw) masked: stale" in status.message
         assert status.values["camera.left_wrist_0_rgb"].startswith("masked")
         assert sim.requests[-1] > T0 + 1.0, "inference goes on without the camera"
     else:
@@ -242,8 +250,8 @@ def test_a_chunk_that_arrives_after_its_horizon_is_ignored():
     ctl = PolicyController(make_config())
     ctl.activate(T0)
     feed(ctl, T0)
-    obs = ctl.next_request(T0)
-    assert not ctl.on_chunk(ramp_chunk(obs.timestamp, horizon=10), T0 + 0.5)
+    req = ctl.next_request(T0)
+    assert not ctl.on_chunk(ramp_chunk(req.observation.timestamp, horizon=10), T0 + 0.5, req)
     assert "late:chunk" in ctl.events()
     feed(ctl, T0 + 0.5)
     assert ctl.tick(T0 + 0.5).is_hold
@@ -324,8 +332,9 @@ def test_wrong_action_dimension_is_an_inference_failure():
     ctl = PolicyController(make_config())
     ctl.activate(T0)
     feed(ctl, T0)
-    obs = ctl.next_request(T0)
-    assert not ctl.on_chunk(ActionChunk(np.zeros((50, 7), np.float32), obs.timestamp), T0 + 0.05)
+    req = ctl.next_request(T0)
+    chunk = ActionChunk(np.zeros((50, 7), np.float32), req.observation.timestamp)
+    assert not ctl.on_chunk(chunk, T0 + 0.05, req)
     assert "expected (H, 4)" in ctl.status(T0 + 0.05).values["inference.last_failure"]
     assert ctl.tick(T0 + 0.05).is_hold
 
@@ -334,10 +343,10 @@ def test_non_finite_actions_are_an_inference_failure():
     ctl = PolicyController(make_config())
     ctl.activate(T0)
     feed(ctl, T0)
-    obs = ctl.next_request(T0)
+    req = ctl.next_request(T0)
     actions = np.zeros((50, 4), np.float32)
     actions[3, 1] = np.nan
-    assert not ctl.on_chunk(ActionChunk(actions, obs.timestamp), T0 + 0.05)
+    assert not ctl.on_chunk(ActionChunk(actions, req.observation.timestamp), T0 + 0.05, req)
     assert "non-finite" in ctl.tick(T0 + 0.05).reason
 
 
@@ -382,3 +391,120 @@ def test_period_recorder_skips_gaps_of_a_simulated_clock():
     stats = rec.stats()
     assert stats["periods"] == 4  # 0.52, 0.544, 0.564 and 0.92; the two gaps are skipped
     assert stats["max_ms"] == pytest.approx(4.0, abs=1e-6)
+
+
+# -- issue 9: the control-path bugs ----------------------------------------------------
+
+
+def test_slow_inference_with_fresh_sensors_never_holds():
+    # Inference takes 1.5 x watchdog.obs_timeout (0.75 s); chunks of 2 s; the next
+    # request goes out once 20% of a chunk has run, so a chunk always covers the
+    # present. The worker asks nothing while it infers (as InferenceWorker), so
+    # freshness must come from the buffers at every tick.
+    cfg = make_config(inference={"execute_threshold": 0.2})
+    sim = Sim(PolicyController(cfg), policy=lambda ts: ramp_chunk(ts, horizon=100), latency=0.75)
+    sim.ctl.activate(T0)
+    sim.run(6.0)
+    first_chunk = T0 + 0.76
+    holds = [t for t, plan in sim.plans if t > first_chunk + 0.02 and plan.is_hold]
+    assert holds == [], f"{len(holds)} hold ticks with fresh sensors, first at {holds[0] - T0:.2f} s"
+    assert len(sim.requests) >= 5, "inference keeps running back to back"
+    # And sensors that really stop still hold within obs_timeout.
+    sim.joints = False
+    sim.cameras = []
+    sim.run(1.0)
+    holds = [t for t, plan in sim.plans[-50:] if plan.is_hold]
+    assert holds and holds[0] - (sim.t - 1.0) <= 0.5 + 0.1 + 0.021
+    assert "observations stale" in sim.plans[-1][1].reason
+
+
+def _start_with_one_request(**overrides):
+    ctl = PolicyController(make_config(**overrides))
+    ctl.activate(T0)
+    feed(ctl, T0)
+    req = ctl.next_request(T0)
+    assert req is not None
+    return ctl, req
+
+
+@pytest.mark.parametrize("restart", ["pause_resume", "activate", "clock_jump"])
+def test_a_chunk_in_flight_across_a_restart_is_dropped(restart):
+    ctl, req = _start_with_one_request()
+    now = T0 + 0.3
+    if restart == "pause_resume":
+        ctl.pause()
+        ctl.resume(now)
+    elif restart == "activate":
+        ctl.activate(now)
+    else:
+        ctl.on_clock_jump(now, -5.0)
+    feed(ctl, now)
+    fresh = ctl.next_request(now)
+    assert fresh is not None and fresh.generation == req.generation + 1
+    # The late answer to the old request is dropped, not executed, and not mistaken
+    # for the answer to the new one.
+    assert not ctl.on_chunk(ramp_chunk(req.observation.timestamp), now + 0.01, req)
+    plan = ctl.tick(now + 0.01)
+    assert plan.is_hold and "waiting for the first action chunk" in plan.reason
+    status = ctl.status(now + 0.01)
+    assert status.values["chunks.dropped_stale"] == 1 and status.values["chunks.accepted"] == 0
+    assert ctl.inference_pending, "the new request is still awaited"
+    assert ctl.on_chunk(ramp_chunk(fresh.observation.timestamp), now + 0.05, fresh)
+    assert not ctl.tick(now + 0.05).is_hold
+
+
+def test_delta_chunk_in_flight_across_pause_is_no_false_failure():
+    ctl, req = _start_with_one_request(policy={"action_space": "delta"})
+    ctl.pause()
+    ctl.resume(T0 + 0.2)
+    delta = ActionChunk(np.zeros((50, 4), np.float32), req.observation.timestamp)
+    assert not ctl.on_chunk(delta, T0 + 0.21, req)
+    ctl.on_inference_failed("late failure", T0 + 0.21, req)
+    values = ctl.status(T0 + 0.21).values
+    assert values["inference.failures"] == 0 and values["inference.last_failure"] == ""
+    assert values["chunks.dropped_stale"] == 2
+    feed(ctl, T0 + 0.21)
+    assert "inference failed" not in ctl.tick(T0 + 0.21).reason
+
+
+def test_clock_jump_back_recovers_within_one_obs_timeout():
+    sim = Sim(PolicyController(make_config()))
+    sim.ctl.activate(T0)
+    sim.run(1.0)
+    assert not sim.plans[-1][1].is_hold
+    last_command = sim.plans[-1][1].positions[0]
+    # The simulation restarts: time goes back 10 s, sensors follow the new clock.
+    jump_to = T0 - 9.0
+    sim.ctl.on_clock_jump(jump_to, jump_to - sim.t)
+    sim.t = jump_to
+    plan = sim.ctl.tick(sim.t)
+    assert plan.is_hold
+    np.testing.assert_allclose(plan.positions[0], last_command, err_msg="hold where the robot was sent")
+    sim.run(0.5)  # obs_timeout
+    assert not sim.plans[-1][1].is_hold
+    values = sim.ctl.status(sim.t).values
+    assert values["clock.backward_jumps"] == 1
+    assert values.get("rejected.out_of_order:joint_state", 0) == 0
+
+
+def test_without_the_jump_reset_a_restarted_clock_wedges_the_buffers():
+    # What the clock-jump callback prevents: stamps older than the buffered ones are
+    # rejected (out of order), so without a reset the policy would stop for good.
+    sim = Sim(PolicyController(make_config()))
+    sim.ctl.activate(T0)
+    sim.run(1.0)
+    sim.t = T0 - 9.0
+    sim.run(0.5)
+    assert sim.plans[-1][1].is_hold
+    assert sim.ctl.status(sim.t).values["rejected.out_of_order:joint_state"] > 0
+
+
+def test_stamps_from_the_future_are_rejected():
+    ctl = PolicyController(make_config())
+    ctl.activate(T0)
+    assert not ctl.on_joint_state(MEASURED, T0 + 5.0, T0)
+    assert not ctl.on_image("base_0_rgb", FRAME, T0 + 5.0, T0)
+    assert ctl.on_image("base_0_rgb", FRAME, T0 + 0.1, T0), "small offsets between clocks are fine"
+    events = ctl.events()
+    assert "future_stamp:joint_state" in events and "use_sim_time" in events["future_stamp:joint_state"][1]
+    assert ctl.on_joint_state(MEASURED, T0, T0), "a rejected future stamp did not wedge the buffer"

@@ -27,7 +27,9 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from vla_ros.ros.conversions import rgb_to_compressed_msg, rgb_to_image_msg, seconds_to_stamp  # noqa: E402
+from vla_ros.ros.builtin_time import seconds_to_stamp  # noqa: E402
+from vla_ros.ros.image_msgs import rgb_to_compressed_msg, rgb_to_image_msg  # noqa: E402
+from vla_ros.ros.qos import INSTRUCTION_QOS  # noqa: E402
 
 # Multiplier on positive waits (VLA_ROS_TEST_WAIT_SCALE overrides).
 WAIT_SCALE = float(os.environ.get("VLA_ROS_TEST_WAIT_SCALE", "3"))
@@ -112,7 +114,7 @@ class Harness:
             self._camera_pubs[key] = pub
             node.create_timer(1.0 / camera_rate, self._camera_callback(key))
         self.joint_pub = node.create_publisher(JointState, f"{prefix}/joint_states", qos_profile_sensor_data)
-        self.prompt_pub = node.create_publisher(String, f"{prefix}/instruction", 10)
+        self.prompt_pub = node.create_publisher(String, f"{prefix}/instruction", INSTRUCTION_QOS)
         node.create_timer(1.0 / joint_rate, self._publish_joints)
         node.create_subscription(
             JointTrajectory, f"{prefix}/joint_trajectory", self._recorder(self.trajectories), 100
@@ -261,7 +263,7 @@ def duration_s(d) -> float:
 def check_trajectory(
     msg: JointTrajectory, joint_names: Sequence[str], period: float, num_points: int
 ) -> None:
-    """joint_trajectory_controller conventions (pi0-reference section 9)."""
+    """joint_trajectory_controller conventions (docs/control.md, "JointTrajectory points")."""
     assert list(msg.joint_names) == list(joint_names)
     assert msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0
     assert len(msg.points) == num_points

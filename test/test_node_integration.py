@@ -20,7 +20,8 @@ import yaml
 
 from test_node_harness import check_trajectory, Harness, is_hold, JOINT_NAMES  # noqa: I100
 
-from vla_ros.ros.conversions import rgb_to_image_msg, seconds_to_stamp
+from vla_ros.ros.builtin_time import seconds_to_stamp
+from vla_ros.ros.image_msgs import rgb_to_image_msg
 
 PREFIX = "/vla_it"
 RATE = 50.0
@@ -186,10 +187,13 @@ def test_stopped_camera_is_masked(system):
     harness.camera_enabled["right_wrist_0_rgb"] = False
     try:
         values = harness.wait_for_diagnostics(
-            lambda v: "camera right_wrist_0_rgb masked" in v["_message"], timeout=4.0
+            lambda v: "camera right_wrist_0_rgb (" in v["_message"] and "masked" in v["_message"], timeout=4.0
         )
         assert values is not None, harness.latest_diagnostics()
         assert values["camera.right_wrist_0_rgb"].startswith("masked: stale")
+        # The warning names the topic, not only the model's slot key.
+        topic = values["camera.right_wrist_0_rgb.topic"]
+        assert topic and f"camera right_wrist_0_rgb ({topic}) masked" in values["_message"]
         assert values["state"] == "EXECUTING" and values["_level"] == 1  # WARN
         t0 = time.monotonic()
         time.sleep(1.0)
@@ -326,3 +330,23 @@ def test_sigint_stops_the_node_cleanly(system):
     rc = process.wait(timeout=15)
     assert rc == 0, log_path.read_text()[-3000:]
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
+
+
+def test_start_up_summary_names_model_engine_norm_stats_and_topics(system):
+    harness, process, log_path = system
+    log = log_path.read_text()
+    assert "loading the policy from" in log and "a full-size checkpoint takes minutes" in log
+    summary = log[log.index("configured:"):]
+    for fragment in (
+        "model: pi0-tiny (pi0)",
+        "norm stats:",
+        "state 14 dims, actions 14 dims; robot 14 joints",
+        "engine: ",
+        f"base_0_rgb <- {CAMERAS['base_0_rgb'][0]} (raw)",
+        f"joint states <- {PREFIX}/joint_states",
+        f"instruction <- {PREFIX}/instruction",
+        f"out: {PREFIX}/joint_trajectory, {PREFIX}/commands, ~/debug/action_chunk",
+    ):
+        assert fragment in summary, (fragment, summary[:2000])
+    assert "untrained `vla-ros make-tiny` model" in log, "a loud line for a make-tiny checkpoint"
+    assert "activated: running the policy; instruction 'pick up the cube' (default (prompt.default)" in log

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from vla_ros.controller import InferenceRequest, PolicyController
 from vla_ros.errors import EngineError
 from vla_ros.ros.inference_worker import (
     InferenceWorker,
@@ -120,18 +121,22 @@ def test_artifact_directories_go_through_from_artifacts(tmp_path, monkeypatch):
 
 
 class _FakeController:
+    """Hands out the given observations as requests, records what comes back."""
 
     def __init__(self, requests):
         self.requests = list(requests)
         self.chunks, self.failures = [], []
 
     def next_request(self, now):
-        return self.requests.pop(0) if self.requests else None
+        if not self.requests:
+            return None
+        return InferenceRequest(self.requests.pop(0), generation=0, requested_at=now)
 
-    def on_chunk(self, chunk, now):
+    def on_chunk(self, chunk, now, request):
+        assert request.observation.timestamp == chunk.timestamp
         self.chunks.append(chunk)
 
-    def on_inference_failed(self, reason, now):
+    def on_inference_failed(self, reason, now, request):
         self.failures.append(reason)
 
 
@@ -160,3 +165,80 @@ def test_worker_feeds_chunks_and_failures_back():
     finally:
         worker.stop()
     assert not worker.running
+
+
+class SlowPolicy:
+    """Blocks like a real engine for ``latency`` seconds, then returns a 2 s chunk of the state."""
+
+    def __init__(self, latency):
+        self.latency = latency
+
+    def infer(self, obs):
+        time.sleep(self.latency)
+        actions = np.tile(np.asarray(obs.state, np.float32), (100, 1))
+        return ActionChunk(actions=actions, timestamp=obs.timestamp, timings={"total": self.latency})
+
+
+def test_real_worker_slow_inference_with_fresh_sensors_never_holds():
+    """Issue 9, bug 1, with the real InferenceWorker on the real clock.
+
+    Inference takes 1.5 x watchdog.obs_timeout; chunks of 2 s (50 Hz) cover the
+    present (the next request goes out after 20% of a chunk). The sensors stay
+    fresh, so the control ticks must never hold once the first chunk is in.
+    Margins for a loaded 2-core machine: staleness limits of 0.4 s against
+    sensors every 10 ms.
+    """
+    import threading
+
+    from vla_ros.config import NodeConfig
+
+    joints = ["j0", "j1", "j2", "j3"]
+    config = NodeConfig.from_dict(
+        {
+            "joint_names": joints,
+            "control_rate": 50.0,
+            "policy": {"action_rate": 50.0},
+            "prompt": {"default": "hold still"},
+            "joint_states": {"max_staleness": 0.4},
+            "cameras": {"keys": ["base_0_rgb"], "base_0_rgb": {"max_staleness": 0.4}},
+            "aggregation": {"mode": "latest"},
+            "inference": {"execute_threshold": 0.2},
+            "limits": {"lower": [-1.0] * 4, "upper": [1.0] * 4, "max_velocity": [10.0]},
+            "watchdog": {"obs_timeout": 0.4, "inference_timeout": 5.0},
+        }
+    )
+    controller = PolicyController(config)
+    frame = np.zeros((6, 8, 3), np.uint8)
+    state = np.array([0.1, 0.2, 0.3, 0.4])
+    stop = threading.Event()
+
+    def sensors():
+        while not stop.is_set():
+            t = time.monotonic()
+            controller.on_joint_state(state, t, t)
+            controller.on_image("base_0_rgb", frame, t, t)
+            time.sleep(0.01)
+
+    feeder = threading.Thread(target=sensors, daemon=True)
+    controller.activate(time.monotonic())
+    feeder.start()
+    worker = InferenceWorker(controller, ThreadRunner(SlowPolicy(0.6)), clock=time.monotonic)
+    worker.start()
+    worker.resume()
+    plans = []
+    try:
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            now = time.monotonic()
+            plans.append((now, controller.tick(now)))
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+        stop.set()
+        feeder.join(2.0)
+    executing = [i for i, (_, plan) in enumerate(plans) if plan is not None and not plan.is_hold]
+    assert executing, "the first chunk never arrived"
+    after_first = plans[executing[0]:]
+    holds = [plan.reason for _, plan in after_first if plan.is_hold]
+    assert holds == [], f"{len(holds)} holds with fresh sensors: {holds[:3]}"
+    assert worker.inferences >= 3

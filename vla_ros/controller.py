@@ -12,12 +12,21 @@ Driving it (one inference in flight at a time)::
     ctl.on_joint_state(positions, stamp, receipt_time) # (D,) in joint_names order
     ctl.on_image(key, rgb, stamp, receipt_time)        # uint8 (H, W, 3) RGB
     ctl.on_prompt(text)
-    obs = ctl.next_request(now)     # a RawObservation when an inference is due, else None
-    ...                             # run the policy on obs (any thread, any process)
-    ctl.on_chunk(chunk, now)        # or ctl.on_inference_failed(reason, now)
+    req = ctl.next_request(now)     # an InferenceRequest when an inference is due, else None
+    ...                             # run the policy on req.observation (any thread or process)
+    ctl.on_chunk(chunk, now, req)   # or ctl.on_inference_failed(reason, now, req)
     plan = ctl.tick(now)            # every control period: TrajectoryPlan (or None before
                                     # the first joint state)
     ctl.status(now)                 # ControllerStatus for diagnostics
+
+Every request carries the controller's generation: anything that restarts
+execution (activate, resume, a clock jump) starts a new generation, and a
+chunk or failure that answers a request of an older generation is dropped
+(counted as ``chunks.dropped_stale``), never executed.
+
+Observation freshness is judged at every tick from the buffers' stamps, not
+from the requests, so a slow inference does not make fresh sensors look
+stale.
 
 Inputs that a caller rejects before they reach the controller (an image that
 cannot be decoded, a joint state without the configured joints) are reported
@@ -33,11 +42,9 @@ which costs a handful of numpy calls on (points x joints) arrays.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
 import dataclasses
 import math
 import threading
-import types
 
 import numpy as np
 
@@ -46,6 +53,7 @@ from vla_ros.actions.trajectory import ActionSpace, hold_plan, plan_points, prep
 from vla_ros.actions.watchdog import Watchdog
 from vla_ros.errors import ObservationError
 from vla_ros.observation.buffers import AssemblyResult, JOINT_STATE, ObservationAssembler
+from vla_ros.status import build_status, ControllerStatus, StatusSnapshot
 from vla_ros.types import ActionChunk, RawObservation
 
 PROMPT = "prompt"
@@ -62,90 +70,17 @@ class _Event:
     rejected: bool = True
 
 
-@dataclasses.dataclass(frozen=True)
-class _Pending:
-    timestamp: float
-    state: np.ndarray
+@dataclasses.dataclass(frozen=True, eq=False)
+class InferenceRequest:
+    """One inference to run: the observation, and the generation it belongs to.
+
+    Hand the same object back to ``on_chunk`` / ``on_inference_failed``; the
+    controller compares it by identity with the request it is waiting for.
+    """
+
+    observation: RawObservation
+    generation: int
     requested_at: float
-
-
-@dataclasses.dataclass(frozen=True)
-class ControllerStatus:
-    """A diagnostics snapshot.
-
-    level: 'OK', 'WARN' or 'ERROR'; message: why (empty when OK).
-    holding: the last tick sent a hold; hold_reason says why.
-    values: ordered key -> value pairs for the DiagnosticStatus.
-    """
-
-    level: str
-    message: str
-    holding: bool
-    hold_reason: str
-    paused: bool
-    values: Mapping[str, object]
-
-
-class PeriodRecorder:
-    """Deviation of successive tick times from the nominal period, in a ring buffer.
-
-    ``record`` is a few float operations (it runs on the control path);
-    ``stats`` computes p50 / p99 / max over the last ``size`` periods.
-    """
-
-    def __init__(self, period: float, size: int = 1000):
-        self.period = float(period)
-        self._deviation = np.zeros(size)
-        self._count = 0
-        self._last: float | None = None
-        self._last_sim: float | None = None
-
-    def reset(self) -> None:
-        self._count = 0
-        self._last = None
-        self._last_sim = None
-
-    def record(self, t: float, sim_time: float | None = None) -> None:
-        """Record a tick at wall time `t`.
-
-        Under a simulated clock pass its time too: a timer driven by /clock stops
-        while the clock stands still (before playback, at a pause) and jumps with
-        it, and those gaps say nothing about the control thread's jitter, so a
-        tick whose simulated period is off by more than half a period is not
-        counted.
-        """
-        steady = sim_time is None or (
-            self._last_sim is not None and abs(sim_time - self._last_sim - self.period) <= 0.5 * self.period
-        )
-        if self._last is not None and steady:
-            self._deviation[self._count % self._deviation.shape[0]] = abs(t - self._last - self.period)
-            self._count += 1
-        self._last = t
-        self._last_sim = sim_time
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    def stats(self) -> dict[str, float]:
-        """{'p50_ms', 'p99_ms', 'max_ms', 'periods'} over the buffered periods (NaN when none)."""
-        n = min(self._count, self._deviation.shape[0])
-        if n == 0:
-            return {"p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan, "periods": 0}
-        d = self._deviation[:n] * 1e3
-        return {
-            "p50_ms": float(np.percentile(d, 50)),
-            "p99_ms": float(np.percentile(d, 99)),
-            "max_ms": float(d.max()),
-            "periods": int(n),
-        }
-
-
-def _percentiles(values: collections.deque) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    arr = np.fromiter(values, dtype=np.float64)
-    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
 
 class PolicyController:
@@ -168,7 +103,9 @@ class PolicyController:
         )
         self._expected_size = {s.key: s.expected_size for s in config.cameras.streams}
         self._assembler = ObservationAssembler(config.sync_config())
-        self._aggregator = config.aggregation.to_aggregation_config().build(config.policy.action_period)
+        self._aggregator = config.aggregation.to_aggregation_config().build(
+            config.policy.action_period, control_period=config.control_period
+        )
         self._safety = SafetyFilter(config.joint_limits())
         self._watchdog = Watchdog(config.watchdog.obs_timeout, config.watchdog.inference_timeout)
 
@@ -178,7 +115,11 @@ class PolicyController:
         self._measured: np.ndarray | None = None
         self._measured_time = -math.inf
         self._paused = False
-        self._pending: _Pending | None = None
+        self._pending: InferenceRequest | None = None
+        self._generation = 0
+        self._future_tolerance = config.watchdog.obs_timeout
+        self._topics = {s.key: s.topic for s in config.cameras.streams}
+        self._prompt_source = "none"
         self._last_request: float | None = None
         self._last_failure: float | None = None
         self._last_failure_reason = ""
@@ -194,6 +135,7 @@ class PolicyController:
         self._counts = collections.Counter()
         if config.prompt.default:
             self._assembler.update_prompt(config.prompt.default)
+            self._prompt_source = "default (prompt.default)"
 
     # ---------------------------------------------------------- inputs ---
 
@@ -214,6 +156,8 @@ class PolicyController:
                 f"expected {expected[1]}x{expected[0]} (cameras.{key}.width/height)",
             )
             return False
+        if self._from_the_future(key, f"camera {key}", stamp, receipt_time):
+            return False
         try:
             accepted = self._assembler.update_image(key, rgb, stamp, receipt_time)
         except ObservationError as exc:
@@ -232,6 +176,8 @@ class PolicyController:
                 f"joint state has {positions.size} positions, expected {self._num_joints}",
             )
             return False
+        if self._from_the_future(JOINT_STATE, "joint state", stamp, receipt_time):
+            return False
         try:
             accepted = self._assembler.update_state(positions, stamp, receipt_time)
         except ObservationError as exc:
@@ -244,6 +190,21 @@ class PolicyController:
             self._measured = positions
             self._measured_time = receipt_time
         return True
+
+    def _from_the_future(self, source: str, label: str, stamp: float, receipt_time: float) -> bool:
+        # A stamp ahead of the node's clock by more than obs_timeout: the
+        # sender runs on another clock (use_sim_time set on one side only) or
+        # the message predates a backward clock jump. Buffering it would make
+        # every newer message look out of order until the clock caught up.
+        if stamp > receipt_time + self._future_tolerance:
+            self._event(
+                f"future_stamp:{source}",
+                receipt_time,
+                f"{label}: stamp {stamp:.3f} is {stamp - receipt_time:.3f} s ahead of the node's clock "
+                "(different clocks? check use_sim_time on both sides)",
+            )
+            return True
+        return False
 
     def _report_stamp(
         self, source: str, label: str, buffered: str, stamp: float, receipt_time: float, accepted: bool
@@ -264,9 +225,10 @@ class PolicyController:
                 f"{label}: stamp {stamp:.3f} is older than the buffered {buffered}",
             )
 
-    def on_prompt(self, text: str, receipt_time: float | None = None) -> bool:
+    def on_prompt(self, text: str, receipt_time: float | None = None, source: str = "topic") -> bool:
         """Set the instruction; an empty one is rejected (the old prompt stays)."""
         if self._assembler.update_prompt(text):
+            self._prompt_source = source
             return True
         self._event(
             f"empty:{PROMPT}",
@@ -281,30 +243,35 @@ class PolicyController:
 
     # ------------------------------------------------------- inference ---
 
-    def next_request(self, now: float) -> RawObservation | None:
-        """Return the observation to run the policy on now, or None when no inference is due.
+    def next_request(self, now: float) -> InferenceRequest | None:
+        """Return the inference to run now, or None when none is due.
 
-        Call it often (the worker polls it every few ms): each call also
-        assembles the current observation, which keeps the watchdog's view of
-        observation freshness up to date. An inference is due when none is in
-        flight, the node is not paused, the retry delay after a failure has
-        passed, and either no chunk covers the future, or (trigger
-        'threshold') the newest chunk is executed past execute_threshold, or
-        (trigger 'rate') 1 / rate seconds passed since the last request.
+        Call it often (the worker polls it every few ms while idle). An
+        inference is due when none is in flight, the node is not paused, the
+        retry delay after a failure has passed, and either no chunk covers
+        the future, or (trigger 'threshold') the newest chunk is executed
+        past execute_threshold, or (trigger 'rate') 1 / rate seconds passed
+        since the last request.
         """
         result = self._assembler.assemble(now)
         obs = result.observation
         with self._lock:
-            self._last_assembly = result
-            if obs is not None:
-                self._last_obs_time = obs.timestamp
-                self._watchdog.update_observation(obs.timestamp)
+            self._note_assembly(result)
             if obs is None or self._paused or self._pending is not None or not self._due(now):
                 return None
-            self._pending = _Pending(obs.timestamp, obs.state, now)
+            request = InferenceRequest(obs, self._generation, now)
+            self._pending = request
             self._last_request = now
             self._counts["requests"] += 1
-        return obs
+        return request
+
+    def _note_assembly(self, result: AssemblyResult) -> None:
+        # Under the lock: the newest assembly for diagnostics, and the
+        # watchdog's view of observation freshness.
+        self._last_assembly = result
+        if result.observation is not None:
+            self._last_obs_time = result.observation.timestamp
+            self._watchdog.update_observation(result.observation.timestamp)
 
     def _due(self, now: float) -> bool:
         cfg = self.config.inference
@@ -317,24 +284,28 @@ class PolicyController:
         executed = (now - self._last_chunk_obs) / self._last_chunk_duration
         return executed >= cfg.execute_threshold
 
-    def on_chunk(self, chunk: ActionChunk, now: float) -> bool:
-        """Merge a chunk computed from the observation of ``next_request``; False if nothing of it is used.
+    def on_chunk(self, chunk: ActionChunk, now: float, request: InferenceRequest) -> bool:
+        """Merge the chunk computed for ``request``; False if nothing of it is used.
 
         Actions are in robot units, (H, D) with D the joint count; 'delta'
-        actions become absolute with the state of that observation; actions
-        whose time (obs_time + k / action_rate) has passed are skipped.
+        actions become absolute with the state of the request's observation;
+        actions whose time (obs_time + k / action_rate) has passed are
+        skipped. A chunk for a request that is no longer pending (execution
+        restarted since) is dropped and counted.
         """
         actions = np.asarray(chunk.actions)
         with self._lock:
-            pending, self._pending = self._pending, None
+            if not self._answers_pending(request, "chunk"):
+                return False
+            self._pending = None
             if actions.ndim != 2 or actions.shape[1] != self._num_joints or actions.shape[0] == 0:
                 self._fail(
                     f"policy returned actions of shape {actions.shape}, expected (H, {self._num_joints})", now
                 )
                 return False
             state = None
-            if pending is not None and abs(pending.timestamp - chunk.timestamp) < 1e-9:
-                state = pending.state
+            if abs(request.observation.timestamp - chunk.timestamp) < 1e-9:
+                state = request.observation.state
             if self._action_space is ActionSpace.DELTA and state is None:
                 self._fail("delta actions arrived without the state of their observation", now)
                 return False
@@ -364,11 +335,31 @@ class PolicyController:
                 )
             return False
 
-    def on_inference_failed(self, reason: str, now: float) -> None:
-        """Record that the pending inference failed; the robot holds until a chunk arrives again."""
+    def on_inference_failed(self, reason: str, now: float, request: InferenceRequest) -> None:
+        """Record that the inference for ``request`` failed; the robot holds until a chunk arrives again.
+
+        A failure of a request that is no longer pending is dropped like its chunk would be.
+        """
         with self._lock:
+            if not self._answers_pending(request, "failure"):
+                return
             self._pending = None
             self._fail(reason, now)
+
+    def _answers_pending(self, request: InferenceRequest, what: str) -> bool:
+        # Under the lock. Identity, not equality: only the object handed out
+        # by next_request answers it.
+        if request is self._pending and request.generation == self._generation:
+            return True
+        self._counts["stale_results"] += 1
+        self._event(
+            "stale:chunk",
+            request.requested_at,
+            f"dropped an inference {what} requested before execution restarted "
+            f"(generation {request.generation}, now {self._generation})",
+            rejected=False,
+        )
+        return False
 
     def _fail(self, reason: str, now: float) -> None:
         self._counts["failures"] += 1
@@ -387,8 +378,12 @@ class PolicyController:
         """Return the trajectory to send now: the next output.num_points points, or a hold.
 
         None until a joint state (or a previous command) gives a position to hold at.
+        Observation freshness is judged here from the buffers (a few stamp
+        comparisons), so it holds however long an inference runs.
         """
+        result = self._assembler.assemble(now)
         with self._lock:
+            self._note_assembly(result)
             measured = self._measured
             if self._safety.last_command is None and measured is None:
                 self._last_plan_hold, self._last_hold_reason = True, "no joint state received yet"
@@ -402,20 +397,15 @@ class PolicyController:
                 if assembly is not None and not assembly.ok and "observation" in reason:
                     reason += f": {assembly.reason}"
                 return self._hold(reason)
-            plan = plan_points(
-                self._aggregator, self._safety, now, self._period, self._num_points, measured, None
-            )
+            plan = plan_points(self._aggregator, self._safety, now, self._period, self._num_points, measured)
             self._last_plan_hold = plan.is_hold
             self._last_hold_reason = plan.reason
             self._counts["holds" if plan.is_hold else "plans"] += 1
             return plan
 
     def _hold(self, reason: str) -> TrajectoryPlan:
-        position = self._safety.last_command
-        if position is None:
-            position = self._measured
-        plan = hold_plan(position, self._period, self._num_points, reason)
-        self._safety.commit(plan.positions[0])
+        # The last command, or the measured position clamped into the limits.
+        plan = hold_plan(self._safety.hold(self._measured), self._period, self._num_points, reason)
         self._last_plan_hold, self._last_hold_reason = True, reason
         self._counts["holds"] += 1
         return plan
@@ -446,6 +436,21 @@ class PolicyController:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def prompt(self) -> str | None:
+        """The instruction in use, or None before any."""
+        return self._assembler.prompt
+
+    @property
+    def prompt_source(self) -> str:
+        """Where the instruction in use came from: the default parameter or the topic."""
+        return self._prompt_source
+
+    @property
+    def delta_mask(self) -> np.ndarray | None:
+        """policy.delta_mask as a bool array (None: every joint is a delta in 'delta' space)."""
+        return self._delta_mask
+
     def activate(self, now: float) -> None:
         """Start from a clean slate: no chunks, no previous command, no pending inference."""
         with self._lock:
@@ -453,7 +458,30 @@ class PolicyController:
             self._reset_execution()
             self._safety.reset()
 
+    def on_clock_jump(self, now: float, jump: float) -> None:
+        """The clock went back by ``-jump`` seconds (a restarted simulation, a looped bag).
+
+        Every buffered stamp now lies in the future: forget the sensor
+        buffers (the prompt stays), the chunks and the pending request, and
+        start over from fresh messages. The last command stays: the robot did
+        not move with the clock. Recovery takes one new observation and one
+        inference.
+        """
+        self._assembler.reset(keep_prompt=True)
+        with self._lock:
+            self._reset_execution()
+            self._measured_time = now
+            self._last_assembly = None
+            self._last_obs_time = None
+            self._counts["clock_jumps"] += 1
+        self._event(
+            "clock_jump:clock", now, f"clock jumped back {-jump:.3f} s; observation buffers and chunks reset",
+            rejected=False,
+        )
+
     def _reset_execution(self) -> None:
+        # Under the lock. A new generation: results of earlier requests are dropped.
+        self._generation += 1
         self._aggregator.reset()
         self._watchdog.reset()
         self._pending = None
@@ -480,82 +508,32 @@ class PolicyController:
 
     def status(self, now: float) -> ControllerStatus:
         """Everything diagnostics report: state, latency, ages, cameras, rejections, clamping."""
-        window = self.config.diagnostics.window
         with self._lock:
-            watchdog = self._watchdog.status(now)
-            assembly = self._last_assembly
-            paused = self._paused
-            holding, hold_reason = self._last_plan_hold, self._last_hold_reason
-            report = self._safety.report()
-            latency = _percentiles(self._latency)
-            compute = _percentiles(self._compute)
-            counts = dict(self._counts)
-            obs_age = None if self._last_obs_time is None else now - self._last_obs_time
-            joint_age = None if self._measured is None else now - self._measured_time
-            failure = self._last_failure_reason
-            aggregator = self._aggregator
-            chunk_stats = (aggregator.accepted_chunks, aggregator.ignored_chunks, aggregator.skipped_actions)
+            snapshot = StatusSnapshot(
+                now=now,
+                window=self.config.diagnostics.window,
+                watchdog=self._watchdog.status(now),
+                assembly=self._last_assembly,
+                paused=self._paused,
+                holding=self._last_plan_hold,
+                hold_reason=self._last_hold_reason,
+                safety=self._safety.report(),
+                latency=tuple(self._latency),
+                compute=tuple(self._compute),
+                counts=dict(self._counts),
+                obs_time=self._last_obs_time,
+                joint_time=None if self._measured is None else self._measured_time,
+                last_failure=self._last_failure_reason,
+                accepted_chunks=self._aggregator.accepted_chunks,
+                ignored_chunks=self._aggregator.ignored_chunks,
+                skipped_actions=self._aggregator.skipped_actions,
+                prompt=self._assembler.prompt or "",
+                prompt_source=self._prompt_source,
+                camera_topics=self._topics,
+            )
         with self._events_lock:
-            events = {k: dataclasses.replace(e) for k, e in self._events.items()}
-
-        errors: list[str] = []
-        warnings: list[str] = []
-        if paused:
-            warnings.append("paused (call ~/resume)")
-        elif holding:
-            (errors if watchdog.level == "ERROR" else warnings).append(f"holding: {hold_reason}")
-        if assembly is not None:
-            for key, cam in assembly.cameras.items():
-                if cam.state == "masked":
-                    warnings.append(f"camera {key} masked: {cam.detail}")
-                elif cam.state != "fresh" and assembly.ok is False:
-                    warnings.append(f"camera {key} {cam.detail}")
-            if not assembly.ok and not holding:
-                warnings.append(f"no observation: {assembly.reason}")
-        recent = [(k, e) for k, e in events.items() if now - e.last_time <= window]
-        for key, event in sorted(recent, key=lambda item: -item[1].last_time):
-            warnings.append(("rejected " if event.rejected else "") + event.detail)
-        if report.last_clamped and not holding:
-            warnings.append("clamped by limits: " + ", ".join(report.last_clamped))
-        level = "ERROR" if errors else ("WARN" if warnings else "OK")
-        message = "; ".join(errors + warnings) if level != "OK" else "executing policy actions"
-
-        values: dict[str, object] = {
-            "state": "PAUSED" if paused else ("HOLDING" if holding else "EXECUTING"),
-            "hold_reason": hold_reason if holding else "",
-            "watchdog": watchdog.reason or "OK",
-            "prompt": self._assembler.prompt or "",
-            "inference.latency_p50_ms": latency[0] * 1e3,
-            "inference.latency_p99_ms": latency[1] * 1e3,
-            "inference.compute_p50_ms": compute[0] * 1e3,
-            "inference.compute_p99_ms": compute[1] * 1e3,
-            "inference.requests": counts.get("requests", 0),
-            "inference.failures": counts.get("failures", 0),
-            "inference.last_failure": failure,
-            "chunks.accepted": chunk_stats[0],
-            "chunks.ignored_late": chunk_stats[1],
-            "chunks.skipped_actions": chunk_stats[2],
-            "observation.age_s": math.nan if obs_age is None else obs_age,
-            "observation.status": (
-                "ok"
-                if assembly is not None and assembly.ok
-                else (assembly.reason if assembly is not None else "not assembled yet")
-            ),
-            "joint_state.age_s": math.nan if joint_age is None else joint_age,
-        }
-        if assembly is not None:
-            for key, cam in assembly.cameras.items():
-                values[f"camera.{key}"] = cam.state + (f": {cam.detail}" if cam.detail else "")
-                values[f"camera.{key}.age_s"] = math.nan if cam.age is None else cam.age
-        for key, event in sorted(events.items()):
-            prefix = "rejected" if event.rejected else "warning"
-            values[f"{prefix}.{key}"] = event.count
-            values[f"{prefix}.{key}.last"] = event.detail
-        for kind, per_joint in report.counts.items():
-            values[f"safety.{kind}_clamps"] = sum(per_joint)
-        values["safety.last_clamped"] = ", ".join(report.last_clamped)
-        values["ticks.plans"] = counts.get("plans", 0)
-        values["ticks.holds"] = counts.get("holds", 0)
-        return ControllerStatus(
-            level, message, holding or paused, hold_reason, paused, types.MappingProxyType(values)
-        )
+            snapshot = dataclasses.replace(
+                snapshot,
+                events={k: (e.count, e.last_time, e.detail, e.rejected) for k, e in self._events.items()},
+            )
+        return build_status(snapshot)

@@ -2,7 +2,7 @@
 
 A policy returns a chunk of H actions computed from an observation taken at
 ``chunk.timestamp``; action k is meant for ``chunk.timestamp + k * dt``
-(pi0-reference section 8: chunks are indexed by the time of their
+(docs/control.md, "Chunk timing": chunks are indexed by the time of their
 observation, so a chunk that arrives late is not executed from its first
 action). Inference runs again before the current chunk is used up, so at any
 time several chunks may predict the same instant. An aggregator keeps the
@@ -44,8 +44,10 @@ class AggregationConfig:
     """How overlapping chunks are merged.
 
     mode: "temporal_ensemble" (default, ACT), "latest" or "crossfade".
-    ensemble_m: decay of the temporal-ensemble weights exp(-m * i), >= 0;
-        0.01 is ACT's default (Zhao et al. 2023).
+    ensemble_m: decay of the temporal-ensemble weights exp(-m * age), age
+        in control periods between the chunks' observation times, >= 0;
+        0.01 is ACT's default (Zhao et al. 2023), where a chunk is made
+        every control period.
     crossfade_overlap: seconds over which "crossfade" blends from the
         previous aggregate to a new chunk, > 0.
     """
@@ -63,10 +65,14 @@ class AggregationConfig:
         _check_m(self.ensemble_m)
         check_positive_finite("aggregation.crossfade_overlap", self.crossfade_overlap)
 
-    def build(self, dt: float) -> ChunkAggregator:
-        """The aggregator this config describes, for a policy action period dt."""
+    def build(self, dt: float, control_period: float | None = None) -> ChunkAggregator:
+        """The aggregator this config describes, for a policy action period dt.
+
+        ``control_period`` (default dt) is the unit of the temporal
+        ensemble's chunk ages.
+        """
         if self.mode == "temporal_ensemble":
-            return TemporalEnsemble(dt, m=self.ensemble_m)
+            return TemporalEnsemble(dt, m=self.ensemble_m, period=control_period)
         if self.mode == "crossfade":
             return Crossfade(dt, overlap=self.crossfade_overlap)
         return LatestChunk(dt)
@@ -278,36 +284,47 @@ class TemporalEnsemble(ChunkAggregator):
     """ACT temporal ensembling.
 
     Zhao et al. 2023, "Learning Fine-Grained Bimanual Manipulation with
-    Low-Cost Hardware" (ACT).
-    At time t every chunk covering t contributes with weight
-    w_i = exp(-m * i), where i = 0 for the OLDEST contributing chunk,
-    1 for the next, ...; the action is the weighted mean
-    sum_i w_i a_i(t) / sum_i w_i. m = 0.01 (ACT's default) weights chunks
-    almost equally; larger m favours older predictions; m = 0 is the plain
-    average. Note: the pi0 paper found ensembling hurt its policies (it ran
-    chunks open-loop); "latest" or "crossfade" reproduce that.
+    Low-Cost Hardware" (ACT). At time t every chunk c covering t contributes
+    its action a_c(t) with weight
+
+        w_c = exp(-m * (s_c - s_0) / period)
+
+    where s_c is the chunk's observation time, s_0 that of the oldest chunk
+    covering t, and ``period`` the control period, so the exponent counts
+    control periods between the two observations. The action is
+    sum_c w_c a_c(t) / sum_c w_c. ACT makes a chunk every control period
+    and weights the i-th prediction for a step by exp(-m * i), oldest first:
+    with one chunk per period this is exactly that, and with fewer chunks
+    (one every n periods) a chunk's weight is what ACT's would be at its
+    age, so m = 0.01 (ACT's default) keeps its meaning: chunks 10 periods
+    apart weigh exp(-0.1) relative to each other. Larger m favours older
+    predictions; m = 0 is the plain average. Note: the pi0 paper found
+    ensembling hurt its policies (it ran chunks open-loop); "latest" or
+    "crossfade" reproduce that.
     """
 
-    def __init__(self, dt: float, m: float = 0.01):
+    def __init__(self, dt: float, m: float = 0.01, period: float | None = None):
         super().__init__(dt)
         self.m = _check_m(m)
-        self._decay = np.ones(1)
+        self.period = self.dt if period is None else check_positive_finite("control period", period)
 
     def _combine(self, chunks, times, dim):
         n = times.shape[0]
-        if self._decay.shape[0] < len(chunks):
-            # w_i for i = 0..len-1, grown rarely (only when more chunks are live).
-            self._decay = np.exp(-self.m * np.arange(len(chunks)))
         total = np.zeros((n, dim))
         weight_sum = np.zeros(n)
-        count = np.zeros(n, dtype=np.intp)
+        oldest = np.full(n, np.nan)  # s_0 per time: the first (oldest) covering chunk's stamp
+        scale = self.m / self.period
         for chunk in chunks:
             values, covered = chunk.sample(times)
-            w = self._decay[count] * covered
+            first = covered & np.isnan(oldest)
+            oldest[first] = chunk.stamp
+            # Chunks are sorted oldest first, so the exponent is <= 0 and the
+            # oldest covering chunk has weight 1 (no overflow, no 0 / 0).
+            age = chunk.stamp - np.where(covered, oldest, chunk.stamp)
+            w = np.where(covered, np.exp(-scale * age), 0.0)
             total += w[:, None] * values
             weight_sum += w
-            count += covered
-        covered = count > 0
+        covered = weight_sum > 0.0
         # Uncovered rows have weight_sum 0; divide by 1 there to keep zeros.
         total /= np.where(covered, weight_sum, 1.0)[:, None]
         return total, covered

@@ -17,12 +17,16 @@ import numpy as np
 
 from vla_ros.errors import ConfigError
 
-# Constraint kinds, in the order the filter applies them.
+# Constraint kinds, in the order the filter applies them. CONFLICT is not a
+# clamp of its own: it marks joints where the distance bound could not be met
+# (or the measured position lay outside the position limits), so the command
+# moved toward safety instead, and diagnostics must say so.
 NON_FINITE = "non_finite"
 POSITION = "position"
 VELOCITY = "velocity"
 DISTANCE = "distance"
-CONSTRAINT_KINDS: tuple[str, ...] = (NON_FINITE, POSITION, VELOCITY, DISTANCE)
+CONFLICT = "conflict"
+CONSTRAINT_KINDS: tuple[str, ...] = (NON_FINITE, POSITION, VELOCITY, DISTANCE, CONFLICT)
 
 
 def _float_tuple(parameter: str, values: Sequence[float], size: int) -> tuple[float, ...]:
@@ -133,17 +137,42 @@ class SafetyReport:
 class SafetyFilter:
     """Bounds each command; stateful through the previous command.
 
-    update(target, measured, dt), per joint, in this order:
-      1. any non-finite value in ``target`` -> hold the previous command for
-         ALL joints (one NaN means the policy output as a whole is not to be
-         trusted);
+    Guarantees, for every point it returns (``update`` and ``filter_points``
+    alike), whatever the measured state, the previous command and the policy
+    output:
+
+    * it lies inside ``[lower, upper]`` (hard);
+    * it is within ``max_velocity * dt`` of the previous command (hard);
+    * it is within ``max_distance_from_measured`` of the measured position
+      when the two hard constraints allow that; when they do not (the robot
+      lags far behind, was pushed away, or stands outside its limits), the
+      command moves toward the measured position as far as the hard
+      constraints allow, and the joint is reported as a ``conflict``.
+
+    Per joint, with ``p`` the previous command (inside the limits by
+    construction) and ``s = max_velocity * dt``:
+
+      1. any non-finite value in ``target`` -> target the previous command
+         for ALL joints (one NaN means the policy output as a whole is not to
+         be trusted);
       2. clamp to [lower, upper];
-      3. clamp the step from the previous command to +-max_velocity * dt;
-      4. if ``measured`` is given, clamp to measured +- max_distance (joints
-         whose measurement is NaN are not checked).
-    Later steps win, so step 4 may undo part of step 3 when the robot lags.
-    Before the first update, ``reset(position)`` sets the previous command;
-    without it the measured position is used.
+      3. clamp into F = [max(lower, p - s), min(upper, p + s)], never empty
+         because p is inside the limits;
+      4. if ``measured`` is given: take the nearest point of the window
+         W = [measured - d, measured + d] (joints measured as NaN are not
+         checked), then clamp it into F again. If W and F overlap the result
+         is in both; if they do not, it is the end of F nearest to the robot.
+
+    The order is deliberate: position limits protect the hardware and the
+    velocity limit the motion, so both hold for every published command; the
+    distance bound only keeps commands from running away from a lagging robot
+    and yields when it conflicts with them.
+
+    The previous command is set by ``update`` and ``hold``; ``reset(position)``
+    starts over from ``position`` clamped into the limits. Without a previous
+    command the measured position, clamped into the limits, stands in for it:
+    the first command of a robot found outside its limits is the nearest
+    position inside them (reported as a conflict), never a command outside.
     """
 
     def __init__(self, limits: JointLimits):
@@ -168,15 +197,34 @@ class SafetyFilter:
         return view
 
     def reset(self, position: np.ndarray | None = None) -> None:
-        """Start over from ``position`` (or from nothing) and zero the report."""
-        self._command = None if position is None else self._vector("position", position, finite=True)
+        """Start over from ``position`` clamped into the limits (or from nothing); zero the report."""
+        if position is not None:
+            position = self._clip(self._vector("position", position, finite=True))
+        self._command = position
         self._counts[:] = 0
         self._last[:] = False
         self._updates = 0
 
-    def commit(self, position: np.ndarray) -> None:
-        """Make ``position`` the previous command (e.g. a hold position sent instead)."""
-        self._command = self._vector("position", position, finite=True)
+    def hold(self, measured: np.ndarray | None) -> np.ndarray:
+        """The position to hold at, committed as the previous command.
+
+        The previous command when there is one (it obeys every limit);
+        otherwise the measured position clamped into the limits (joints
+        outside them are reported as conflicts).
+        """
+        if self._command is not None:
+            return self._command.copy()
+        meas = None if measured is None else self._vector("measured", measured)
+        fired = self._last
+        fired[:] = False
+        self._command = self._previous(meas, fired)
+        self._counts += fired
+        return self._command.copy()
+
+    def previous(self, measured: np.ndarray | None) -> np.ndarray:
+        """The position the next command steps from (a copy; nothing is committed)."""
+        meas = None if measured is None else self._vector("measured", measured)
+        return self._previous(meas).copy()
 
     def update(
         self, target: np.ndarray, measured: np.ndarray | None, dt: float
@@ -185,9 +233,9 @@ class SafetyFilter:
         dt = self._check_dt(dt)
         target = self._vector("target", target)
         meas = None if measured is None else self._vector("measured", measured)
-        previous = self._previous(meas)
         fired = self._last
         fired[:] = False
+        previous = self._previous(meas, fired)
         out = self._step(target, previous, meas, dt, fired)
         self._counts += fired
         self._updates += 1
@@ -200,7 +248,8 @@ class SafetyFilter:
         """Filter a look-ahead sequence (N, D), point i+1 stepping from point i.
 
         Starts from the previous command and commits nothing: the caller
-        commits what it actually sends (``update`` or ``commit``).
+        commits what it actually sends (``update`` or ``hold``). Every row
+        obeys the same guarantees as ``update``.
         """
         period = self._check_dt(period)
         targets = np.asarray(targets, dtype=np.float64)
@@ -215,19 +264,14 @@ class SafetyFilter:
         # Position clamp and NaN detection vectorised; only the velocity and
         # distance steps depend on the previous point.
         bad_rows = ~np.isfinite(targets).all(axis=1)
-        clamped = np.minimum(np.maximum(targets, self._lower), self._upper)
+        clamped = self._clip(targets)
         step = self._max_velocity * period
-        if meas is not None and self._check_distance:
-            near_lo = meas - self._max_distance
-            near_hi = meas + self._max_distance
-        else:
-            near_lo = near_hi = None
+        window = self._window(meas)
         for i in range(targets.shape[0]):
-            x = previous if bad_rows[i] else clamped[i]
-            x = np.minimum(np.maximum(x, previous - step), previous + step)
-            if near_lo is not None:
-                # fmax / fmin skip NaN bounds, i.e. joints measured as NaN.
-                x = np.fmin(np.fmax(x, near_lo), near_hi)
+            lo, hi = self._feasible(previous, step)
+            x = previous if bad_rows[i] else np.minimum(np.maximum(clamped[i], lo), hi)
+            if window is not None:
+                x = np.minimum(np.maximum(np.fmin(np.fmax(x, window[0]), window[1]), lo), hi)
             out[i] = x
             previous = out[i]
         return out
@@ -245,6 +289,19 @@ class SafetyFilter:
 
     # -- internals -------------------------------------------------------
 
+    def _clip(self, x: np.ndarray) -> np.ndarray:
+        return np.minimum(np.maximum(x, self._lower), self._upper)
+
+    def _feasible(self, previous: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """F: the positions inside the limits within one velocity step of ``previous``."""
+        return np.maximum(self._lower, previous - step), np.minimum(self._upper, previous + step)
+
+    def _window(self, measured: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """W: measured +- max distance (NaN bounds where the measurement is NaN), or None."""
+        if measured is None or not self._check_distance:
+            return None
+        return measured - self._max_distance, measured + self._max_distance
+
     def _step(
         self,
         target: np.ndarray,
@@ -255,25 +312,32 @@ class SafetyFilter:
     ) -> np.ndarray:
         finite = np.isfinite(target)
         if not finite.all():
-            fired[0] = ~finite
+            fired[0] |= ~finite
             x = previous.copy()
         else:
-            x = np.minimum(np.maximum(target, self._lower), self._upper)
-            fired[1] = x != target
-        step = self._max_velocity * dt
-        y = np.minimum(np.maximum(x, previous - step), previous + step)
-        fired[2] = y != x
-        if measured is not None and self._check_distance:
-            z = np.fmin(np.fmax(y, measured - self._max_distance), measured + self._max_distance)
-            fired[3] = z != y
+            x = self._clip(target)
+            fired[1] |= x != target
+        lo, hi = self._feasible(previous, self._max_velocity * dt)
+        y = np.minimum(np.maximum(x, lo), hi)
+        fired[2] |= y != x
+        window = self._window(measured)
+        if window is not None:
+            # fmax / fmin skip NaN bounds, i.e. joints measured as NaN.
+            near = np.fmin(np.fmax(y, window[0]), window[1])
+            z = np.minimum(np.maximum(near, lo), hi)
+            fired[3] |= z != y
+            fired[4] |= z != near
             y = z
         return y
 
-    def _previous(self, measured: np.ndarray | None) -> np.ndarray:
+    def _previous(self, measured: np.ndarray | None, fired: np.ndarray | None = None) -> np.ndarray:
         if self._command is not None:
             return self._command
         if measured is not None and np.isfinite(measured).all():
-            return measured
+            start = self._clip(measured)
+            if fired is not None:
+                fired[4] |= start != measured
+            return start
         raise ValueError(
             "SafetyFilter has no previous command: call reset(position) or pass a finite "
             "measured position before the first update"

@@ -3,8 +3,8 @@
 Every control tick sends a short look-ahead trajectory (a few control
 periods) rather than a single point, so that the controller can spline
 between points and keeps moving smoothly if a tick is late. The layout
-follows ros2_control's joint_trajectory_controller (pi0-reference
-section 9): ``time_from_start`` strictly increasing, the first point one
+follows ros2_control's joint_trajectory_controller (docs/control.md,
+"JointTrajectory points"): ``time_from_start`` strictly increasing, the first point one
 control period ahead, velocities given (cubic splines instead of linear
 interpolation with velocity jumps) and zero velocity at the last point
 (Jazzy rejects trajectories that end moving).
@@ -157,7 +157,6 @@ def plan_points(
     period: float,
     num_points: int,
     measured: np.ndarray | None,
-    hold_position: np.ndarray | None,
 ) -> TrajectoryPlan:
     """Plan the next ``num_points`` points, one control ``period`` apart.
 
@@ -168,45 +167,41 @@ def plan_points(
        last available position; before coverage starts: the last command);
     3. point 0 goes through ``safety.update`` (committed: the next tick
        steps from it), points 1.. through ``safety.filter_points``
-       (look-ahead, not committed);
+       (look-ahead, not committed), so every point obeys the position
+       limits and steps at most ``max_velocity * period`` from the one
+       before (the first from the last command);
     4. velocity of point i = (p_i - p_{i-1}) / period with p_{-1} the last
        command, except the last point, whose velocity is 0.
-    If no point is covered, returns a hold plan at ``hold_position``
-    (falling back to the last command, then ``measured``) and commits it.
+    If no point is covered, returns a hold plan at ``safety.hold(measured)``
+    (the last command, else the measured position clamped into the limits).
     """
     period, num_points = _check_timing(period, num_points)
     measured_arr = None if measured is None else np.asarray(measured, dtype=np.float64)
-    previous = safety.last_command
-    if previous is None and (measured_arr is None or not np.isfinite(measured_arr).all()):
-        if hold_position is None:
-            raise ValueError("plan_points needs a previous command, a measured position or a hold position")
-        safety.commit(hold_position)
-        previous = safety.last_command
-    elif previous is None:
-        previous = measured_arr
+    if safety.last_command is None and (measured_arr is None or not np.isfinite(measured_arr).all()):
+        raise ValueError("plan_points needs a previous command or a finite measured position")
 
     offsets = period * np.arange(1, num_points + 1)
     values, covered = aggregator.values_at(now + offsets)
     num_covered = int(np.count_nonzero(covered))
     if num_covered == 0:
-        hold = hold_position if hold_position is not None else previous
         reason = f"no action chunk covers now + [{offsets[0]:.3f}, {offsets[-1]:.3f}] s"
         end = aggregator.horizon_end()
         if end is not None:
             reason += f" (chunks cover until {end - now:+.3f} s from now)"
-        plan = hold_plan(hold, period, num_points, reason)
-        safety.commit(plan.positions[0])
-        return plan
+        return hold_plan(safety.hold(measured_arr), period, num_points, reason)
 
+    # The point the first command steps from (the last command, else the
+    # measured position clamped into the limits).
+    previous = safety.previous(measured_arr)
     if num_covered < num_points:
-        # Forward fill: each uncovered row takes the nearest covered row before it.
+        # Forward fill: each uncovered row takes the nearest covered row
+        # before it; rows before coverage starts stay at the last command.
         source = np.where(covered, np.arange(num_points), -1)
         np.maximum.accumulate(source, out=source)
         targets = np.where((source >= 0)[:, None], values[np.maximum(source, 0)], previous)
     else:
         targets = values
 
-    previous = np.array(previous, dtype=np.float64)
     positions = np.empty_like(targets)
     positions[0] = safety.update(targets[0], measured_arr, period)
     if num_points > 1:

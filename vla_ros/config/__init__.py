@@ -27,6 +27,7 @@ Parameter layout (see config/aloha.yaml for a complete file)::
         limits.*       per-joint position, velocity and distance limits
         watchdog.*     observation and inference timeouts
         diagnostics.*  /diagnostics rate
+        debug.*        ~/debug/action_chunk and ~/debug/policy_images
 
 Every field carries its description (``parameter_specs`` hands them to the
 node's parameter declarations) and, in the dataclass, a default.
@@ -50,6 +51,7 @@ from vla_ros.config.mapping import unflatten
 from vla_ros.config.node import NodeConfig
 from vla_ros.config.outputs import (
     AggregationSection,
+    DebugSection,
     DiagnosticsSection,
     LimitsSection,
     OutputSection,
@@ -83,6 +85,7 @@ __all__ = [
     "CameraConfig",
     "CamerasSection",
     "DEFAULT_NODE_NAME",
+    "DebugSection",
     "DiagnosticsSection",
     "FLOAT",
     "FLOAT_LIST",

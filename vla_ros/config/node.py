@@ -12,6 +12,7 @@ from vla_ros.config.inputs import CamerasSection, JointStatesSection, PromptSect
 from vla_ros.config.mapping import _build, _flatten_config, unflatten
 from vla_ros.config.outputs import (
     AggregationSection,
+    DebugSection,
     DiagnosticsSection,
     LimitsSection,
     OutputSection,
@@ -69,6 +70,7 @@ class NodeConfig:
     limits: LimitsSection = section(LimitsSection, "Safety limits.")
     watchdog: WatchdogSection = section(WatchdogSection, "Hold conditions.")
     diagnostics: DiagnosticsSection = section(DiagnosticsSection, "Diagnostics.")
+    debug: DebugSection = section(DebugSection, "Debug topics: what the policy sees and proposes.")
 
     def __post_init__(self) -> None:
         _positive("control_rate", self.control_rate)

@@ -1,4 +1,4 @@
-"""The output and safety sections: aggregation.*, output.*, limits.*, watchdog.*, diagnostics.*."""
+"""The output and safety sections: aggregation.*, output.*, limits.*, watchdog.*, diagnostics.*, debug.*."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ class AggregationSection:
         ("temporal_ensemble", "latest", "crossfade"),
     )
     ensemble_m: float = param(
-        0.01, "Temporal-ensemble weight decay m in exp(-m * i), i = 0 for the oldest chunk.", FLOAT
+        0.01,
+        "Temporal-ensemble weight decay m: a chunk weighs exp(-m * age), its age in control periods "
+        "after the oldest chunk covering the same instant (ACT's m).",
+        FLOAT,
     )
     crossfade_overlap: float = param(0.2, "Seconds over which 'crossfade' blends into a new chunk.", FLOAT)
 
@@ -123,3 +126,27 @@ class DiagnosticsSection:
     def __post_init__(self) -> None:
         _positive("diagnostics.rate", self.rate)
         _positive("diagnostics.window", self.window)
+
+
+@dataclasses.dataclass(frozen=True)
+class DebugSection:
+    """What the node shows of the policy's view, for checking a robot's wiring."""
+
+    action_chunk: bool = param(
+        True,
+        "Publish every new chunk on ~/debug/action_chunk (JointTrajectory stamped with its observation "
+        "time, all points, absolute positions in robot units).",
+        BOOL,
+    )
+    policy_images: bool = param(
+        False,
+        "Publish the letterboxed model input images on ~/debug/policy_images (sensor_msgs/Image, "
+        "frame_id = camera slot).",
+        BOOL,
+    )
+    policy_images_rate: float = param(
+        1.0, "Largest rate of ~/debug/policy_images per camera slot (Hz).", FLOAT
+    )
+
+    def __post_init__(self) -> None:
+        _positive("debug.policy_images_rate", self.policy_images_rate)
