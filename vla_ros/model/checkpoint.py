@@ -1,4 +1,4 @@
-"""Checkpoint I/O in the openpi / LeRobot PyTorch layout (pi0-reference section 6).
+"""Checkpoint I/O in the openpi / LeRobot PyTorch layout (docs/model.md, "Checkpoint key layout").
 
 A checkpoint directory holds `model.safetensors`, `config.json`, norm stats
 (`assets/<id>/norm_stats.json` or `norm_stats.json`) and a SentencePiece model.
@@ -107,9 +107,28 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path} must hold a JSON object {{...}} of model settings, got a JSON {_json_kind(data)}"
+        )
+    return data
+
+
+def _json_kind(value: object) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def read_config_json(directory: str | Path) -> dict:
+    """The checkpoint's config.json as a dict ({} when absent).
+
+    Raises:
+        CheckpointError: not valid JSON, or not a JSON object (naming the file).
+    """
+    return _read_json(Path(directory) / CONFIG_FILE)
 
 
 def _infer_vision(tensors: _TensorFile, meta: dict) -> VisionConfig:
@@ -140,6 +159,8 @@ def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) 
     directory = Path(directory)
     meta = _read_json(directory / CONFIG_FILE)
     if "vla_ros" in meta:
+        if not isinstance(meta["vla_ros"], dict):
+            raise CheckpointError(f"{directory / CONFIG_FILE}: 'vla_ros' must be a JSON object")
         return PolicyConfig.from_dict(meta["vla_ros"])
     tensors = tensors or _TensorFile(directory / WEIGHTS_FILE)
     pi05 = tensors.is_pi05

@@ -2,8 +2,8 @@
 
 The policy works in normalized units: the state is normalized before it goes
 in and the actions that come out are unnormalized back to robot units, with
-the dataset statistics in the checkpoint's `norm_stats.json` (pi0-reference
-section 5). pi0 uses z-scores, pi0.5 maps the 1%..99% quantile range to
+the dataset statistics in the checkpoint's `norm_stats.json` (docs/preprocessing.md,
+"Normalization"). pi0 uses z-scores, pi0.5 maps the 1%..99% quantile range to
 [-1, 1].
 """
 
@@ -216,6 +216,16 @@ class Normalizer:
     @property
     def mode(self) -> NormMode:
         return self._mode
+
+    @property
+    def state_dim(self) -> int:
+        """Dimensions of the state statistics (the state the checkpoint was trained on)."""
+        return self._state.dim
+
+    @property
+    def action_dim(self) -> int:
+        """Dimensions of the action statistics (the actions the checkpoint was trained on)."""
+        return self._actions.dim
 
     def _offset_scale(self, stats: NormStats) -> tuple[np.ndarray, np.ndarray]:
         # normalized = (x - offset) / scale, for both modes.

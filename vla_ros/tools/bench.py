@@ -262,13 +262,37 @@ def run_node_bench(args) -> int:
         result = measure_timer_jitter(robot, checkpoint, args.seconds)
     print(format_report(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    from vla_ros.tools.file_modes import make_readable
+
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    make_readable(path)
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """One-line errors for counts that cannot give a measurement (before anything is built)."""
+    from vla_ros.errors import ConfigError
+
+    if args.runs < 1:
+        raise ConfigError("--runs", f"expected at least 1 timed inference, got {args.runs}")
+    if args.warmup < 0:
+        raise ConfigError("--warmup", f"expected 0 or more warm-up inferences, got {args.warmup}")
+    if args.steps < 1:
+        raise ConfigError("--steps", f"expected at least 1 Euler step, got {args.steps}")
+    if not 0 < args.dims <= 32:
+        raise ConfigError("--dims", f"expected 1..32 robot dims, got {args.dims}")
+    if args.cameras is not None and args.cameras < 1:
+        raise ConfigError("--cameras", f"expected at least 1 camera (a policy needs one), got {args.cameras}")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.node:
         return run_node_bench(args)
+    check_counts(args)
     if args.artifacts and not args.checkpoint:
         from vla_ros.errors import ConfigError
 
@@ -341,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
             "results": results,
             "checks": [dataclasses.asdict(_Check(*c)) for c in checks],
         }
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
+        _write_json(args.json, payload)
     return 0
 
 

@@ -9,7 +9,10 @@ artifact.py.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+import shutil
+import tempfile
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -45,10 +48,68 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def check_out_dir(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Fail before the slow export when --out may not take it (the rules of artifact.prepare_out_dir)."""
+    from vla_ros.engines.artifact import GRAPH_FILE, MANIFEST_FILE
+    from vla_ros.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} exists and is not a directory; choose a new directory")
+    if out.resolve() == checkpoint.resolve():
+        raise ConfigError("out", "ARTIFACT_DIR must differ from the checkpoint directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError("out", f"{out} is not empty; choose a new directory or pass --overwrite "
+                                     "to replace a previous export")
+        if not (out / MANIFEST_FILE).is_file() and not (out / GRAPH_FILE).is_file():
+            raise ConfigError("out", f"{out} is not empty and holds no previous export; refusing to "
+                                     "delete it with --overwrite")
+
+
+def export_into(checkpoint: Path, out: Path, options, progress: bool | None = None) -> dict:
+    """Export into a hidden sibling of `out`, then move it into place; returns the manifest.
+
+    A failed (or interrupted) export leaves nothing behind: no empty or
+    partial `out`, and a previous export there (--overwrite) stays until the
+    new one is complete. Files end up 0644, directories 0755.
+    """
+    import dataclasses
+
+    from vla_ros.engines.onnx_export import export_artifact
+    from vla_ros.tools.file_modes import make_readable
+
+    check_out_dir(out, checkpoint, options.overwrite)
+    parent = out.absolute().parent
+    created = None  # the top-most parent directory this export creates (removed on failure)
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            break
+        created = ancestor
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        into_staging = dataclasses.replace(options, overwrite=False)
+        manifest = export_artifact(checkpoint, staging, into_staging, progress)
+        make_readable(staging)
+        if out.exists():
+            trash = parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(trash)
+            staging.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return manifest
+
+
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from vla_ros.engines.onnx_export import ExportOptions, export_artifact
+    from vla_ros.engines.onnx_export import ExportOptions
 
     options = ExportOptions(
         precision=args.precision,
@@ -63,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     start = time.perf_counter()
-    manifest = export_artifact(args.checkpoint, args.out, options, progress=None)
+    manifest = export_into(args.checkpoint, args.out, options, progress=None)
     graph, validation = manifest["graph"], manifest["validation"]
     reason = graph["exporter_fallback_reason"]
     fallback = f" (not dynamo: {reason})" if reason else ""

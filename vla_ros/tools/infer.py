@@ -1,9 +1,10 @@
 """`vla-ros infer`: one inference on an observation stored in an .npz file.
 
 OBS.npz holds base_0_rgb / left_wrist_0_rgb / right_wrist_0_rgb (uint8 HxWx3;
-an absent key is a missing camera), state (float32 [D]) and either prompt (str)
-or tokenized_prompt + tokenized_prompt_mask (used as-is; for pi0.5 they already
-carry the state).
+at least one; an absent key is a missing camera), state (float32 [D], finite)
+and either prompt (str) or tokenized_prompt + tokenized_prompt_mask (used
+as-is; for pi0.5 they already carry the state). Any other key is an error
+(OBS_SCHEMA, shown by `vla-ros infer --help`).
 """
 
 from __future__ import annotations
@@ -13,33 +14,77 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_ros.errors import ObservationError
+from vla_ros.errors import ConfigError, ObservationError
 from vla_ros.types import CAMERA_KEYS, RawObservation
+
+# The keys of an observation file and what each holds (shown by `vla-ros infer --help`).
+OBS_KEYS: dict[str, str] = {
+    **{key: "uint8 RGB [H, W, 3], any size; at least one camera (absent = masked)" for key in CAMERA_KEYS},
+    "state": "float32 [D], finite joint positions; D = the norm stats' state dims",
+    "prompt": "str, the instruction; or the two keys below",
+    "tokenized_prompt": "int [max_token_len], used as-is (pi0.5: carries the state)",
+    "tokenized_prompt_mask": "bool [max_token_len], True for real tokens",
+}
+OBS_SCHEMA = "observation file (--obs, numpy .npz; np.savez(path, key=array, ...)):\n" + "\n".join(
+    f"  {key:<22} {meaning}" for key, meaning in OBS_KEYS.items()
+)
 
 
 def load_observation(path: Path) -> tuple[RawObservation, tuple[np.ndarray, np.ndarray] | None]:
+    """The observation (and given prompt tokens) in an .npz file laid out as OBS_SCHEMA says.
+
+    Raises:
+        ObservationError: a missing file or key, an unknown key, no camera, a
+            state that is not a finite vector; each names the file.
+    """
+    from vla_ros.policy import check_state
+
     if not path.is_file():
         raise ObservationError(f"observation file {path} does not exist")
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ObservationError(f"{path} is not a numpy .npz file: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ObservationError(f"{path} is a single array, not an .npz file of named arrays (np.savez)")
+    with data:
+        unknown = sorted(set(data.keys()) - set(OBS_KEYS))
+        if unknown:
+            raise ObservationError(
+                f"{path} has unknown key(s) {unknown}; expected keys: {list(OBS_KEYS)} "
+                "(see vla-ros infer --help)"
+            )
         if "state" not in data:
             raise ObservationError(f"{path} has no 'state' array (keys: {sorted(data.keys())})")
-        images = {key: data[key] for key in CAMERA_KEYS if key in data}
         tokens = None
         if "tokenized_prompt" in data:
             if "tokenized_prompt_mask" not in data:
                 raise ObservationError(f"{path} has tokenized_prompt but no tokenized_prompt_mask")
             tokens = (data["tokenized_prompt"], data["tokenized_prompt_mask"].astype(bool))
             prompt = ""
+        elif "tokenized_prompt_mask" in data:
+            raise ObservationError(f"{path} has tokenized_prompt_mask but no tokenized_prompt")
         elif "prompt" in data:
             prompt = str(data["prompt"])
         else:
             raise ObservationError(f"{path} needs 'prompt' or 'tokenized_prompt' + 'tokenized_prompt_mask'")
-        return RawObservation(images=images, state=data["state"].astype(np.float32), prompt=prompt), tokens
+        images = {key: data[key] for key in CAMERA_KEYS if key in data}
+        if not images:
+            raise ObservationError(
+                f"{path} has no camera image; expected at least one of {list(CAMERA_KEYS)} (uint8 [H, W, 3])"
+            )
+        try:
+            state = check_state(data["state"])
+        except ObservationError as exc:
+            raise ObservationError(f"{path}: {exc}") from None
+        return RawObservation(images=images, state=state, prompt=prompt), tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = OBS_SCHEMA
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
-    parser.add_argument("--obs", required=True, type=Path, help="observation .npz")
+    parser.add_argument("--obs", required=True, type=Path, help="observation .npz (keys below)")
     parser.add_argument("--noise", type=Path, help="initial noise .npy of shape [50, 32]")
     parser.add_argument("--steps", type=int, default=10, help="Euler steps")
     parser.add_argument("--out", type=Path, help="write the actions [50, D] here (.npy)")
@@ -51,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prefix engine: reference (the fp32 PyTorch model, default), auto, pytorch or onnx",
     )
     parser.add_argument("--suffix", default="auto", help="suffix engine: auto, eager, compiled or cuda_graph")
+    parser.add_argument(
+        "--action-dims",
+        type=int,
+        default=None,
+        help="action dims to output (default: one per state entry; for datasets whose actions "
+        "have fewer dims than the state)",
+    )
 
 
 def policy_options(args: argparse.Namespace, **overrides):
@@ -69,19 +121,41 @@ def policy_options(args: argparse.Namespace, **overrides):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vla_ros.policy import Policy
+    import sys
+
+    from vla_ros.policy import check_fits, Policy, read_spec
+    from vla_ros.tools.file_modes import make_readable
 
     obs, tokens = load_observation(args.obs)
     if args.noise and not args.noise.is_file():
         raise ObservationError(f"noise file {args.noise} does not exist")
     noise = np.load(args.noise, allow_pickle=False) if args.noise else None
-    policy = Policy.from_checkpoint(args.checkpoint, policy_options(args))
+    if args.action_dims is not None and not 0 < args.action_dims <= 32:
+        raise ConfigError("--action-dims", f"expected 1..32, got {args.action_dims}")
+    options = policy_options(args, action_dims=args.action_dims)
+    # Before the (slow) load: the observation must fit the checkpoint.
+    dims = len(obs.state)
+    warnings = check_fits(
+        read_spec(args.checkpoint, options),
+        dims,
+        options.action_dims,
+        joints_from="--obs",
+        joints_label=f"the state in {args.obs} has {dims} entries",
+        action_dims_from="--action-dims",
+        checkpoint_from="--checkpoint",
+        asset_id_from=None,
+    )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    policy = Policy.from_checkpoint(args.checkpoint, options)
     chunk = policy.infer(obs, noise=noise, tokens=tokens)
     actions = chunk.actions
     if args.out:
-        np.save(args.out, actions)
+        out = args.out if args.out.suffix == ".npy" else args.out.with_name(args.out.name + ".npy")
+        np.save(out, actions)
+        make_readable(out)
     timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in chunk.timings.items())
     print(f"actions {actions.shape} range [{actions.min():.4f}, {actions.max():.4f}]  ({timing})")
     if args.out:
-        print(f"wrote {args.out}")
+        print(f"wrote {out}")
     return 0

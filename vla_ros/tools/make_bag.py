@@ -238,12 +238,14 @@ def write_bag(
     """Write the synthetic recording to the rosbag2 directory `out`; returns messages per topic.
 
     The bag is written under a temporary name next to `out` and renamed at
-    the end, so an interrupted run leaves no bag at `out`.
+    the end, so an interrupted run leaves no bag at `out`. Its files are
+    0644, its directory 0755.
     """
     import os
     import shutil
 
     from vla_ros.tools.bag_io import BagError, BagWriter
+    from vla_ros.tools.file_modes import make_readable
 
     out = Path(out)
     if seconds <= 0 or not math.isfinite(seconds):
@@ -274,6 +276,7 @@ def write_bag(
                         bar.update(t - last)
                         last = t
             counts = dict(writer.counts)
+        make_readable(partial)
         partial.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+import shutil
 
 import numpy as np
 
@@ -28,28 +29,59 @@ def make_norm_stats(dims: int, seed: int) -> dict:
     return stats
 
 
+def _prepare_out(out: Path, force: bool) -> None:
+    """Refuse a non-empty `out` (a file, or a directory with files) unless `force` replaces a checkpoint."""
+    from vla_ros.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", f"{out} exists and is not a directory; choose another path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise ConfigError(
+            "--out", f"{out} exists and is not empty; choose another path, or pass --force to replace it"
+        )
+    if not ((out / "config.json").is_file() or (out / "model.safetensors").is_file()):
+        raise ConfigError(
+            "--out", f"{out} is not empty and holds no checkpoint; refusing to delete it even with --force"
+        )
+    shutil.rmtree(out)
+
+
 def make_tiny_checkpoint(
-    out: str | Path, config: str = "pi0-tiny", seed: int = 0, dims: int = 14, asset_id: str = DEFAULT_ASSET_ID
+    out: str | Path,
+    config: str = "pi0-tiny",
+    seed: int = 0,
+    dims: int = 14,
+    asset_id: str = DEFAULT_ASSET_ID,
+    force: bool = False,
 ) -> Path:
-    """Write a random checkpoint of a named config (tiny or mid) to `out`; returns the directory."""
+    """Write a random checkpoint of a named config (tiny or mid) to `out`; returns the directory.
+
+    `out` must not exist or be empty; `force` replaces a previous checkpoint
+    there (a directory with config.json or model.safetensors), nothing else.
+    The files are 0644, the directories 0755.
+    """
     import dataclasses
 
     from vla_ros.model.checkpoint import random_model, save_checkpoint
     from vla_ros.model.config import get_config
     from vla_ros.observation.normalize import save_norm_stats
     from vla_ros.observation.tokenizer import PromptTokenizer, train_tokenizer
+    from vla_ros.tools.file_modes import make_readable
 
     out = Path(out)
+    _prepare_out(out, force)
+    cfg = get_config(config)  # an unknown name fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_path = train_tokenizer(out / TOKENIZER_FILE)
-    cfg = get_config(config)
     cfg = dataclasses.replace(
         cfg, vocab_size=PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant).vocab_size
     )
     model = random_model(cfg, seed=seed)
     save_checkpoint(model, out, extra_config={"untrained": True, "seed": seed})
     save_norm_stats(out / "assets" / asset_id / "norm_stats.json", make_norm_stats(dims, seed))
-    return out
+    return make_readable(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dims", type=int, default=14, help="robot state/action dimensions of the norm stats"
     )
+    parser.add_argument(
+        "--force", action="store_true", help="replace a previous checkpoint in --out (nothing else)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    out = make_tiny_checkpoint(args.out, args.config, args.seed, args.dims)
+    from vla_ros.errors import ConfigError
+
+    if not 0 < args.dims <= 32:
+        raise ConfigError("--dims", f"expected 1..32 (the model's width is 32), got {args.dims}")
+    out = make_tiny_checkpoint(args.out, args.config, args.seed, args.dims, force=args.force)
     print(f"wrote untrained {args.config} checkpoint (seed {args.seed}, {args.dims} dims) to {out}")
     return 0

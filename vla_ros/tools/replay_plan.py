@@ -118,7 +118,7 @@ def read_reference(bag, plan: ReplayPlan) -> tuple[str, str, np.ndarray, np.ndar
     Also checks that the window holds joint states with every configured joint.
     """
     from vla_ros.errors import ObservationError
-    from vla_ros.ros.conversions import stamp_to_seconds
+    from vla_ros.ros.builtin_time import stamp_to_seconds
     from vla_ros.ros.joint_state_merge import joint_state_reader
     from vla_ros.tools import bag_io
 

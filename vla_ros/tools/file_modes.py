@@ -1,0 +1,42 @@
+"""The permissions of what the tools write: readable by other users, whatever the umask.
+
+Checkpoints, artifacts, bags and reports are shared (a robot account runs what
+a developer account exported), so every file the tools write ends up 0644 and
+every directory 0755, set explicitly: a process umask of 077 must not make
+them private. Not a subcommand (cli.SUBCOMMANDS does not list it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def make_readable(path: str | Path, include_root: bool = True) -> Path:
+    """Set FILE_MODE on a file, or DIR_MODE / FILE_MODE on a directory tree; returns the path.
+
+    Symbolic links are neither changed nor followed. include_root=False
+    leaves the mode of the directory `path` itself alone (a directory the
+    user made, which the tool only wrote into).
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return path
+    if not path.is_dir():
+        os.chmod(path, FILE_MODE)
+        return path
+    for directory, subdirs, files in os.walk(path):
+        for name in subdirs:
+            entry = os.path.join(directory, name)
+            if not os.path.islink(entry):
+                os.chmod(entry, DIR_MODE)
+        for name in files:
+            entry = os.path.join(directory, name)
+            if not os.path.islink(entry):
+                os.chmod(entry, FILE_MODE)
+    if include_root:
+        os.chmod(path, DIR_MODE)
+    return path
