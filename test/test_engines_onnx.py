@@ -112,6 +112,88 @@ def test_onnxruntime_kv_match_pytorch_and_land_in_the_given_tensors(exported, va
     assert keys.data_ptr() == pointers[0]
 
 
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_onnxruntime_writes_the_suffix_kv_by_address(exported, variant):
+    """The K/V the suffix reads are where onnxruntime wrote them: no staging buffer, no copy."""
+    from vla_ros.engines.suffix import StaticSuffixDenoiser
+
+    _, artifact, model = exported(variant)
+    runtime = OnnxPrefixRuntime(artifact, providers="cpu", num_threads=2)
+    suffix_model, cfg = load_suffix_model(artifact)
+    denoiser = StaticSuffixDenoiser(suffix_model, num_steps=10)
+    denoiser.keys.fill_(float("nan"))
+    denoiser.values.fill_(float("nan"))
+    own = [t for t in runtime._outputs.values() if t.is_floating_point()]
+    for tensor in own:  # the runtime's own output tensors: any write or copy through them shows
+        tensor.fill_(float("nan"))
+    inputs = validation_inputs(cfg, seed=11)
+
+    runtime.run(**_unbatched_numpy(inputs), keys=denoiser.prefix_keys, values=denoiser.prefix_values,
+                pad_mask=denoiser.prefix_pad)
+
+    assert runtime.copied_outputs == ()
+    layers = range(cfg.prefix.depth)
+    written = {value.data_ptr() for value in runtime._binding.get_outputs()}
+    # Each layer's attention reads keys[l] / values[l], whose first P rows are the prefix's.
+    expected = {denoiser.keys[i].data_ptr() for i in layers} | {denoiser.values[i].data_ptr() for i in layers}
+    assert written == expected | {denoiser.prefix_pad.data_ptr()}
+    assert all(tensor.isnan().all() for tensor in own)  # untouched: nothing was staged there
+    ref = _reference(model, inputs)  # a separate reference run
+    assert (denoiser.prefix_keys - ref.keys).abs().max().item() <= FP32_TOL
+    assert (denoiser.prefix_values - ref.values).abs().max().item() <= FP32_TOL
+    assert torch.equal(denoiser.prefix_pad, ref.pad_mask)
+    assert denoiser.keys[:, :, :, denoiser.plen:].isnan().all()  # the suffix's rows are its own
+
+    # The suffix over the K/V written in place denoises like one over a copied-in reference cache.
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(denoiser.noise.shape, generator=generator)
+    state = torch.randn(denoiser.state.shape, generator=generator)
+    denoiser.noise.copy_(noise)
+    denoiser.state.copy_(state)
+    got = denoiser().clone()
+    copied = StaticSuffixDenoiser(suffix_model, num_steps=10)
+    copied.prefix_keys.copy_(ref.keys)
+    copied.prefix_values.copy_(ref.values)
+    copied.prefix_pad.copy_(ref.pad_mask)
+    copied.noise.copy_(noise)
+    copied.state.copy_(state)
+    assert torch.allclose(got, copied(), atol=1e-4, rtol=0)
+
+
+def test_exported_kv_outputs_come_straight_from_their_layers(exported, tmp_path):
+    """No stack-then-slice inside the graph: the node computing a layer's K/V writes the output."""
+    import onnx
+
+    from vla_ros.engines.onnx_export import route_layer_outputs
+
+    _, artifact, model = exported("pi0")
+    graph = onnx.load(str(artifact / "prefix.onnx"), load_external_data=False).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    names = [f"{kind}_{i}" for kind in ("keys", "values") for i in range(model.cfg.prefix.depth)]
+    assert [o.name for o in graph.output] == [*names, "pad_mask"]
+    for name in names:
+        assert producers[name].op_type not in ("Squeeze", "Slice", "Split", "Gather", "Concat"), name
+    # The stacks that fed the old outputs are gone; a second pass finds nothing to do.
+    stacked = [n for n in graph.node if n.op_type == "Concat"
+               and any(i in names for i in n.input) and len(n.input) == model.cfg.prefix.depth]
+    assert stacked == []
+    copy = tmp_path / "prefix.onnx"
+    shutil.copy(artifact / "prefix.onnx", copy)
+    assert route_layer_outputs(copy) == 0
+
+
+def test_gpu_sessions_get_the_dedicated_stream_in_their_options(exported):
+    """The CUDA / TensorRT provider options carry the stream only when onnxruntime runs on it."""
+    _, artifact, _ = exported("pi0")
+    runtime = OnnxPrefixRuntime(artifact, providers="cpu", num_threads=1)
+    assert runtime.stream is None and runtime.describe()["cuda_stream"] is None
+    assert "user_compute_stream" not in runtime._provider_options(CUDA)
+    runtime._ort_stream = 0x7F00  # what a GPU session on onnxruntime 1.17+ holds
+    options = runtime._provider_options(CUDA)
+    assert options["user_compute_stream"] == str(0x7F00) and options["has_user_compute_stream"] == "1"
+    assert runtime._provider_options(OPENVINO).get("user_compute_stream") is None
+
+
 def test_bf16_target_buffers_get_one_cast_copy(exported, caplog):
     _, artifact, model = exported("pi0")
     runtime = OnnxPrefixRuntime(artifact, providers="cpu", num_threads=2)
@@ -137,7 +219,7 @@ def test_manifest_records_io_hashes_and_validation(exported, tmp_path):
     cfg = model.cfg
     manifest = read_manifest(artifact)
     prefix_len = cfg.prefix_len
-    kv_shape = [cfg.prefix.depth, 1, cfg.prefix.num_kv_heads, prefix_len, cfg.prefix.head_dim]
+    layer_shape = [1, cfg.prefix.num_kv_heads, prefix_len, cfg.prefix.head_dim]
     graph = manifest["graph"]
     assert graph["inputs"] == [
         {"name": "images", "shape": [1, 3, 224, 224, 3], "dtype": "uint8"},
@@ -145,11 +227,15 @@ def test_manifest_records_io_hashes_and_validation(exported, tmp_path):
         {"name": "tokens", "shape": [1, 48], "dtype": "int64"},
         {"name": "token_masks", "shape": [1, 48], "dtype": "bool"},
     ]
+    assert cfg.prefix.depth == 2
     assert graph["outputs"] == [
-        {"name": "keys", "shape": kv_shape, "dtype": "float32"},
-        {"name": "values", "shape": kv_shape, "dtype": "float32"},
+        {"name": "keys_0", "shape": layer_shape, "dtype": "float32"},
+        {"name": "keys_1", "shape": layer_shape, "dtype": "float32"},
+        {"name": "values_0", "shape": layer_shape, "dtype": "float32"},
+        {"name": "values_1", "shape": layer_shape, "dtype": "float32"},
         {"name": "pad_mask", "shape": [1, prefix_len], "dtype": "bool"},
     ]
+    assert graph["kv_outputs_from_layers"] == 4
     assert graph["opset"] >= 17 and graph["external_data"] is None
     assert graph["exporter"] in ("dynamo", "torchscript")
     assert (graph["exporter_fallback_reason"] is None) == (graph["exporter"] == "dynamo")
@@ -309,7 +395,10 @@ def test_export_options_are_validated():
 def test_choose_providers():
     every = [TENSORRT, CUDA, CPU]
     assert choose_providers("auto", every, cuda_available=False) == ([CPU], None)
-    assert choose_providers("auto", every, cuda_available=True) == (every, None)
+    # auto never takes onnxruntime's TensorRT provider (2 GB protobuf limit, engine build at load):
+    # the native prefix.engine is the TensorRT path; asked for by name, it comes first.
+    assert choose_providers("auto", every, cuda_available=True) == ([CUDA, CPU], None)
+    assert choose_providers("tensorrt", every, cuda_available=True) == (every, None)
     assert choose_providers("auto", [CUDA, CPU], cuda_available=True) == ([CUDA, CPU], None)
     chain, warning = choose_providers("tensorrt", [CUDA, CPU], cuda_available=True)
     assert chain == [CUDA, CPU] and "tensorrt" in warning and CUDA in warning
@@ -324,7 +413,8 @@ def test_choose_providers_openvino():
     # OpenVINO needs no CUDA; "auto" ranks it after the GPU providers.
     assert choose_providers("auto", [OPENVINO, CPU], cuda_available=False) == ([OPENVINO, CPU], None)
     every = [TENSORRT, CUDA, OPENVINO, CPU]
-    assert choose_providers("auto", every, cuda_available=True) == (every, None)
+    assert choose_providers("auto", every, cuda_available=True) == ([CUDA, OPENVINO, CPU], None)
+    assert choose_providers("auto", every, cuda_available=False) == ([OPENVINO, CPU], None)
     assert choose_providers("openvino", [OPENVINO, CPU], cuda_available=True) == ([OPENVINO, CPU], None)
     chain, warning = choose_providers("openvino", [TENSORRT, CUDA, CPU], cuda_available=True)
     assert chain == [CPU] and "onnxruntime-openvino" in warning
@@ -440,14 +530,25 @@ def test_tensorrt_provider_parity_and_engine_cache(exported, tmp_path):
         assert any((tmp_path / "cache").iterdir())
 
 
-@needs_cuda
-def test_tensorrt_engine_build(tiny_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def tensorrt_export(request, tmp_path_factory):
+    """(artifact dir, manifest) of the tiny pi0 exported with --tensorrt, once per module (GPU only)."""
     pytest.importorskip("tensorrt")
-    options = ExportOptions(tensorrt=True, workspace_gib=1.0)
-    manifest = export_artifact(tiny_checkpoint, tmp_path / "trt", options)
+    checkpoint = request.getfixturevalue("tiny_checkpoint")
+    artifact = tmp_path_factory.mktemp("trt_export") / "trt"
+    return artifact, export_artifact(checkpoint, artifact, ExportOptions(tensorrt=True, workspace_gib=1.0))
+
+
+@needs_cuda
+def test_tensorrt_engine_build(tensorrt_export):
+    artifact, manifest = tensorrt_export
     engine = manifest["tensorrt_engine"]
     assert engine["file"] == "prefix.engine" and "prefix.engine" in manifest["files"]
-    assert (tmp_path / "trt" / "prefix.engine").stat().st_size > 0
+    assert (artifact / "prefix.engine").stat().st_size > 0
+    major, minor = torch.cuda.get_device_capability()
+    assert engine["compute_capability"] == f"{major}.{minor}"
+    assert engine["gpu"] == torch.cuda.get_device_name()
+    assert engine["strongly_typed"] is False  # fp32
 
 
 def test_cpu_engines_take_openvino_where_installed(monkeypatch):
@@ -491,19 +592,16 @@ def test_tensorrt_engine_unusable_reasons(exported):
 
 
 @needs_cuda
-def test_tensorrt_runtime_runs_the_exported_engine(tiny_checkpoint, tmp_path):
-    pytest.importorskip("tensorrt")
+def test_tensorrt_runtime_runs_the_exported_engine(tensorrt_export, tiny_checkpoint):
     from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
 
-    artifact = tmp_path / "trt"
-    export_artifact(tiny_checkpoint, artifact, ExportOptions(tensorrt=True, workspace_gib=1.0))
+    artifact, _ = tensorrt_export
     model, _ = load_model(tiny_checkpoint)
     runtime = TensorRTPrefixRuntime(artifact)
     inputs = validation_inputs(model.cfg, seed=6)
-    shapes = runtime.output_shapes
-    keys = torch.zeros(shapes["keys"], device="cuda")
-    values = torch.zeros(shapes["values"], device="cuda")
-    pad = torch.zeros(shapes["pad_mask"], dtype=torch.bool, device="cuda")
+    keys = torch.zeros(runtime.kv_shape, device="cuda")
+    values = torch.zeros(runtime.kv_shape, device="cuda")
+    pad = torch.zeros(runtime.output_shapes["pad_mask"], dtype=torch.bool, device="cuda")
     runtime.run(**inputs, keys=keys, values=values, pad_mask=pad)
     torch.cuda.synchronize()
     reference = _reference(model, inputs)
@@ -511,3 +609,34 @@ def test_tensorrt_runtime_runs_the_exported_engine(tiny_checkpoint, tmp_path):
     assert (keys.cpu() - reference.keys).abs().max() <= 1e-3 * reference.keys.abs().max()
     assert (values.cpu() - reference.values).abs().max() <= 1e-3 * reference.values.abs().max()
     assert torch.equal(pad.cpu(), reference.pad_mask)
+
+
+@needs_cuda
+def test_tensorrt_runtime_writes_the_suffix_kv_by_address(tensorrt_export, tiny_checkpoint):
+    from vla_ros.engines.cuda_stream import stream_handle
+    from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
+    from vla_ros.engines.suffix import StaticSuffixDenoiser
+
+    artifact, _ = tensorrt_export
+    model, _ = load_model(tiny_checkpoint)
+    suffix_model, cfg = load_suffix_model(artifact, device="cuda")
+    denoiser = StaticSuffixDenoiser(suffix_model, num_steps=10)
+    runtime = TensorRTPrefixRuntime(artifact)
+    assert stream_handle(runtime.stream) not in (None, torch.cuda.default_stream().cuda_stream)
+    for tensor in runtime._outputs.values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    inputs = validation_inputs(cfg, seed=12)
+    runtime.run(**inputs, keys=denoiser.prefix_keys, values=denoiser.prefix_values,
+                pad_mask=denoiser.prefix_pad)
+    torch.cuda.synchronize()
+    assert runtime.copied_outputs == ()
+    for layer in range(cfg.prefix.depth):
+        address = runtime._context.get_tensor_address(f"keys_{layer}")
+        assert address == denoiser.keys[layer].data_ptr()
+        assert runtime._context.get_tensor_address(f"values_{layer}") == denoiser.values[layer].data_ptr()
+    assert all(t.isnan().all() for t in runtime._outputs.values() if t.is_floating_point())
+    reference = _reference(model, inputs)
+    assert (denoiser.prefix_keys.cpu() - reference.keys).abs().max() <= 1e-3 * reference.keys.abs().max()
+    values_error = (denoiser.prefix_values.cpu() - reference.values).abs().max()
+    assert values_error <= 1e-3 * reference.values.abs().max()

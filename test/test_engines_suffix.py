@@ -63,6 +63,30 @@ def test_static_suffix_matches_reference_sampling(name):
     assert torch.allclose(denoiser(), again, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_layers_prefix_kv_is_one_aligned_block(dtype):
+    """What the ONNX / TensorRT prefix runtimes bind by address: dense, 256-byte aligned, per layer."""
+    from vla_ros.engines.suffix import aligned_rows, KV_ALIGN_BYTES
+
+    element = torch.empty((), dtype=dtype).element_size()
+    for name in ("pi0-tiny", "pi05-tiny", "pi0-mid", "pi05-mid", "pi0", "pi05"):
+        e = get_config(name).expert
+        rows = get_config(name).prefix_len + get_config(name).suffix_len
+        stored = aligned_rows(rows, e.num_kv_heads, e.head_dim, element)
+        assert rows <= stored < rows + KV_ALIGN_BYTES
+        assert (e.num_kv_heads * stored * e.head_dim * element) % KV_ALIGN_BYTES == 0, name
+    model = random_model(get_config("pi0-tiny"), seed=0, dtype=dtype)
+    denoiser = StaticSuffixDenoiser(model, num_steps=2)
+    rows = model.cfg.prefix_len + model.cfg.suffix_len
+    assert denoiser.keys.shape[3] == rows and denoiser.values.shape[3] == rows  # padding is never read
+    for layer in range(denoiser.keys.shape[0]):
+        for whole, region in ((denoiser.keys, denoiser.prefix_keys[layer]),
+                              (denoiser.values, denoiser.prefix_values[layer])):
+            # Layers sit whole multiples of 256 bytes apart (the base is 512-byte aligned on CUDA).
+            assert region.is_contiguous() and (region.data_ptr() - whole.data_ptr()) % KV_ALIGN_BYTES == 0
+        assert denoiser.prefix_keys[layer].data_ptr() == denoiser.keys[layer].data_ptr()
+
+
 def test_step_count_is_configurable():
     cfg = get_config("pi05-tiny")
     model = random_model(cfg, seed=2, std=0.1)

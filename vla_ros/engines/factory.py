@@ -11,8 +11,9 @@ Defaults (`auto`):
   natively (CUDA, CPUs with AMX or AVX512-BF16), fp32 elsewhere;
 - prefix: PyTorch for a checkpoint directory; for an exported artifact
   directory (it holds no prefix weights) its serialized TensorRT engine where
-  that runs here, else the ONNX graph under onnxruntime (OpenVINO's provider
-  on a CPU where onnxruntime-openvino is installed);
+  that runs here, else the ONNX graph under onnxruntime (its CUDA provider on a
+  GPU, never its TensorRT provider unless asked for; OpenVINO's provider on a
+  CPU where onnxruntime-openvino is installed);
 - suffix: a replayed CUDA graph on CUDA, eager static buffers on the CPU;
 - weights: bf16 models on the CPU are packed for oneDNN (engines/cpu_packed.py).
 """
@@ -123,10 +124,11 @@ def resolve_prefix_engine(engine: str, directory: Path, device: torch.device) ->
     """'pytorch', 'onnx' or 'tensorrt' for `policy.engine` and the directory it names.
 
     auto: PyTorch for a checkpoint directory; for an artifact, the serialized
-    TensorRT engine where it runs here (CUDA, the building TensorRT version and
-    GPU), else the ONNX graph under onnxruntime (whose own TensorRT provider
-    still comes first on a GPU). A forced 'tensorrt' that can't run here warns
-    once and takes the ONNX graph.
+    TensorRT engine where it runs on `device` (CUDA, the building TensorRT
+    version, GPU model and compute capability), else the ONNX graph under
+    onnxruntime (its CUDA provider on a GPU: its TensorRT provider is never the
+    automatic choice, see prefix_onnx.py). A forced 'tensorrt' that can't run
+    here warns once and takes the ONNX graph.
     """
     artifacts = is_artifact_dir(directory)
     if engine in ("onnx", "tensorrt") and not artifacts:
@@ -150,7 +152,7 @@ def resolve_prefix_engine(engine: str, directory: Path, device: torch.device) ->
     if device.type != "cuda":
         reason = "policy.device is the CPU"
     else:
-        reason = engine_unusable_reason(read_manifest(directory))
+        reason = engine_unusable_reason(read_manifest(directory), _device_index(device))
     if reason is None:
         return "tensorrt"
     if engine == "tensorrt":
@@ -158,6 +160,11 @@ def resolve_prefix_engine(engine: str, directory: Path, device: torch.device) ->
             "policy.engine 'tensorrt' can't run here: %s; running the ONNX graph with onnxruntime", reason
         )
     return "onnx"
+
+
+def _device_index(device: torch.device) -> int:
+    """The CUDA device index `device` names (a bare 'cuda' is torch's current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
@@ -208,7 +215,7 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
     elif prefix_engine == "tensorrt":
         from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
 
-        prefix = TensorRTPrefixRuntime(directory, device_id=device.index or 0)
+        prefix = TensorRTPrefixRuntime(directory, device_id=_device_index(device))
     else:
         from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
 
@@ -217,6 +224,7 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
             directory,
             providers=providers,
             num_threads=options.num_threads,
+            device_id=_device_index(device) if device.type == "cuda" else 0,
             cpu_bf16=dtype == torch.bfloat16,
         )
     denoiser = StaticSuffixDenoiser(model, options.num_steps, device)

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 from pathlib import Path
+import re
 import shutil
 import warnings
 
@@ -22,7 +23,7 @@ from torch import nn
 from vla_ros.engines import artifact, prefix_tensorrt
 from vla_ros.engines.artifact import ENGINE_FILE, GRAPH_DATA_FILE, GRAPH_FILE
 from vla_ros.engines.onnx_validate import validate_graph
-from vla_ros.engines.prefix_graph import INPUT_NAMES, OUTPUT_NAMES, PrefixEncoder, validation_inputs
+from vla_ros.engines.prefix_graph import INPUT_NAMES, output_names, PrefixEncoder, validation_inputs
 from vla_ros.errors import CheckpointError, ConfigError, EngineError
 from vla_ros.model.pi0 import Pi0Model
 
@@ -140,11 +141,15 @@ def _remove_graph(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
+def _output_names(module: PrefixEncoder) -> list[str]:
+    return list(output_names(module.model.cfg.prefix.depth))
+
+
 def _export_dynamo(module: nn.Module, args: tuple, path: Path, opset: int, external: bool) -> None:
     with _quiet_export(), torch.no_grad():
         torch.onnx.export(
             module, args, str(path), dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES), external_data=external, optimize=True, verbose=False,
+            output_names=_output_names(module), external_data=external, optimize=True, verbose=False,
         )
     written, _, _ = _graph_io(path)
     if written != opset:
@@ -162,7 +167,7 @@ def _export_torchscript(module: nn.Module, args: tuple, path: Path, opset: int, 
         with _quiet_export(), torch.no_grad():
             torch.onnx.export(
                 module, args, str(target), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES), do_constant_folding=True,
+                output_names=_output_names(module), do_constant_folding=True,
             )
         if external:
             proto = onnx.load(str(target))
@@ -199,6 +204,125 @@ def export_graph(
     except Exception as exc:
         raise EngineError(f"the TorchScript ONNX exporter failed: {type(exc).__name__}: {exc}") from exc
     return "torchscript", reason
+
+
+# -- per-layer outputs straight from their layers ------------------------------------------------
+# PrefixEncoder returns the model's stacked (L, ...) K/V unbound into per-layer outputs; the
+# exporters keep that as Unsqueeze -> Concat (the stack) -> Slice / Split / Gather -> Squeeze,
+# two whole-cache copies inside the graph that no onnxruntime optimizer removes. This pass
+# renames each layer's K/V tensor to its output name, so the node computing it writes the
+# bound buffer (the suffix's cache) itself, and drops the chain that became dead.
+
+def _constants(graph) -> dict[str, list[int]]:
+    """Small integer constants by tensor name (initializers and Constant nodes), as flat lists."""
+    from onnx import numpy_helper, TensorProto
+
+    values = {}
+    tensors = [(t.name, t) for t in graph.initializer]
+    tensors += [(node.output[0], attr.t) for node in graph.node if node.op_type == "Constant"
+                for attr in node.attribute if attr.name == "value"]
+    integers = (TensorProto.INT32, TensorProto.INT64)
+    for name, tensor in tensors:
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.data_type not in integers:
+            continue
+        values[name] = [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+    return values
+
+
+def _ints(node, name: str, position: int | None, constants: dict[str, list[int]]) -> list[int] | None:
+    """An integer-list operand: attribute `name` (older opsets) or input `position` (newer)."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return list(attr.ints) if attr.ints else [int(attr.i)]
+    if position is not None and len(node.input) > position and node.input[position]:
+        return constants.get(node.input[position])
+    return None
+
+
+def _layer_source(name: str, producers: dict, constants: dict[str, list[int]]) -> tuple[str, list] | None:
+    """(the per-layer tensor that output `name` copies, the chain's nodes), or None if not that form.
+
+    The form: Squeeze(axis 0) <- Slice [i, i+1) or Split in ones, on axis 0 <-
+    Concat(axis 0) <- Unsqueeze(axis 0) of the i-th layer's tensor.
+    """
+    squeeze = producers.get(name)
+    if squeeze is None or squeeze.op_type != "Squeeze" or _ints(squeeze, "axes", 1, constants) != [0]:
+        return None
+    select = producers.get(squeeze.input[0])
+    if select is None:
+        return None
+    if select.op_type == "Slice":
+        starts, ends = _ints(select, "starts", 1, constants), _ints(select, "ends", 2, constants)
+        axes = _ints(select, "axes", 3, constants) or [0]
+        steps = _ints(select, "steps", 4, constants) or [1]
+        if axes != [0] or steps != [1] or not starts or not ends or ends[0] != starts[0] + 1:
+            return None
+        index = starts[0]
+    elif select.op_type == "Split":
+        sizes = _ints(select, "split", 1, constants)
+        if _ints(select, "axis", None, constants) not in (None, [0]) or (sizes and set(sizes) != {1}):
+            return None
+        index = list(select.output).index(squeeze.input[0])
+    else:
+        return None
+    concat = producers.get(select.input[0])
+    if concat is None or concat.op_type != "Concat" or _ints(concat, "axis", None, constants) != [0]:
+        return None
+    if select.op_type == "Split" and len(select.output) != len(concat.input):
+        return None
+    if not 0 <= index < len(concat.input):
+        return None
+    unsqueeze = producers.get(concat.input[index])
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or _ints(unsqueeze, "axes", 1, constants) != [0]:
+        return None
+    return unsqueeze.input[0], [squeeze, select, concat, unsqueeze]
+
+
+def route_layer_outputs(path: Path) -> int:
+    """Rewrite the graph at `path` so each keys_i / values_i is its layer's own tensor; returns how many.
+
+    Outputs whose producer chain does not have the stacked form are left as they
+    are (still correct, with the copies). The weights (external data) are neither
+    loaded nor rewritten; the validation that follows runs on the rewritten graph.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = _constants(graph)
+    fixed = {t.name for t in graph.input} | {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    routed, candidates = 0, []
+    for output in graph.output:
+        if not re.fullmatch(r"(keys|values)_\d+", output.name):
+            continue
+        found = _layer_source(output.name, producers, constants)
+        if found is None or found[0] in fixed or found[0] in outputs:
+            continue
+        source, chain = found
+        graph.node.remove(chain[0])  # the Squeeze that wrote the output
+        producers.pop(output.name)
+        for node in graph.node:
+            node.input[:] = [output.name if name == source else name for name in node.input]
+            node.output[:] = [output.name if name == source else name for name in node.output]
+        for info in graph.value_info:
+            if info.name == source:
+                info.name = output.name
+        producers = {out: node for node in graph.node for out in node.output}
+        candidates += [node for node in chain[1:] if node not in candidates]
+        routed += 1
+    # Drop what nothing reads any more (a Split / Concat shared by the layers goes with the last one).
+    removed = True
+    while removed:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in candidates if node in graph.node and not set(node.output) & used]
+        for node in dead:
+            graph.node.remove(node)
+        removed = bool(dead)
+    if routed:
+        onnx.save_model(proto, str(path))
+    return routed
 
 
 def _versions() -> dict[str, str]:
@@ -241,7 +365,8 @@ def export_artifact(
     if not checkpoint_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {checkpoint_dir} does not exist")
     if options.tensorrt:
-        prefix_tensorrt.import_tensorrt()  # fail before the slow steps, not after them
+        # Fail before the slow steps, not after them: the package, and flags for this precision.
+        prefix_tensorrt.builder_flags(prefix_tensorrt.import_tensorrt(), options.precision)
     artifact.prepare_out_dir(out_dir, checkpoint_dir, options.overwrite)
     disable = None if progress is None else not progress
     steps = 7 if options.tensorrt else 6  # load, export, check, validate, copy, [tensorrt,] hash
@@ -266,6 +391,7 @@ def export_artifact(
         step("export")
         graph = out_dir / GRAPH_FILE
         exporter, fallback_reason = export_graph(model, graph, options, external)
+        routed = route_layer_outputs(graph)
         bar.update()
 
         step("check")
@@ -310,6 +436,8 @@ def export_artifact(
             "opset": opset,
             "exporter": exporter,
             "exporter_fallback_reason": fallback_reason,
+            # keys_i / values_i computed in place, not stacked and sliced inside the graph
+            "kv_outputs_from_layers": routed,
             "inputs": inputs,
             "outputs": outputs,
         },

@@ -27,6 +27,14 @@ def _error_stats(out: torch.Tensor, ref: torch.Tensor) -> dict:
     return {"max_abs": max_abs, "max_rel": max_abs / max(max_ref, 1e-30), "max_ref": max_ref}
 
 
+def _stacked(outputs: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """(L, 1, KV, P, hd) from the per-layer outputs name_0 .. name_{L-1} (or an older stacked output)."""
+    if name in outputs:
+        return outputs[name]
+    layers = sorted((k for k in outputs if k.startswith(f"{name}_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    return torch.stack([outputs[k] for k in layers])
+
+
 def _validation_session(path: Path):
     """An onnxruntime session for validation: CPU, else CUDA when usable; (session, provider, why_not)."""
     import onnxruntime as ort
@@ -85,7 +93,8 @@ def validate_graph(model: Pi0Model, path: Path, precision: str, max_error: float
         binding.bind_output(spec.name, "cpu", 0, ONNX_ELEMENT_TYPES[dtype], list(spec.shape),
                             outputs[spec.name].data_ptr())
     session.run_with_iobinding(binding)
-    keys, values = _error_stats(outputs["keys"], ref.keys), _error_stats(outputs["values"], ref.values)
+    keys, values = (_error_stats(_stacked(outputs, name), reference)
+                    for name, reference in (("keys", ref.keys), ("values", ref.values)))
     pad_equal = bool(torch.equal(outputs["pad_mask"], ref.pad_mask))
     report.update(provider=provider, keys=keys, values=values, pad_mask_equal=pad_equal,
                   onnxruntime=ort.__version__)

@@ -1,8 +1,14 @@
-"""The optimised engine: a prefix runtime (PyTorch or ONNX) feeding the static suffix denoiser.
+"""The optimised engine: a prefix runtime (PyTorch, ONNX or TensorRT) feeding the static suffix denoiser.
 
-The prefix runtime writes the K/V cache straight into the denoiser's static
-buffers, the noise and state are copied into theirs, and the suffix runs as
-one call: eager, torch.compile'd, or a replayed CUDA graph.
+The prefix runtime writes the K/V cache into the denoiser's static buffers (the
+ONNX and TensorRT runtimes by address, layer by layer, where the layout allows:
+prefix_graph.py), the noise and state are copied into theirs, and the suffix
+runs as one call: eager, torch.compile'd, or a replayed CUDA graph.
+
+On CUDA everything runs on one dedicated stream (cuda_stream.py): the prefix
+runtime's own when it has one (onnxruntime's session is created on it), else a
+new one. Input copies, prefix, K/V hand-over and the suffix are ordered by that
+stream alone; the host waits once, when it reads the actions back.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 
 from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.engines.cpu_packed import is_packed
+from vla_ros.engines.cuda_stream import dedicated_stream, running_on, stream_handle
 from vla_ros.engines.suffix import StaticSuffixDenoiser
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,14 @@ class OptimizedEngine(Engine):
         self.denoiser = denoiser
         self.suffix_mode = suffix_mode
         self.device = denoiser.actions.device
+        self.stream = None
+        if self.device.type == "cuda":
+            self.stream = getattr(prefix_runtime, "stream", None)
+            if self.stream is None:
+                self.stream = dedicated_stream(self.device)
+            if self.stream is not None:
+                # The buffers were filled on the loading stream; order the dedicated one after it.
+                self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if suffix_mode == "cuda_graph":
             from vla_ros.engines.suffix_cuda_graph import CudaGraphSuffix
 
@@ -38,22 +53,24 @@ class OptimizedEngine(Engine):
 
     def encode_prefix(self, inputs: ModelInputs) -> None:
         d = self.denoiser
-        self.prefix.run(
-            inputs.images[None],
-            inputs.image_masks[None],
-            inputs.tokens[None].astype(np.int64),
-            inputs.token_masks[None],
-            d.prefix_keys,
-            d.prefix_values,
-            d.prefix_pad,
-        )
+        with running_on(self.stream):
+            self.prefix.run(
+                inputs.images[None],
+                inputs.image_masks[None],
+                inputs.tokens[None].astype(np.int64),
+                inputs.token_masks[None],
+                d.prefix_keys,
+                d.prefix_values,
+                d.prefix_pad,
+            )
 
     @torch.no_grad()
     def denoise(self, inputs: ModelInputs) -> np.ndarray:
         d = self.denoiser
-        d.noise.copy_(torch.from_numpy(np.asarray(inputs.noise, dtype=np.float32))[None])
-        d.state.copy_(torch.from_numpy(np.asarray(inputs.state, dtype=np.float32))[None])
-        return self._run()[0].cpu().numpy().copy()
+        with running_on(self.stream):
+            d.noise.copy_(torch.from_numpy(np.asarray(inputs.noise, dtype=np.float32))[None])
+            d.state.copy_(torch.from_numpy(np.asarray(inputs.state, dtype=np.float32))[None])
+            return self._run()[0].cpu().numpy().copy()
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -67,5 +84,7 @@ class OptimizedEngine(Engine):
             "suffix_dtype": str(self.denoiser.dtype).replace("torch.", ""),
             "packed_weights": is_packed(self.denoiser.model),
             "prefix": self.prefix.name,
+            "cuda_stream": None if self.stream is None else (
+                "dedicated" if stream_handle(self.stream) else "default"),
             **{f"prefix_{k}": v for k, v in self.prefix.describe().items() if k != "engine"},
         }

@@ -2,8 +2,17 @@
 
 Input and output names, the dtype tables that turn onnxruntime's type names into
 torch dtypes and torch dtypes into IO-binding element types, the module that is
-traced, the inputs it is traced and validated with, and the input staging the
-onnxruntime and TensorRT runtimes share.
+traced, the inputs it is traced and validated with, and the input staging and
+output hand-over the onnxruntime and TensorRT runtimes share.
+
+Why one output per layer: both runtimes bind an output to one pointer and a
+dense shape (no strides). The suffix keeps prefix and suffix K/V in one buffer
+per layer, (L, 1, KV, P + S, hd), so the prefix part of all layers together is
+not contiguous (each layer's suffix rows sit between it and the next layer) and
+a stacked (L, 1, KV, P, hd) output can only be written elsewhere and copied.
+Each layer's prefix part (1, KV, P, hd) is contiguous when KV == 1, which holds
+for every pi0 / pi0.5 Gemma (multi-query attention): there a per-layer output
+is bound to it and the runtime writes the suffix's K/V by address, no copy.
 """
 
 from __future__ import annotations
@@ -17,7 +26,15 @@ from vla_ros.model.config import PolicyConfig
 from vla_ros.model.pi0 import Pi0Model
 
 INPUT_NAMES = ("images", "image_masks", "tokens", "token_masks")
-OUTPUT_NAMES = ("keys", "values", "pad_mask")
+PAD_MASK = "pad_mask"
+# Artifacts exported before the per-layer outputs: still run, through one copy per output.
+STACKED_OUTPUT_NAMES = ("keys", "values", PAD_MASK)
+
+
+def output_names(depth: int) -> tuple[str, ...]:
+    """The graph's outputs for a `depth`-layer prefix: keys_0 .. keys_{L-1}, values_0 .., pad_mask."""
+    return (*(f"keys_{i}" for i in range(depth)), *(f"values_{i}" for i in range(depth)), PAD_MASK)
+
 
 ONNX_ELEMENT_TYPES = {  # onnx.TensorProto.DataType values, as IO binding takes them
     torch.float32: 1, torch.uint8: 2, torch.int32: 6, torch.int64: 7,
@@ -56,28 +73,87 @@ def stage_inputs(buffers: dict[str, torch.Tensor], values, cfg: PolicyConfig) ->
         buffer.copy_(source.reshape(buffer.shape))
 
 
-def output_targets(
-    own: dict[str, torch.Tensor], targets
-) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Where a runtime writes each output (OUTPUT_NAMES order), and the (target, own) copies left after.
+def check_graph_io(source, inputs, outputs, depth: int, remedy: str) -> None:
+    """EngineError unless a graph / engine has INPUT_NAMES and the per-layer (or older stacked) outputs."""
+    outputs = set(outputs)
+    accepted = (set(output_names(depth)), set(STACKED_OUTPUT_NAMES))
+    if set(inputs) == set(INPUT_NAMES) and outputs in accepted:
+        return
+    raise EngineError(
+        f"{source} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected "
+        f"{list(INPUT_NAMES)} -> keys_0..keys_{depth - 1}, values_0..values_{depth - 1}, pad_mask: {remedy}"
+    )
 
-    The caller's buffer is written directly where device, dtype and layout match
-    (the suffix's static K/V cache: no copy); otherwise the runtime's own output
-    tensor, then a cast copy into the target.
+
+def kv_shape(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """(L, 1, KV, P, hd), the keys / values buffer shape a graph with these output shapes fills."""
+    if "keys" in shapes:
+        return tuple(shapes["keys"])
+    depth = sum(1 for name in shapes if name.startswith("keys_"))
+    return (depth, *shapes["keys_0"])
+
+
+def output_regions(
+    names, keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The part of the caller's buffers each graph output fills, by output name.
+
+    keys / values are (L, 1, KV, P, hd) (views into the suffix's K/V buffers);
+    per-layer graphs fill keys[l] from keys_l, stacked (older) graphs fill all of keys.
+    """
+    names = set(names)
+    if names == set(STACKED_OUTPUT_NAMES):
+        return {"keys": keys, "values": values, PAD_MASK: pad_mask}
+    depth = keys.shape[0]
+    if names != set(output_names(depth)):
+        raise EngineError(
+            f"the prefix graph has outputs {sorted(names)}; the suffix's K/V buffers have {depth} layers, "
+            f"expected keys_0..keys_{depth - 1}, values_0..values_{depth - 1}, pad_mask: re-export with "
+            "`vla-ros export`"
+        )
+    regions = {f"keys_{i}": keys[i] for i in range(depth)}
+    regions.update({f"values_{i}": values[i] for i in range(depth)})
+    regions[PAD_MASK] = pad_mask
+    return regions
+
+
+def output_targets(
+    own: dict[str, torch.Tensor], regions: dict[str, torch.Tensor], alignment: int = 1
+) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Where a runtime writes each output, and the (target, own) copies left after.
+
+    A region of the caller's buffers is written directly (bound by address, no
+    copy) where its device and dtype match the output's, its memory is one
+    dense block (is_contiguous) and its address a multiple of `alignment` bytes
+    (TensorRT: 256); otherwise the runtime writes its own output tensor
+    `own[name]` and a (cast) copy follows.
     """
     bound, staged = {}, []
-    for name, target in zip(OUTPUT_NAMES, targets):
-        mine = own[name]
+    for name, mine in own.items():
+        target = regions[name]
         if tuple(target.shape) != tuple(mine.shape):
             raise EngineError(
                 f"output buffer '{name}' has shape {tuple(target.shape)}; "
                 f"the prefix writes {tuple(mine.shape)}"
             )
-        direct = target.device == mine.device and target.dtype == mine.dtype and target.is_contiguous()
+        direct = (target.device == mine.device and target.dtype == mine.dtype and target.is_contiguous()
+                  and target.data_ptr() % alignment == 0)
         bound[name] = target if direct else mine
         if not direct:
             staged.append((target, mine))
     return bound, staged
+
+
+def staging_reason(target: torch.Tensor, own: torch.Tensor, alignment: int = 1) -> str:
+    """Why an output region could not be bound by address (for the one log line a runtime writes)."""
+    if target.device != own.device:
+        return f"the K/V buffers are on {target.device}, the runtime writes on {own.device}"
+    if target.dtype != own.dtype:
+        return f"the K/V buffers are {target.dtype}, the graph writes {own.dtype}"
+    if not target.is_contiguous():
+        return (f"a layer's K/V region {tuple(target.shape)} with strides {target.stride()} is not one "
+                "dense block (num_kv_heads > 1, or a stacked graph from an older export)")
+    return f"a K/V region's address is not a multiple of {alignment} bytes"
 
 
 class PrefixEncoder(nn.Module):
@@ -85,7 +161,8 @@ class PrefixEncoder(nn.Module):
 
     images uint8 (1, N, 224, 224, 3) (the [-1, 1] scaling happens inside), image_masks
     bool (1, N), tokens int64 (1, L), token_masks bool (1, L) ->
-    keys, values (layers, 1, KV, P, hd) in the model's compute dtype, pad_mask bool (1, P).
+    keys_0 .. keys_{L-1}, values_0 .. values_{L-1} (1, KV, P, hd each) in the model's
+    compute dtype, pad_mask bool (1, P): the `output_names` order.
     """
 
     def __init__(self, model: Pi0Model):
@@ -94,7 +171,7 @@ class PrefixEncoder(nn.Module):
 
     def forward(self, images, image_masks, tokens, token_masks):
         cache = self.model.embed_prefix(images, image_masks, tokens, token_masks)
-        return cache.keys, cache.values, cache.pad_mask
+        return (*cache.keys.unbind(0), *cache.values.unbind(0), cache.pad_mask)
 
 
 def validation_inputs(cfg: PolicyConfig, seed: int = 0) -> dict[str, torch.Tensor]:

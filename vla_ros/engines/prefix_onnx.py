@@ -3,17 +3,32 @@
 Runs `prefix.onnx` from an artifact made by `vla-ros export`. Everything is
 allocated once in __init__ (the pattern of the TensorRT samples' infer.py): input
 staging tensors on the session's device, bound to the graph by pointer, and
-output tensors for the case where the caller's buffers cannot be bound directly.
-`run` binds the caller's K/V tensors as the graph outputs, so on the fast path
-the prefix writes straight into the suffix runtime's static cache.
+output tensors for the outputs the caller's buffers cannot take directly.
+`run` binds each layer's K/V output to that layer's region of the caller's
+buffers (prefix_graph.output_regions): where the region is one dense block of
+the graph's dtype on the session's device (the suffix's static cache, one KV
+head) onnxruntime writes the suffix's K/V by address and nothing is copied;
+`copied_outputs` names the outputs that went through a copy in the last run.
+
+On a GPU the session runs on one dedicated CUDA stream (cuda_stream.py), handed
+to the CUDA provider as `user_compute_stream` (onnxruntime 1.17+), and each run
+skips onnxruntime's end-of-run synchronisation: the suffix that follows on the
+same stream is ordered after the K/V without the host waiting. An older
+onnxruntime runs on its own stream: then, and only then, run() waits for the
+staged inputs and keeps onnxruntime's synchronisation.
 
 Provider choice: onnxruntime-gpu lists the TensorRT and CUDA providers even on
 machines without a GPU or without the CUDA/TensorRT libraries, so a provider
 counts as usable only when it is listed AND torch sees a CUDA device; and since
 onnxruntime itself falls back silently when a provider fails to load, the
-providers of the created session are checked again. The TensorRT provider's
-options and engine cache come from prefix_tensorrt.py, which with
-suffix_cuda_graph.py are the only modules that touch TensorRT / CUDA graphs.
+providers of the created session are checked again. `auto` never picks
+onnxruntime's TensorRT provider: for a multi-gigabyte prefix graph it hits
+protobuf's 2 GB limit and builds its engine inside the first session (minutes,
+in the node's configure); the artifact's own `prefix.engine` (prefix_tensorrt.py,
+chosen by the factory before onnxruntime) is the TensorRT path. The provider
+is used only when asked for by name; its options and engine cache come from
+prefix_tensorrt.py, which with suffix_cuda_graph.py are the only modules that
+touch TensorRT / CUDA graphs.
 """
 
 from __future__ import annotations
@@ -27,13 +42,16 @@ import torch
 
 from vla_ros.engines import prefix_tensorrt
 from vla_ros.engines.artifact import read_manifest
+from vla_ros.engines.cuda_stream import dedicated_stream, running_on, stream_handle
 from vla_ros.engines.prefix_graph import (
-    INPUT_NAMES,
+    check_graph_io,
+    kv_shape,
     ONNX_ELEMENT_TYPES,
     ort_type_to_torch,
-    OUTPUT_NAMES,
+    output_regions,
     output_targets,
     stage_inputs,
+    staging_reason,
 )
 from vla_ros.errors import ConfigError, EngineError
 from vla_ros.model.config import PolicyConfig
@@ -45,14 +63,29 @@ CUDA = "CUDAExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 CPU = "CPUExecutionProvider"
 PROVIDER_CHOICES = ("auto", "tensorrt", "cuda", "openvino", "cpu")
+# auto: the native prefix.engine is chosen before onnxruntime (factory.resolve_prefix_engine);
+# onnxruntime's TensorRT provider only when asked for (see the module docstring).
 _PREFERENCE = {
-    "auto": (TENSORRT, CUDA, OPENVINO, CPU),
+    "auto": (CUDA, OPENVINO, CPU),
     "tensorrt": (TENSORRT, CUDA, CPU),
     "cuda": (CUDA, CPU),
     "openvino": (OPENVINO, CPU),
     "cpu": (CPU,),
 }
 _GPU_PROVIDERS = (TENSORRT, CUDA)
+# onnxruntime's Python API takes `user_compute_stream` from 1.17 (microsoft/onnxruntime#19229).
+USER_STREAM_MIN_VERSION = (1, 17)
+# Run option that skips the providers' end-of-run stream synchronisation.
+NO_SYNC_RUN_OPTION = "disable_synchronize_execution_providers"
+
+
+def takes_user_stream(version: str) -> bool:
+    """Whether this onnxruntime version accepts a CUDA stream through the Python provider options."""
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= USER_STREAM_MIN_VERSION
 
 
 def _why_unusable(provider: str, available: Sequence[str], cuda_available: bool) -> str | None:
@@ -119,14 +152,17 @@ def openvino_options(num_threads: int | None, bf16: bool | None = None) -> dict[
 class OnnxPrefixRuntime:
     """Runs an exported prefix graph with IO binding.
 
-    providers: "auto" (TensorRT, then CUDA, then OpenVINO, then CPU, each only
-    when usable), or force "tensorrt" / "cuda" / "openvino" / "cpu" (an unusable
-    forced provider logs one warning and the next one is used). num_threads sets onnxruntime's intra-op
+    providers: "auto" (CUDA, then OpenVINO, then CPU, each only when usable), or
+    force "tensorrt" / "cuda" / "openvino" / "cpu" (an unusable forced provider
+    logs one warning and the next one is used; "tensorrt" is onnxruntime's
+    TensorRT provider, never chosen by auto). num_threads sets onnxruntime's intra-op
     threads (None: its default, one per core). engine_cache_dir holds the
     TensorRT provider's engine and timing caches (default: a folder in the
     artifact, or under ~/.cache/vla_ros when the artifact is read-only).
     cpu_bf16 sets the OpenVINO provider's inference precision (None: bf16 where
-    the CPU has native bf16 matmuls; False for fp32 parity).
+    the CPU has native bf16 matmuls; False for fp32 parity). stream: the CUDA
+    stream a GPU session runs on (None: a new dedicated one; `self.stream`
+    holds it, None on the CPU).
     """
 
     name = "onnxruntime"
@@ -139,6 +175,7 @@ class OnnxPrefixRuntime:
         engine_cache_dir: str | Path | None = None,
         device_id: int = 0,
         cpu_bf16: bool | None = None,
+        stream: "torch.cuda.Stream | None" = None,
     ):
         import onnxruntime as ort
 
@@ -161,7 +198,11 @@ class OnnxPrefixRuntime:
             prefix_tensorrt.cache_dir(self.artifact_dir, self.manifest, engine_cache_dir)
             if TENSORRT in chain else None
         )
-        self._ort_stream = self._torch_stream() if chain[0] in _GPU_PROVIDERS else None
+        self.stream = None
+        if chain[0] in _GPU_PROVIDERS:
+            self.stream = stream if stream is not None else dedicated_stream(torch.device("cuda", device_id))
+        # The stream handed to onnxruntime; None: onnxruntime runs on a stream of its own.
+        self._ort_stream = stream_handle(self.stream) if takes_user_stream(ort.__version__) else None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -191,7 +232,11 @@ class OnnxPrefixRuntime:
         on_gpu = self.providers[0] in _GPU_PROVIDERS
         self.device = torch.device("cuda", device_id) if on_gpu else torch.device("cpu")
         if not on_gpu:
-            self._ort_stream = None
+            self.stream = self._ort_stream = None
+        self._run_options = ort.RunOptions()
+        if self._ort_stream is not None:
+            # Ordered by the shared stream: the caller synchronises when it reads results.
+            self._run_options.add_run_config_entry(NO_SYNC_RUN_OPTION, "1")
 
         self._inputs = {
             spec.name: torch.zeros(spec.shape, dtype=ort_type_to_torch(spec.type), device=self.device)
@@ -201,28 +246,19 @@ class OnnxPrefixRuntime:
             spec.name: torch.empty(spec.shape, dtype=ort_type_to_torch(spec.type), device=self.device)
             for spec in self._session.get_outputs()
         }
-        if set(self._inputs) != set(INPUT_NAMES) or set(self._outputs) != set(OUTPUT_NAMES):
-            raise EngineError(
-                f"{self.graph_path} has inputs {sorted(self._inputs)} and outputs {sorted(self._outputs)}; "
-                f"expected {list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}: re-export with `vla-ros export`"
-            )
+        check_graph_io(self.graph_path, self._inputs, self._outputs, self.cfg.prefix.depth,
+                       "re-export with `vla-ros export`")
         self._binding = self._session.io_binding()
         for name, tensor in self._inputs.items():
             self._bind(name, tensor, output=False)
         self._bound_outputs: dict[str, tuple[int, torch.dtype, torch.device]] = {}
         self._said_staging = False
+        self.copied_outputs: tuple[str, ...] = ()
+        if self.stream is not None:
+            # The buffers above were zeroed on the loading stream; order the dedicated one after it.
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
 
     # -- session setup ---------------------------------------------------------------------------
-    def _torch_stream(self) -> int | None:
-        # Running onnxruntime on torch's current stream orders it after the input copies
-        # without a host sync. The legacy default stream (0) is not handed over: onnxruntime
-        # would treat it as "no stream given", so run() synchronizes instead.
-        try:
-            stream = torch.cuda.current_stream(self.device_id).cuda_stream
-        except (RuntimeError, AssertionError, AttributeError):  # torch without (working) CUDA
-            return None
-        return stream or None
-
     def _provider_options(self, provider: str) -> dict[str, str]:
         if provider == OPENVINO:
             return openvino_options(self.num_threads, self.cpu_bf16)
@@ -255,9 +291,14 @@ class OnnxPrefixRuntime:
         return {name: tuple(t.shape) for name, t in self._outputs.items()}
 
     @property
+    def kv_shape(self) -> tuple[int, ...]:
+        """(L, 1, KV, P, hd): the keys / values buffers `run` fills."""
+        return kv_shape(self.output_shapes)
+
+    @property
     def output_dtype(self) -> torch.dtype:
         """dtype of the graph's keys / values (the export precision)."""
-        return self._outputs["keys"].dtype
+        return self._outputs["keys" if "keys" in self._outputs else "keys_0"].dtype
 
     def allocate_outputs(
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
@@ -265,10 +306,9 @@ class OnnxPrefixRuntime:
         """Fresh (keys, values, pad_mask) buffers of the graph's shapes; defaults bind directly (no copy)."""
         device = self.device if device is None else torch.device(device)
         dtype = self.output_dtype if dtype is None else dtype
-        shapes = self.output_shapes
-        return (torch.zeros(shapes["keys"], dtype=dtype, device=device),
-                torch.zeros(shapes["values"], dtype=dtype, device=device),
-                torch.zeros(shapes["pad_mask"], dtype=torch.bool, device=device))
+        return (torch.zeros(self.kv_shape, dtype=dtype, device=device),
+                torch.zeros(self.kv_shape, dtype=dtype, device=device),
+                torch.zeros(self.output_shapes["pad_mask"], dtype=torch.bool, device=device))
 
     def run(self, images, image_masks, tokens, token_masks,
             keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor) -> None:
@@ -276,30 +316,33 @@ class OnnxPrefixRuntime:
 
         Inputs are numpy arrays or torch tensors, batched (1, ...) or not: images uint8
         (N, 224, 224, 3), image_masks bool (N,), tokens int (L,), token_masks bool (L,).
-        Targets on the session's device in the graph's dtype are written by onnxruntime
-        directly; others (e.g. bf16 buffers for an fp32 graph, or CPU buffers for a GPU
-        session) get a cast copy from the runtime's own output tensors.
+        Each layer's K and V are written by onnxruntime straight into keys[l] / values[l]
+        where that region is dense, on the session's device and in the graph's dtype
+        (the suffix's buffers with one KV head); others (bf16 buffers for an fp32 graph,
+        CPU buffers for a GPU session) get a cast copy from the runtime's own outputs.
+        On a GPU the work is queued on `self.stream`, ordered after the caller's
+        current stream and before its later work, without a host synchronisation.
         """
-        stage_inputs(self._inputs, (images, image_masks, tokens, token_masks), self.cfg)
-        bound, staged = output_targets(self._outputs, (keys, values, pad_mask))
+        regions = output_regions(self._outputs, keys, values, pad_mask)
+        bound, staged = output_targets(self._outputs, regions)
         for name, tensor in bound.items():
             key = (tensor.data_ptr(), tensor.dtype, tensor.device)
             if self._bound_outputs.get(name) != key:
                 self._bind(name, tensor, output=True)
                 self._bound_outputs[name] = key
         if staged and not self._said_staging:
-            target, own = staged[0]
-            log.info("prefix K/V buffers are %s on %s but the graph writes %s on %s: copying through the "
-                     "runtime's output buffers (one extra cast copy per run)",
-                     target.dtype, target.device, own.dtype, own.device)
+            log.info("%d of %d prefix outputs are not written by address: one cast copy each per run (%s)",
+                     len(staged), len(bound), staging_reason(*staged[0]))
             self._said_staging = True
-        if self.device.type == "cuda":
-            stream = torch.cuda.current_stream(self.device)
-            if self._ort_stream is None or stream.cuda_stream != self._ort_stream:
-                stream.synchronize()  # the input copies ran on another stream than onnxruntime's
-        self._session.run_with_iobinding(self._binding)
-        for target, own in staged:
-            target.copy_(own)
+        self.copied_outputs = tuple(name for name, tensor in bound.items() if tensor is self._outputs[name])
+        with running_on(self.stream):
+            stage_inputs(self._inputs, (images, image_masks, tokens, token_masks), self.cfg)
+            if self.device.type == "cuda" and self._ort_stream is None:
+                # onnxruntime runs on a stream of its own: the staged inputs must be in place.
+                torch.cuda.current_stream(self.device).synchronize()
+            self._session.run_with_iobinding(self._binding, self._run_options)
+            for target, own in staged:
+                target.copy_(own)
 
     def describe(self) -> dict:
         return {
@@ -313,4 +356,6 @@ class OnnxPrefixRuntime:
             "exporter": self.manifest["graph"]["exporter"],
             "num_threads": self.num_threads,
             "engine_cache": str(self.engine_cache_dir) if self.engine_cache_dir else None,
+            "cuda_stream": "dedicated" if self._ort_stream else ("onnxruntime's" if self.stream else None),
+            "copied_outputs": len(self.copied_outputs),
         }

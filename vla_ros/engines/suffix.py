@@ -10,6 +10,11 @@ What straightforward ports do per step, and what this module does instead:
   the whole cache every step and layer): prefix and suffix K/V share one static
   buffer per layer, the prefix encoder writes the front part once per
   inference, and each step overwrites only the suffix's few rows at the end.
+  With one KV head (every pi0 / pi0.5 config) each layer's front part is one
+  dense block, which the ONNX and TensorRT prefix runtimes write by address
+  (prefix_graph.output_regions); the front parts of all layers together are not.
+  Each layer's block starts on a 256-byte boundary (rows padded, never read),
+  as TensorRT requires of the addresses it writes.
 Every tensor the loop reads or writes lives in a buffer allocated in __init__,
 so the whole `forward` can be captured as one CUDA graph (suffix_cuda_graph.py).
 """
@@ -31,6 +36,18 @@ from vla_ros.model.layers import (
     rope_cos_sin,
 )
 from vla_ros.model.pi0 import euler_times, Pi0Model
+
+
+# TensorRT's setTensorAddress needs 256-byte aligned addresses; the K/V buffers start each layer on one.
+KV_ALIGN_BYTES = 256
+
+
+def aligned_rows(rows: int, kv_heads: int, head_dim: int, element_size: int) -> int:
+    """The fewest rows >= `rows` whose (kv_heads, rows, head_dim) block is a multiple of KV_ALIGN_BYTES."""
+    stored = rows
+    while (kv_heads * stored * head_dim * element_size) % KV_ALIGN_BYTES:
+        stored += 1
+    return stored
 
 
 class StaticSuffixDenoiser(nn.Module):
@@ -62,8 +79,15 @@ class StaticSuffixDenoiser(nn.Module):
         buffer("state", 1, adim)
         buffer("actions", 1, horizon, adim)
         suffix_len = cfg.suffix_len
-        buffer("keys", e.depth, 1, e.num_kv_heads, plen + suffix_len, e.head_dim, dtype=self.dtype)
-        buffer("values", e.depth, 1, e.num_kv_heads, plen + suffix_len, e.head_dim, dtype=self.dtype)
+        rows = plen + suffix_len
+        element = torch.empty((), dtype=self.dtype).element_size()
+        stored = aligned_rows(rows, e.num_kv_heads, e.head_dim, element)
+        for name in ("keys", "values"):
+            # (L, 1, KV, P + S, hd) views of a buffer padded to `stored` rows, so that every layer
+            # starts on a KV_ALIGN_BYTES boundary (TensorRT binds tensors only at such addresses).
+            shape = (e.depth, 1, e.num_kv_heads, stored, e.head_dim)
+            padded = torch.zeros(shape, dtype=self.dtype, device=device)
+            self.register_buffer(name, padded[:, :, :, :rows], persistent=False)
         buffer("prefix_pad", 1, plen, dtype=torch.bool)
         self.plen = plen
 
@@ -109,7 +133,11 @@ class StaticSuffixDenoiser(nn.Module):
 
     @property
     def prefix_keys(self) -> torch.Tensor:
-        """(L, 1, KV, P, hd) view of the static K buffer that the prefix encoder fills (not contiguous)."""
+        """(L, 1, KV, P, hd) view of the static K buffer that the prefix encoder fills.
+
+        Not contiguous as a whole (each layer's suffix rows follow its prefix rows);
+        with one KV head each layer's slice prefix_keys[l] is.
+        """
         return self.keys[:, :, :, : self.plen]
 
     @property

@@ -3,7 +3,9 @@
 This module and prefix_tensorrt.py are the only two that touch CUDA graphs /
 TensorRT. The denoiser's every input and output is a static buffer, so after
 capture an inference is: write noise / state (and the prefix K/V, written by the
-prefix runtime), replay.
+prefix runtime), replay. `run` replays on the caller's current stream: the
+OptimizedEngine's dedicated stream, the one its prefix runtime wrote the K/V on,
+so the replay is ordered after the prefix without a host synchronisation.
 """
 
 from __future__ import annotations
@@ -35,5 +37,5 @@ class CudaGraphSuffix:
         torch.cuda.synchronize()
 
     def run(self) -> torch.Tensor:
-        self.graph.replay()
+        self.graph.replay()  # enqueued on torch's current stream
         return self.denoiser.actions
