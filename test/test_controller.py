@@ -508,3 +508,25 @@ def test_stamps_from_the_future_are_rejected():
     events = ctl.events()
     assert "future_stamp:joint_state" in events and "use_sim_time" in events["future_stamp:joint_state"][1]
     assert ctl.on_joint_state(MEASURED, T0, T0), "a rejected future stamp did not wedge the buffer"
+
+
+def test_a_robot_far_from_its_commands_is_reported_as_a_safety_conflict():
+    # The robot is pushed 0.5 rad away from where it is sent, farther than
+    # max_distance_from_measured (0.05) and than one velocity step (0.02): the
+    # command steps toward it at the velocity limit (never jumps) and diagnostics
+    # say why the distance bound is not met.
+    cfg = make_config(limits={"max_velocity": [1.0], "max_distance_from_measured": [0.05]})
+    hold = lambda ts: ActionChunk(np.tile(np.float32(MEASURED), (50, 1)), ts)  # noqa: E731
+    sim = Sim(PolicyController(cfg), policy=hold)
+    sim.ctl.activate(T0)
+    sim.run(0.3)
+    before = sim.plans[-1][1].positions[0]
+    pushed = MEASURED + np.array([0.0, 0.0, 0.0, -0.5])
+    for k in range(1, 6):
+        t = sim.t + 0.02 * k
+        feed(sim.ctl, t, state=pushed)
+        plan = sim.ctl.tick(t)
+        assert plan.positions[0][3] == pytest.approx(before[3] - 0.02 * k), "toward the robot, a step a tick"
+    status = sim.ctl.status(t)
+    assert status.values["safety.conflict_clamps"] >= 5
+    assert "safety conflict on j3" in status.message

@@ -7,6 +7,7 @@ says how to proceed, and the process-wide switch interval restored.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -157,6 +158,17 @@ def test_release_restores_the_switch_interval():
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert sys.getswitchinterval() == pytest.approx(0.0007)
+        # Status changes are logged at INFO (OK) and WARN alternately: rclpy refuses a
+        # call site that changes severity, which once killed the executor's thread.
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        real = node.controller.status
+        for level in ("WARN", "OK", "WARN", "OK"):
+            node.controller.status = lambda now, level=level: dataclasses.replace(
+                real(now), level=level, message=level.lower()
+            )
+            node._on_diagnostics_timer()
+        node.controller.status = real
+        node.trigger_deactivate()
         node.trigger_cleanup()
         assert sys.getswitchinterval() == pytest.approx(before)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -90,7 +91,9 @@ def test_offline_replay(setup, tiny_checkpoint, tmp_path, capsys):
     assert {'metrics.json', 'commands.csv', 'summary.txt', 'plots/joints.png', 'plots/latency.png',
             'trajectory_bag/metadata.yaml'} <= set(files)
     assert files['plots/joints.png'].read_bytes()[:4] == b'\x89PNG'
+    assert files['plots/model_inputs.png'].read_bytes()[:4] == b'\x89PNG'
     metrics = json.loads(files['metrics.json'].read_text())
+    assert 'plots/model_inputs.png' in metrics['outputs']['plots']
     counts = metrics['counts']
     expected = int(SECONDS * RATE)
     assert counts['expected_trajectories'] == expected
@@ -141,7 +144,7 @@ def test_offline_replay_is_reproducible(setup, tiny_checkpoint, tmp_path, capsys
 def test_restamp_shifts_header_stamps():
     from sensor_msgs.msg import JointState
 
-    from vla_ros.ros.conversions import seconds_to_stamp
+    from vla_ros.ros.builtin_time import seconds_to_stamp
 
     msg = JointState(name=['a'], position=[1.0])
     msg.header.stamp = seconds_to_stamp(100.5)
@@ -279,3 +282,26 @@ def test_error_joint_states_lack_configured_joints(setup, tmp_path, capsys):
     _, _, bag = setup
     config = write_config(tmp_path / 'cfg.yaml', joint_names=JOINTS[:13] + ['elbow_extra'])
     _expect_error(capsys, tmp_path, bag, config, "missing joints ['elbow_extra']")
+
+
+def test_model_input_sheet_letterboxes_the_first_frame_after_each_sample_time():
+    from vla_ros.observation.image import resize_with_pad
+
+    sheet = replay_report.ModelInputSheet([('base_0_rgb', '/cam_high'), ('left_wrist_0_rgb', '/cam_left')],
+                                          start=10.0, end=14.0, size=32, samples=2)
+    assert sheet.times == [11.0, 13.0]
+    frames = {t: np.random.default_rng(int(t * 10)).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+              for t in (10.5, 11.2, 13.1, 13.4)}
+    assert not sheet.needs('base_0_rgb', 10.5), 'before the first sample time'
+    for t in (11.2, 13.1):
+        assert sheet.needs('base_0_rgb', t)
+        sheet.add('base_0_rgb', frames[t], t)
+    assert not sheet.needs('base_0_rgb', 13.4), 'both samples have their base frame'
+    sheet.add('left_wrist_0_rgb', frames[13.4], 13.4)  # the wrist camera started late
+    assert sheet.frames[0]['base_0_rgb'][0] == 11.2 and sheet.frames[1]['base_0_rgb'][0] == 13.1
+    np.testing.assert_array_equal(sheet.frames[1]['base_0_rgb'][1], resize_with_pad(frames[13.1], 32, 32))
+    assert sheet.frames[0]['left_wrist_0_rgb'][0] == 13.4
+    assert sheet.frames[1]['base_0_rgb'][1].shape == (32, 32, 3)
+    path = Path(os.environ.get('TMPDIR', '/tmp')) / f'sheet-{os.getpid()}.png'
+    assert replay_report.write_contact_sheet(sheet, 10.0, path) == path
+    assert path.read_bytes()[:4] == b'\x89PNG'

@@ -82,13 +82,38 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def describe_policy(policy: Any) -> dict[str, str]:
+    """The engine a policy runs on (prefix runtime, provider, precision, suffix...), as strings.
+
+    Empty for objects without an engine (test doubles). For the node's start-up summary.
+    """
+    describe = getattr(getattr(policy, "engine", None), "describe", None)
+    if describe is None:
+        return {}
+    try:
+        return {str(k): str(v) for k, v in describe().items()}
+    except Exception:  # a summary must never stop a start
+        log.debug("the engine could not describe itself:\n%s", traceback.format_exc())
+        return {}
+
+
 class ThreadRunner:
-    """The policy in this process (called from the worker thread)."""
+    """The policy in this process (called from the worker thread).
+
+    ``spec``: the policy's ``PolicySpec`` (for ``vla_ros.policy.check_fits``),
+    or None for a policy without one (test doubles). ``description``: its
+    engine, see ``describe_policy``.
+    """
 
     mode = "thread"
 
     def __init__(self, policy: Any):
+        from vla_ros.policy import PolicySpec
+
         self.policy = policy
+        spec = getattr(policy, "spec", None)
+        self.spec = spec if isinstance(spec, PolicySpec) else None
+        self.description = describe_policy(policy)
 
     def infer(self, obs: RawObservation) -> ActionChunk:
         return self.policy.infer(obs)
@@ -151,7 +176,15 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
     except BaseException as exc:  # report anything, including import errors
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", None))
+    spec = None  # the policy's PolicySpec as builtins; None for policies without one (test doubles)
+    try:
+        from vla_ros.policy import PolicySpec
+
+        found = getattr(policy, "spec", None)
+        spec = found.to_dict() if isinstance(found, PolicySpec) else None
+    except Exception:
+        log.debug("the policy's spec could not be read:\n%s", traceback.format_exc())
+    conn.send(("ready", {"spec": spec, "description": describe_policy(policy)}))
     attached: dict[str, shared_memory.SharedMemory] = {}
     out = _SharedArray()
     try:
@@ -206,6 +239,8 @@ class ProcessRunner:
     threads. ``factory`` (a picklable zero-argument callable returning an
     object with ``infer``) replaces loading ``checkpoint`` (tests use it for
     fake policies); the child gets this process's sys.path to import it.
+    ``spec``: the policy's ``PolicySpec``, sent by the child with its "ready"
+    message, or None for a policy without one.
     """
 
     mode = "process"
@@ -241,6 +276,15 @@ class ProcessRunner:
         if kind != "ready":
             self.close()
             raise EngineError(f"the policy process could not load the policy: {payload}")
+        from vla_ros.policy import PolicySpec
+
+        self.spec: PolicySpec | None = None
+        self.description: dict[str, str] = dict(payload.get("description") or {})
+        if isinstance(payload.get("spec"), dict):
+            try:
+                self.spec = PolicySpec.from_dict(payload["spec"])
+            except (TypeError, ValueError) as exc:
+                log.debug("the policy process sent an unreadable spec (%s); not checking it", exc)
 
     @property
     def pid(self) -> int:
@@ -334,6 +378,8 @@ class InferenceWorker:
 
     clock: returns ``now`` on the controller's clock (the node's ROS clock).
     on_error: optional callback(message) for logging failures.
+    on_chunk: optional callback(request, chunk) for every chunk, before the
+        controller merges it (the node's debug topics).
     """
 
     def __init__(
@@ -343,12 +389,14 @@ class InferenceWorker:
         clock: Callable[[], float],
         poll_period: float = 0.005,
         on_error: Callable[[str], None] | None = None,
+        on_chunk: Callable[[Any, ActionChunk], None] | None = None,
     ):
         self.controller = controller
         self.runner = runner
         self._clock = clock
         self._poll = float(poll_period)
         self._on_error = on_error
+        self._on_chunk = on_chunk
         self._stop = threading.Event()
         self._running = threading.Event()  # cleared: suspended (no new inferences)
         self._thread: threading.Thread | None = None
@@ -387,20 +435,22 @@ class InferenceWorker:
                 continue
             if self._stop.is_set():
                 break
-            obs = self.controller.next_request(self._clock())
-            if obs is None:
+            request = self.controller.next_request(self._clock())
+            if request is None:
                 time.sleep(self._poll)
                 continue
             try:
-                chunk = self.runner.infer(obs)
+                chunk = self.runner.infer(request.observation)
             except Exception as exc:  # any engine error must reach the watchdog
                 message = f"{type(exc).__name__}: {exc}"
-                self.controller.on_inference_failed(message, self._clock())
+                self.controller.on_inference_failed(message, self._clock(), request)
                 if self._on_error is not None:
                     self._on_error(message)
                 continue
             self.inferences += 1
-            self.controller.on_chunk(chunk, self._clock())
+            if self._on_chunk is not None:
+                self._on_chunk(request, chunk)
+            self.controller.on_chunk(chunk, self._clock(), request)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -41,46 +42,37 @@ from rclpy.executors import (
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    qos_profile_sensor_data,
-    qos_profile_system_default,
-    QoSDurabilityPolicy,
-    QoSHistoryPolicy,
-    QoSProfile,
-    QoSReliabilityPolicy,
-)
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, ParameterException
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+
+from vla_ros.actions.trajectory import prepare_chunk
 from vla_ros.config import DEFAULT_NODE_NAME, NodeConfig
-from vla_ros.controller import PeriodRecorder, PolicyController
+from vla_ros.config.params_file import params_files_in_args, read_parameters_file
+from vla_ros.controller import PolicyController
+from vla_ros.status import PeriodRecorder
 from vla_ros.errors import ConfigError
-from vla_ros.ros.conversions import (
-    compressed_to_rgb,
-    diagnostic_status,
-    float64_array_msg,
-    image_to_rgb,
-    stamp_to_seconds,
-    trajectory_msg,
-)
+from vla_ros.policy import check_config_fits
+from vla_ros.ros.builtin_time import seconds_to_stamp, stamp_to_seconds
+from vla_ros.ros.command_msgs import float64_array_msg, trajectory_msg
+from vla_ros.ros.diagnostics_msgs import diagnostic_status
+from vla_ros.observation.image import resize_with_pad
+from vla_ros.ros.image_msgs import compressed_to_rgb, image_to_rgb, rgb_to_image_msg
 from vla_ros.ros.inference_worker import InferenceWorker, make_runner, warmup_observation
 from vla_ros.ros.joint_state_merge import joint_state_reader
 from vla_ros.ros.params import declare_parameters, read_parameters
+from vla_ros.ros.qos import COMMAND_QOS, DEBUG_QOS, INSTRUCTION_QOS, SENSOR_QOS
 
-RELIABLE_QOS = QoSProfile(
-    history=QoSHistoryPolicy.KEEP_LAST,
-    depth=10,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.VOLATILE,
-)
-QOS = {
-    "sensor_data": qos_profile_sensor_data,
-    "reliable": RELIABLE_QOS,
-    "system_default": qos_profile_system_default,
-}
 WARNING_PERIOD = 5.0  # seconds between repeated warnings about one input
 
 
@@ -131,6 +123,33 @@ class DedicatedTimer:
         self.node.destroy_node()
 
 
+class _Progress:
+    """Logs "still <doing> (N s)" every ``period`` seconds while a slow step runs.
+
+    Configure runs inside a lifecycle service callback, so the executor is
+    blocked while a multi-gigabyte checkpoint loads; this at least tells the
+    operator (and ``ros2 launch``'s output) that the node is alive.
+    """
+
+    def __init__(self, log: Any, doing: str, period: float = 10.0):
+        self._log, self._doing, self._period = log, doing, period
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vla_ros-progress", daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._done.wait(self._period):
+            self._log.info(f"still {self._doing} ({time.monotonic() - start:.0f} s)")
+
+    def __enter__(self) -> "_Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 class VlaPolicyNode(LifecycleNode):
     """Runs a pi0 / pi0.5 policy on live sensor data and publishes joint trajectories.
 
@@ -167,6 +186,13 @@ class VlaPolicyNode(LifecycleNode):
         self._last_level = ""
         self._control_timer: DedicatedTimer | None = None
         self._sim_time = False
+        self._jump_handle = None
+        self._chunk_pub = None
+        self._images_pub = None
+        self._image_size = 224
+        self._last_debug_images = -float("inf")
+        self._switch_interval: float | None = None
+        self.configure_error = ""
 
     # ----------------------------------------------------------- helpers ---
 
@@ -197,35 +223,49 @@ class VlaPolicyNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         log = self.get_logger()
+        self.configure_error = ""
         try:
             config = NodeConfig.from_flat(read_parameters(self))
             if not config.checkpoint and self._policy_factory is None:
                 raise ConfigError("checkpoint", "required: a checkpoint or exported artifact directory")
         except ConfigError as exc:
-            log.error(f"configure failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(str(exc))
+        options = config.policy.to_policy_options()
+        log.info(
+            f"loading the policy from '{config.checkpoint or 'policy_factory'}' "
+            f"(engine {options.engine}, precision {options.precision}, device {options.device}, "
+            f"inference in a {config.inference.mode}); a full-size checkpoint takes minutes"
+        )
+        started = time.monotonic()
         try:
-            runner = make_runner(
-                config.inference.mode,
-                config.checkpoint,
-                config.policy.to_policy_options(),
-                timeout=config.inference.timeout,
-                policy_factory=self._policy_factory,
-            )
+            with _Progress(log, "loading the policy"):
+                runner = make_runner(
+                    config.inference.mode,
+                    config.checkpoint,
+                    options,
+                    timeout=config.inference.timeout,
+                    policy_factory=self._policy_factory,
+                )
         except Exception as exc:  # a missing file, a bad engine: stay unconfigured, say why
-            log.error(
-                f"configure failed: cannot load the policy from '{config.checkpoint}': "
-                f"{type(exc).__name__}: {exc}"
+            return self._configure_failed(
+                f"cannot load the policy from '{config.checkpoint}': {type(exc).__name__}: {exc}"
             )
-            return TransitionCallbackReturn.FAILURE
         try:
-            self._warm_up(config, runner)
+            notes = check_config_fits(getattr(runner, "spec", None), config)
+        except ConfigError as exc:
+            runner.close()
+            return self._configure_failed(str(exc))
+        try:
+            with _Progress(log, "warming up"):
+                self._warm_up(config, runner)
         except Exception as exc:
             runner.close()
-            log.error(f"configure failed: warm-up inference failed: {type(exc).__name__}: {exc}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(f"warm-up inference failed: {type(exc).__name__}: {exc}")
+        self._log_summary(config, runner, time.monotonic() - started, notes)
 
         if config.gil_switch_interval > 0.0:
+            # Process-wide: restored in _release.
+            self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(config.gil_switch_interval)
         self.config = config
         self.runner = runner
@@ -238,14 +278,60 @@ class VlaPolicyNode(LifecycleNode):
             runner,
             self._now,
             on_error=lambda m: self._warn_throttled("inference", f"inference failed: {m}"),
+            on_chunk=self._publish_debug if config.debug.action_chunk or config.debug.policy_images else None,
+        )
+        # A clock that goes back (a restarted simulation, a looped bag under
+        # use_sim_time) would leave every buffered stamp in the future.
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
+            post_callback=self._on_clock_jump,
         )
         self.worker.start()
-        log.info(
-            f"configured: {config.num_joints} joints, cameras {list(config.cameras.keys)}, "
-            f"control {config.control_rate:g} Hz, inference in a {runner.mode}"
-            f"{', dry run' if config.dry_run else ''}"
-        )
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        self.configure_error = reason
+        self.get_logger().error(f"configure failed: {reason}")
+        return TransitionCallbackReturn.FAILURE
+
+    def _log_summary(self, config: NodeConfig, runner: Any, seconds: float, notes: list[str]) -> None:
+        """One summary of what runs: model, engine and why, norm stats, every topic in and out."""
+        log = self.get_logger()
+        spec = getattr(runner, "spec", None)
+        lines = [f"loaded in {seconds:.1f} s, inference in a {runner.mode}"]
+        if spec is not None:
+            lines.append(
+                f"model: {spec.config_name} ({spec.variant}), {len(spec.camera_keys)} camera slots at "
+                f"{spec.image_size} px, {spec.max_token_len} prompt tokens, chunks of {spec.action_horizon}"
+            )
+            lines.append(
+                f"norm stats: {spec.norm_stats or '?'} (state {spec.state_dim} dims, actions "
+                f"{spec.action_stats_dim} dims; robot {config.num_joints} joints)"
+            )
+        else:
+            lines.append("model: a policy_factory object (no spec; joints and norm stats not checked)")
+        engine = getattr(runner, "description", None)
+        if engine:
+            lines.append("engine: " + ", ".join(f"{k}={v}" for k, v in engine.items()))
+        out = config.output
+        traj = out.debug_trajectory_topic if config.dry_run else out.trajectory_topic
+        outputs = [t for t in (traj, out.debug_position_topic if config.dry_run else out.position_topic) if t]
+        if config.debug.action_chunk:
+            outputs.append("~/debug/action_chunk")
+        if config.debug.policy_images:
+            outputs.append("~/debug/policy_images")
+        lines.append(
+            "in: "
+            + ", ".join(f"{s.key} <- {s.topic} ({s.transport})" for s in config.cameras.streams)
+            + f", joint states <- {config.joint_states.topic}, instruction <- {config.prompt.topic}"
+        )
+        lines.append(
+            f"out: {', '.join(outputs)}, /diagnostics; control {config.control_rate:g} Hz"
+            + (" (DRY RUN: nothing goes to the robot's topics)" if config.dry_run else "")
+        )
+        log.info("configured:\n  " + "\n  ".join(lines))
+        for note in notes:
+            log.warning("!" * 8 + f" {note} " + "!" * 8)
 
     def _warm_up(self, config: NodeConfig, runner: Any) -> None:
         sizes = {s.key: s.expected_size or (224, 224) for s in config.cameras.streams}
@@ -289,10 +375,18 @@ class VlaPolicyNode(LifecycleNode):
             (out.debug_position_topic if config.dry_run else out.position_topic) if out.position_topic else ""
         )
         if out.trajectory_topic:
-            self._traj_pub = self.create_lifecycle_publisher(JointTrajectory, traj_topic, RELIABLE_QOS)
+            self._traj_pub = self.create_lifecycle_publisher(JointTrajectory, traj_topic, COMMAND_QOS)
         if pos_topic:
-            self._pos_pub = self.create_lifecycle_publisher(Float64MultiArray, pos_topic, RELIABLE_QOS)
+            self._pos_pub = self.create_lifecycle_publisher(Float64MultiArray, pos_topic, COMMAND_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        if config.debug.action_chunk:
+            self._chunk_pub = self.create_lifecycle_publisher(
+                JointTrajectory, "~/debug/action_chunk", DEBUG_QOS
+            )
+        if config.debug.policy_images:
+            self._images_pub = self.create_lifecycle_publisher(Image, "~/debug/policy_images", DEBUG_QOS)
+            spec = getattr(self.runner, "spec", None)
+            self._image_size = int(getattr(spec, "image_size", 0) or 224)
 
         read_joint_state = joint_state_reader(
             config.joint_names, config.joint_states.merge_partial, config.joint_states.max_staleness
@@ -305,7 +399,7 @@ class VlaPolicyNode(LifecycleNode):
                     CompressedImage if compressed else Image,
                     stream.topic,
                     self._image_callback(stream.key, compressed),
-                    QOS[config.cameras.qos_of(stream.key)],
+                    SENSOR_QOS[config.cameras.qos_of(stream.key)],
                     callback_group=MutuallyExclusiveCallbackGroup(),
                 )
             )
@@ -314,13 +408,20 @@ class VlaPolicyNode(LifecycleNode):
                 JointState,
                 config.joint_states.topic,
                 self._joint_state_callback(read_joint_state),
-                QOS[config.joint_states.qos],
+                SENSOR_QOS[config.joint_states.qos],
                 callback_group=self._state_group,
             )
         )
         subs.append(
             self.create_subscription(
-                String, config.prompt.topic, self._on_prompt, RELIABLE_QOS, callback_group=self._state_group
+                String,
+                config.prompt.topic,
+                self._on_prompt,
+                INSTRUCTION_QOS,
+                callback_group=self._state_group,
+                event_callbacks=SubscriptionEventCallbacks(
+                    incompatible_qos=self._on_incompatible_instruction
+                ),
             )
         )
 
@@ -349,7 +450,16 @@ class VlaPolicyNode(LifecycleNode):
         self.period_recorder.reset()
         self.worker.resume()
         self._active = True
-        self.get_logger().info("activated: running the policy")
+        prompt = self.controller.prompt
+        where = self.config.prompt.topic
+        self.get_logger().info(
+            "activated: running the policy; "
+            + (
+                f"instruction '{prompt}' ({self.controller.prompt_source}; {where} replaces it)"
+                if prompt
+                else f"no instruction yet: publish one on {where} (std_msgs/String, transient-local)"
+            )
+        )
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -378,6 +488,12 @@ class VlaPolicyNode(LifecycleNode):
     def _release(self) -> None:
         """Stop inference and destroy what configure created (idempotent)."""
         self._active = False
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
         if self._control_timer is not None:
             self._control_timer.destroy()
             self._control_timer = None
@@ -395,7 +511,7 @@ class VlaPolicyNode(LifecycleNode):
             self.destroy_service(service)
         self._owned_timers, self._input_subscriptions, self._owned_services = [], [], []
         with self._output_lock:  # no publish in flight while the publishers go
-            for name in ("_traj_pub", "_pos_pub"):
+            for name in ("_traj_pub", "_pos_pub", "_chunk_pub", "_images_pub"):
                 pub = getattr(self, name)
                 if pub is not None:
                     self.destroy_lifecycle_publisher(pub)
@@ -480,8 +596,8 @@ class VlaPolicyNode(LifecycleNode):
         controller = self.controller
         if controller is None:
             return
-        if controller.on_prompt(msg.data, self._now()):
-            self.get_logger().info(f"instruction: '{msg.data.strip()}'")
+        if controller.on_prompt(msg.data, self._now(), source=f"from {self.config.prompt.topic}"):
+            self.get_logger().info(f"instruction: '{msg.data.strip()}' (from {self.config.prompt.topic})")
         else:
             self._warn_throttled("prompt", "rejected an empty instruction; keeping the previous prompt")
 
@@ -513,6 +629,55 @@ class VlaPolicyNode(LifecycleNode):
         if self._pos_pub is not None:
             self._pos_pub.publish(float64_array_msg(plan.positions[0]))
 
+    def _on_incompatible_instruction(self, event: Any) -> None:
+        self.get_logger().warning(
+            f"a publisher on {self.config.prompt.topic} offers QoS this node cannot receive "
+            f"({getattr(event, 'last_policy_kind', '?')}): the instruction is subscribed reliable and "
+            "transient-local; publish it with durability transient_local (ros2 topic pub "
+            "--qos-durability transient_local --qos-reliability reliable)"
+        )
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        seconds = jump.delta.nanoseconds * 1e-9
+        controller = self.controller
+        if controller is None or seconds >= 0.0:
+            return
+        now = self._now()
+        controller.on_clock_jump(now, seconds)
+        if self.period_recorder is not None:
+            self.period_recorder.reset()
+        self.get_logger().warning(
+            f"clock jumped back {-seconds:.3f} s (restarted simulation or looped bag): "
+            "dropped buffered observations and chunks; holding until fresh ones arrive"
+        )
+
+    def _publish_debug(self, request: Any, chunk: Any) -> None:
+        """~/debug/action_chunk and ~/debug/policy_images, from the inference worker's thread."""
+        config = self.config
+        obs = request.observation
+        try:
+            if self._chunk_pub is not None:
+                absolute = prepare_chunk(
+                    chunk, config.policy.action_space, obs.state, self.controller.delta_mask
+                ).actions
+                times = config.policy.action_period * np.arange(absolute.shape[0])
+                msg = trajectory_msg(config.joint_names, times, absolute, None)
+                msg.header.stamp = seconds_to_stamp(chunk.timestamp)
+                self._chunk_pub.publish(msg)
+            now = time.monotonic()
+            due = now - self._last_debug_images >= 1.0 / config.debug.policy_images_rate
+            if self._images_pub is not None and due:
+                self._last_debug_images = now
+                for key, rgb in obs.images.items():
+                    boxed = resize_with_pad(rgb, self._image_size, self._image_size)
+                    msg = rgb_to_image_msg(boxed, "rgb8")
+                    msg.header.stamp = seconds_to_stamp(obs.timestamp)
+                    msg.header.frame_id = key
+                    self._images_pub.publish(msg)
+        except Exception as exc:  # debug output must never stop inference
+            if self.context.ok():
+                self._warn_throttled("debug", f"debug topics: {type(exc).__name__}: {exc}")
+
     def _on_pause(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         changed = self.controller.pause()
         response.success = True
@@ -540,6 +705,16 @@ class VlaPolicyNode(LifecycleNode):
             level, message = "WARN", "node inactive (activate it to run the policy)"
         values = {"lifecycle": "active" if self._active else "inactive"}
         values.update(status.values)
+        if self._active:
+            for stream in self.config.cameras.streams:
+                if str(values.get(f"camera.{stream.key}", "")).endswith("missing (never received)"):
+                    self._warn_throttled(
+                        f"never:{stream.key}",
+                        f"camera {stream.key}: nothing received on {stream.topic} "
+                        f"({'CompressedImage' if stream.transport == 'compressed' else 'Image'}, "
+                        f"QoS {self.config.cameras.qos_of(stream.key)}); check the topic name, the transport "
+                        f"and the publisher's QoS",
+                    )
         jitter = self.period_recorder.stats()
         values["timer.period_jitter_p50_ms"] = jitter["p50_ms"]
         values["timer.period_jitter_p99_ms"] = jitter["p99_ms"]
@@ -555,7 +730,11 @@ class VlaPolicyNode(LifecycleNode):
         self._diag_pub.publish(array)
         if level != self._last_level and self._active:
             log = self.get_logger()
-            (log.info if level == "OK" else log.warning)(f"status {level}: {message}")
+            # One call site per severity: rclpy raises when a call site changes severity.
+            if level == "OK":
+                log.info(f"status {level}: {message}")
+            else:
+                log.warning(f"status {level}: {message}")
         self._last_level = level
 
 
@@ -593,28 +772,66 @@ class _StopRequest:
         raise KeyboardInterrupt
 
 
+class _StartFailed(Exception):
+    """The node could not start (its reason is the message); main exits non-zero."""
+
+
+def _fail_at_start(message: str) -> None:
+    """One line on stderr, exit code 2: what ``ros2 launch`` shows, and what respawn policies see."""
+    print(f"vla_policy_node: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``vla_policy_node``."""
+    """Entry point of ``vla_policy_node``.
+
+    Exits non-zero, with the reason in one line, when the node cannot start:
+    a parameter file rcl would refuse (syntax, a missing file, a list mixing
+    types: checked by the same loader as ``vla-ros replay``), a parameter of
+    the wrong type, or (``auto_activate: true``) a failed configure.
+    """
+    argv = sys.argv if args is None else list(args)
+    try:
+        for path in params_files_in_args(argv):
+            read_parameters_file(path)
+    except ConfigError as exc:
+        _fail_at_start(str(exc))
     # rclpy's own SIGINT handler shuts the context down while the control-timer and
     # executor threads still wait on it, which intermittently crashed rcl at Ctrl-C
     # (SIGSEGV, or errors from take_message). Here the node stops its threads and
     # destroys its entities first, while the context is still valid.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # rcl's own argument errors: keep the one line that says why
+        _fail_at_start(str(exc).splitlines()[0])
     stop = _StopRequest()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     executor = None
+    failure = ""
     try:
-        node = VlaPolicyNode()
+        try:
+            node = VlaPolicyNode()
+        except (ParameterException, InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            raise _StartFailed(f"parameter: {exc}") from None
         executor = make_executor(node.get_parameter("executor_threads").value)
         executor.add_node(node)
         if node.get_parameter("auto_activate").value:
-            node.autostart()
+            if not node.autostart():
+                raise _StartFailed(node.configure_error or "auto_activate: activate failed")
+        else:
+            name = node.get_fully_qualified_name()
+            node.get_logger().info(
+                f"unconfigured (auto_activate is false): nothing runs until you configure and activate it: "
+                f"ros2 lifecycle set {name} configure && ros2 lifecycle set {name} activate"
+            )
         stop.spinning = True
         while rclpy.ok() and not stop.requested:
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _StartFailed as exc:
+        failure = str(exc)
     finally:
         stop.spinning = False  # from here on a signal interrupts the cleanup
         if node is not None:
@@ -625,6 +842,8 @@ def main(args: list[str] | None = None) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         rclpy.try_shutdown()
+    if failure:
+        _fail_at_start(failure)
 
 
 if __name__ == "__main__":

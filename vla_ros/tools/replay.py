@@ -75,6 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
+def check_fit(args: argparse.Namespace, config: Any) -> None:
+    """Check the config's robot against the checkpoint before the policy loads (ConfigError: no fit).
+
+    Offline: the checkpoint the replay loads. Live: --checkpoint / --artifacts
+    when given, else the config's checkpoint when it is a directory here (the
+    node may run on another machine); the node checks again at configure.
+    """
+    from vla_ros.policy import check_config_fits, read_spec
+
+    if args.checkpoint or args.artifacts:
+        source = args.checkpoint or args.artifacts
+        parameter = '--checkpoint' if args.checkpoint else '--artifacts'
+    elif config.checkpoint and (args.mode == 'offline' or Path(config.checkpoint).is_dir()):
+        source, parameter = Path(config.checkpoint), 'checkpoint'
+    else:
+        return
+    spec = read_spec(source, config.policy.to_policy_options())
+    for warning in check_config_fits(spec, config, checkpoint_from=parameter):
+        print(f'warning: {warning}', file=sys.stderr)
+
+
 def replay(args: argparse.Namespace, abort_check: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run a replay from parsed arguments; returns the metrics (also written to --out).
 
@@ -100,6 +121,7 @@ def replay(args: argparse.Namespace, abort_check: Callable[[], None] | None = No
     with bag_io.BagReader(args.bag) as bag:
         plan = plan_replay(bag, config, args.command_topic, args.start, args.duration, args.prompt)
         kind, ref_topic, ref_t, ref_p = read_reference(bag, plan)
+        check_fit(args, config)  # the bag fits the config; now the config must fit the checkpoint
         record = replay_report.ReplayRecord(
             mode=args.mode, joint_names=tuple(config.joint_names),
             start_time=plan.begin_ns * 1e-9, end_time=plan.end_ns * 1e-9, control_rate=config.control_rate,
@@ -126,8 +148,12 @@ def replay(args: argparse.Namespace, abort_check: Callable[[], None] | None = No
         print(f'  (measured inference compute on this machine: p50 {np.percentile(compute_ms, 50):.1f} ms, '
               f'p99 {np.percentile(compute_ms, 99):.1f} ms; the simulation used a fixed '
               f'{args.latency_ms:g} ms)')
+    plots = ', '.join(metrics['outputs']['plots'])
     print(f'wrote {out}/ ({replay_report.METRICS_NAME}, {replay_report.CSV_NAME}, {replay_report.BAG_NAME}/, '
-          f'{replay_report.PLOTS_DIR}/joints.png, {replay_report.PLOTS_DIR}/latency.png) in {elapsed:.1f} s')
+          f'{plots}) in {elapsed:.1f} s')
+    if replay_report.SHEET_NAME in plots:
+        sheet = f'{out}/{replay_report.PLOTS_DIR}/{replay_report.SHEET_NAME}'
+        print(f'  check the camera-to-slot mapping: {sheet}')
     sys.stdout.flush()
     return metrics
 

@@ -108,7 +108,7 @@ class _NodeRecorder:
             self.diag_after = None
 
     def on_trajectory(self, msg: Any) -> None:
-        from vla_ros.ros.conversions import stamp_to_seconds
+        from vla_ros.ros.builtin_time import stamp_to_seconds
 
         now = self.now()
         wall = time.monotonic()
@@ -172,8 +172,11 @@ class LiveReplay:
         from vla_ros.ros.bag_player import BagPlayer
         from vla_ros.tools import bag_io
 
+        from vla_ros.tools.replay_offline import model_input_sheet
+
         plan = self.plan
         begin = plan.begin_ns * 1e-9
+        self.sheet = record.model_inputs = model_input_sheet(plan, begin, plan.end_ns * 1e-9)
         recorder = _NodeRecorder(record, plan.config.joint_names, self.trajectory_topic, self.node_name,
                                  begin)
         inputs = {topic: bag_io.message_class(bag.topics[topic].msgtype) for topic in plan.input_topics}
@@ -244,6 +247,7 @@ class LiveReplay:
                     next_check = msg.time + 0.5
                 wait_until(msg.time)
                 player.publish(msg.topic, prepare(msg))
+                self._sample(msg)
             wait_until(end)
             wall_duration = time.monotonic() - wall0
             replayer_cpu = time.process_time() - cpu0
@@ -251,6 +255,22 @@ class LiveReplay:
         finally:
             bar.close()
         return wall_duration, replayer_cpu
+
+    def _sample(self, msg: Any) -> None:
+        """Decode a camera frame for the contact sheet, only when one is wanted."""
+        key = self.plan.camera_topics.get(msg.topic)
+        t = msg.time
+        if key is None or self.sheet is None or not self.sheet.needs(key, t):
+            return
+        from vla_ros.ros.image_msgs import compressed_to_rgb, image_to_rgb
+        from vla_ros.tools import bag_io
+
+        try:
+            ros_msg = bag_io.decode(msg)
+            compressed = msg.msgtype == bag_io.COMPRESSED_IMAGE
+            self.sheet.add(key, compressed_to_rgb(ros_msg) if compressed else image_to_rgb(ros_msg), t)
+        except Exception:  # an undecodable frame is the node's to report; the sheet shows a gap
+            pass
 
     def _fill_record(self, record: Any, diag: Any, receipts: np.ndarray, wall_duration: float,
                      replayer_cpu: float) -> None:

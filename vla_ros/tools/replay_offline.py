@@ -1,7 +1,7 @@
 """Offline replay: the bag through the node's own code on simulated time, no DDS.
 
 The bag's messages, in bag-time order, go through the same message
-conversions as the node (vla_ros.ros.conversions), its PolicyController
+conversions as the node (vla_ros.ros.image_msgs, joint_state_msgs), its PolicyController
 (observation assembly, inference trigger, aggregation, limits, watchdog) and
 Policy. The control timer ticks every 1 / control_rate seconds of bag time,
 and a chunk arrives `latency` after its request (fixed: --latency-ms;
@@ -24,6 +24,14 @@ from vla_ros.tools.replay_plan import (DEFAULT_NODE_NAME, instruction_before_win
 DEFAULT_LATENCY_MS = 100.0
 
 
+def model_input_sheet(plan: ReplayPlan, begin: float, end: float, spec: Any = None) -> Any:
+    """The contact sheet to fill: every configured camera slot with its topic, at the model's size."""
+    from vla_ros.tools.replay_report import ModelInputSheet
+
+    slots = [(s.key, s.topic) for s in plan.config.cameras.streams]
+    return ModelInputSheet(slots, begin, end, size=getattr(spec, 'image_size', None) or 224)
+
+
 def load_policy(config: Any, directory: Path, seed: int) -> Any:
     from vla_ros.policy import Policy
 
@@ -32,7 +40,7 @@ def load_policy(config: Any, directory: Path, seed: int) -> Any:
 
 
 def _diagnostic_array(name: str, status: Any, now: float, hardware_id: str = '') -> Any:
-    from vla_ros.ros.conversions import diagnostic_array, diagnostic_status
+    from vla_ros.ros.diagnostics_msgs import diagnostic_array, diagnostic_status
 
     return diagnostic_array(
         [diagnostic_status(name, status.level, status.message, status.values, hardware_id)], now)
@@ -68,12 +76,14 @@ class OfflineReplay:
         self.compute: list[float] = []  # measured wall-clock seconds per inference (not in the outputs)
         self.failures = 0
         self.trajectory_topic = self.config.output.trajectory_topic or '/joint_trajectory'
+        self.sheet: Any = None  # ModelInputSheet, set by run()
 
     # -- inputs --------------------------------------------------------
 
     def deliver(self, msg: Any, now: float) -> None:
         from vla_ros.errors import ObservationError
-        from vla_ros.ros.conversions import compressed_to_rgb, image_to_rgb, stamp_to_seconds
+        from vla_ros.ros.builtin_time import stamp_to_seconds
+        from vla_ros.ros.image_msgs import compressed_to_rgb, image_to_rgb
         from vla_ros.tools import bag_io
 
         ctl = self.controller
@@ -87,6 +97,8 @@ class OfflineReplay:
                 ctl.on_input_error(key, str(exc), now)
                 return
             ctl.on_image(key, rgb, stamp_to_seconds(ros_msg.header.stamp), now)
+            if self.sheet is not None and self.sheet.needs(key, now):
+                self.sheet.add(key, rgb, now)
         elif msg.topic == self.plan.robot.joint_state_topic:
             ros_msg = bag_io.decode(msg)
             try:
@@ -103,14 +115,14 @@ class OfflineReplay:
     def maybe_request(self, now: float) -> None:
         if self.pending is not None:
             return
-        obs = self.controller.next_request(now)
-        if obs is None:
+        request = self.controller.next_request(now)
+        if request is None:
             return
         from vla_ros.errors import VlaRosError
 
         started = time.perf_counter()
         try:
-            result: Any = self.policy.infer(obs)
+            result: Any = self.policy.infer(request.observation)
         except VlaRosError as exc:
             result = f'{type(exc).__name__}: {exc}'
         compute = time.perf_counter() - started
@@ -120,29 +132,31 @@ class OfflineReplay:
             # The controller reports chunk timings in diagnostics: give it the simulated
             # time, so that a fixed latency keeps every output reproducible.
             result = dataclasses.replace(result, timings={'total': delay})
-        self.pending = (now + delay, result, obs.timestamp)
+        self.pending = (now + delay, result, request)
 
     def arrive(self) -> None:
-        arrival, result, obs_time = self.pending
+        arrival, result, request = self.pending
         self.pending = None
         if isinstance(result, str):
             self.failures += 1
-            self.controller.on_inference_failed(result, arrival)
+            self.controller.on_inference_failed(result, arrival, request)
         else:
-            self.latencies.append(arrival - obs_time)
-            self.controller.on_chunk(result, arrival)
+            self.latencies.append(arrival - request.observation.timestamp)
+            self.controller.on_chunk(result, arrival, request)
         self.maybe_request(arrival)
 
     # -- the loop ------------------------------------------------------
 
     def run(self, bag: Any, record: Any, progress: bool = True) -> None:
-        from vla_ros.ros.conversions import trajectory_msg
+        from vla_ros.ros.command_msgs import trajectory_msg
         from vla_ros.tools import bag_io
 
         plan = self.plan
         begin, end = plan.begin_ns * 1e-9, plan.end_ns * 1e-9
         names = tuple(self.config.joint_names)
         velocities = self.config.output.velocities
+        spec = getattr(self.policy, 'spec', None)
+        self.sheet = record.model_inputs = model_input_sheet(plan, begin, end, spec)
         diag_period = 1.0 / self.config.diagnostics.rate
         self.controller.activate(begin)
         if plan.prompt_override:

@@ -12,6 +12,9 @@
     plots/joints.png   per joint: commanded vs reference over time
     plots/latency.png  histogram of inference latencies (live: the node's p50 / p99
                        and a histogram of the time between received trajectories)
+    plots/model_inputs.png  contact sheet of the letterboxed model inputs at a few
+                       times, one column per camera slot titled with its topic:
+                       the camera-to-slot mapping at a glance
     summary.txt        the table printed on stdout
 
 Everything is written into a hidden sibling directory that is renamed to
@@ -39,16 +42,49 @@ from typing import Any
 import numpy as np
 
 from vla_ros.errors import VlaRosError
+from vla_ros.tools.file_modes import make_readable
 
 CSV_NAME = 'commands.csv'
 METRICS_NAME = 'metrics.json'
 BAG_NAME = 'trajectory_bag'
 PLOTS_DIR = 'plots'
 SUMMARY_NAME = 'summary.txt'
+SHEET_NAME = 'model_inputs.png'
 
 
 class ReportError(VlaRosError):
     """The replay outputs cannot be written."""
+
+
+class ModelInputSheet:
+    """The model's input images at a few bag times, for the contact sheet.
+
+    For each of ``samples`` times spread over [start, end], the first frame
+    of every camera slot at or after that time, letterboxed to the model's
+    square input exactly as the policy receives it (``resize_with_pad``).
+    ``needs(key, t)`` says whether a frame of ``key`` at bag time ``t`` is
+    wanted, so a caller decodes only those frames.
+    """
+
+    def __init__(self, slots: Sequence[tuple[str, str]], start: float, end: float, size: int = 224,
+                 samples: int = 4):
+        self.slots = tuple(slots)  # (camera slot, topic), in configuration order
+        self.size = int(size)
+        span = max(end - start, 0.0)
+        self.times = [start + span * (i + 0.5) / samples for i in range(samples)]
+        self.frames: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in self.times]
+
+    def needs(self, key: str, t: float) -> bool:
+        return any(t >= ts and key not in got for ts, got in zip(self.times, self.frames))
+
+    def add(self, key: str, rgb: np.ndarray, t: float) -> None:
+        from vla_ros.observation.image import resize_with_pad
+
+        boxed = None
+        for ts, got in zip(self.times, self.frames):
+            if t >= ts and key not in got:
+                boxed = resize_with_pad(rgb, self.size, self.size) if boxed is None else boxed
+                got[key] = (t, boxed)
 
 
 @dataclasses.dataclass
@@ -86,6 +122,7 @@ class ReplayRecord:
     receive_periods_ms: list[float] = dataclasses.field(default_factory=list)  # live: between trajectories
     messages: list[tuple[int, str, str, Any]] = dataclasses.field(default_factory=list)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_inputs: ModelInputSheet | None = None
 
     def add_command(self, time: float, target_time: float, positions: np.ndarray, is_hold: bool) -> None:
         self.command_times.append(float(time))
@@ -323,7 +360,41 @@ def write_plots(record: ReplayRecord, metrics: dict[str, Any], directory: Path) 
     fig.tight_layout()
     fig.savefig(latency_png, dpi=80)
     plt.close(fig)
-    return [joints_png, latency_png]
+    written = [joints_png, latency_png]
+    if record.model_inputs is not None:
+        written.append(write_contact_sheet(record.model_inputs, record.start_time, directory / SHEET_NAME))
+    return written
+
+
+def write_contact_sheet(sheet: ModelInputSheet, start_time: float, path: Path) -> Path:
+    """One row per sample time, one column per camera slot (titled slot and topic)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(sheet.times), max(len(sheet.slots), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows + 0.6), squeeze=False)
+    for r, got in enumerate(sheet.frames):
+        for c, (key, topic) in enumerate(sheet.slots):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if key in got:
+                t, image = got[key]
+                ax.imshow(image)
+                ax.set_xlabel(f't = {t - start_time:.2f} s', fontsize=7)
+            else:
+                ax.set_facecolor('0.85')
+                ax.text(0.5, 0.5, 'no frame\n(masked)', ha='center', va='center', fontsize=8,
+                        transform=ax.transAxes)
+            if r == 0:
+                ax.set_title(f'{key}\n{topic}', fontsize=7)
+    fig.suptitle(f'model inputs ({sheet.size}x{sheet.size}, letterboxed) by camera slot', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def write_bag(record: ReplayRecord, path: Path, storage: str = 'sqlite3') -> dict[str, int]:
@@ -356,7 +427,9 @@ def write_report(record: ReplayRecord, out_dir: str | Path, storage: str = 'sqli
         bag_counts = write_bag(record, staging / BAG_NAME, storage)
         metrics['outputs'] = {
             'bag': BAG_NAME, 'bag_storage': storage, 'bag_topics': bag_counts,
-            'csv': CSV_NAME, 'plots': [f'{PLOTS_DIR}/joints.png', f'{PLOTS_DIR}/latency.png'],
+            'csv': CSV_NAME,
+            'plots': [f'{PLOTS_DIR}/joints.png', f'{PLOTS_DIR}/latency.png']
+            + ([f'{PLOTS_DIR}/{SHEET_NAME}'] if record.model_inputs is not None else []),
         }
         write_csv(record, staging / CSV_NAME)
         write_plots(record, metrics, staging / PLOTS_DIR)
@@ -364,6 +437,7 @@ def write_report(record: ReplayRecord, out_dir: str | Path, storage: str = 'sqli
         (staging / SUMMARY_NAME).write_text(table + '\n')
         # metrics.json last: its presence marks a complete report
         (staging / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=False) + '\n')
+        make_readable(staging)  # 0644 files, 0755 directories, whatever the umask
         if out_dir.exists():
             trash = out_dir.with_name(f'.{out_dir.name}.old-{os.getpid()}')
             out_dir.rename(trash)
