@@ -152,14 +152,16 @@ def test_reset_zeroes_report_and_hold_keeps_the_last_command():
     assert f.report().counts["position"] == (0, 0)
 
 
-def test_reset_and_hold_clamp_into_the_limits():
-    f = SafetyFilter(limits())
-    f.reset([1.5, 0.0])
-    assert f.last_command.tolist() == [1.0, 0.0]
-    f = SafetyFilter(limits())
-    # No command yet: hold at the measured position, clamped into the limits.
-    assert f.hold([1.15, -2.5]).tolist() == [1.0, -2.0]
+def test_a_robot_outside_its_limits_is_held_in_place_then_stepped_inside():
+    f = SafetyFilter(limits(max_velocity=(1.0, 1.0)))
+    # No command yet: a hold never moves the robot, even outside its limits (reported).
+    assert f.hold([1.15, -2.5]).tolist() == [1.15, -2.5]
     assert f.report().last["conflict"] == ("a", "b")
+    # Then commands step toward the limits at the velocity limit: no jump into them.
+    out = [f.update([0.0, 0.0], [1.15, -2.5], 0.1).tolist() for _ in range(6)]
+    assert out[0] == pytest.approx([1.05, -2.4]) and out[1] == pytest.approx([0.95, -2.3])
+    assert out[4] == pytest.approx([0.65, -2.0]), "b has reached its lower limit"
+    assert out[5] == pytest.approx([0.55, -1.9]), "and goes on inside"
 
 
 # -- the two reproduced bugs: the distance clamp applied last ---------------------------
@@ -172,9 +174,11 @@ def test_measured_outside_the_limits_never_yields_a_command_outside():
     out = f.update([1.0, 0.0], [1.15, 0.0], 0.02)
     assert out[0] <= 1.0
     assert f.report().last["conflict"] == ("a",)
-    # Without a previous command either.
+    # Without a previous command the robot's own position is where it starts from:
+    # no jump into the limits, one velocity step toward them (reported).
     g = SafetyFilter(limits(max_velocity=(1.0, 1.0), max_distance=0.1))
-    assert g.update([1.0, 0.0], [1.15, 0.0], 0.02)[0] == 1.0
+    assert g.update([1.0, 0.0], [1.15, 0.0], 0.02)[0] == pytest.approx(1.13)
+    assert g.report().last["conflict"] == ("a",)
 
 
 def test_a_drifted_robot_never_yields_a_step_above_the_velocity_limit():
@@ -275,12 +279,20 @@ def _case(draw):
     return lim, previous, measured, targets, dt
 
 
+def _outside(lim, x):
+    """How far x lies outside [lower, upper], per joint (0 inside)."""
+    lower, upper = np.array(lim.lower), np.array(lim.upper)
+    return np.maximum(lower - x, 0.0) + np.maximum(x - upper, 0.0)
+
+
 def _check_point(lim, before, point, measured, dt):
     lower, upper = np.array(lim.lower), np.array(lim.upper)
     step = np.array(lim.max_velocity) * dt
+    tol = 1e-9 * np.maximum(1.0, np.abs(before))
     assert np.isfinite(point).all()
-    assert (point >= lower).all() and (point <= upper).all(), "position limits"
-    assert (np.abs(point - before) <= step * (1 + 1e-9) + 1e-12).all(), "velocity limit"
+    assert (np.abs(point - before) <= step + tol).all(), "velocity limit"
+    # Inside the limits; a point stepping from outside them gets a step closer.
+    assert (_outside(lim, point) <= np.maximum(_outside(lim, before) - step, 0.0) + tol).all(), "position"
     if measured is None:
         return
     d = np.array(lim.max_distance_from_measured)
@@ -290,6 +302,8 @@ def _check_point(lim, before, point, measured, dt):
             continue
         # The distance bound is broken only where it cannot be met, and then the
         # command is as close to the measured position as the hard limits allow.
+        if lo[j] > hi[j]:
+            continue  # stepping in from outside the limits: the single allowed point
         nearest = min(max(measured[j], lo[j]), hi[j])
         assert abs(point[j] - nearest) <= 1e-9 * max(1.0, abs(nearest)), "moves toward the robot"
         assert abs(nearest - measured[j]) > d[j] * (1 - 1e-9), "the bound could have been met"
@@ -303,7 +317,7 @@ def test_property_every_published_point_obeys_every_limit(case):
     if previous is not None:
         f.reset(previous)
     start = f.previous(measured)
-    assert (start >= np.array(lim.lower)).all() and (start <= np.array(lim.upper)).all()
+    np.testing.assert_array_equal(start, previous if previous is not None else measured)
     look_ahead = f.filter_points(targets, measured, dt)  # commits nothing
     before = start
     for point in look_ahead:

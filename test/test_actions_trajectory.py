@@ -58,7 +58,9 @@ def test_points_beyond_horizon_repeat_last_position():
     plan = plan_points(ramp_aggregator(), s, now=0.3, period=0.05, num_points=4, **NO_STATE)
     assert plan.covered_points == 2  # 0.35 and 0.40; horizon ends at 0.4
     assert plan.positions == pytest.approx(np.array([[3.5, 35], [4, 40], [4, 40], [4, 40]]))
-    assert plan.velocities == pytest.approx(np.array([[2, 20], [10, 100], [0, 0], [0, 0]]))
+    # Min-mod slopes: 0 where the motion stops (a backward difference, 10 / 100,
+    # would make the controller's spline overshoot the stop).
+    assert plan.velocities == pytest.approx(np.array([[2, 20], [0, 0], [0, 0], [0, 0]]))
 
 
 def test_points_before_coverage_hold_last_command():
@@ -67,7 +69,7 @@ def test_points_before_coverage_hold_last_command():
     s = safety(start=(0.0, 0.0))
     plan = plan_points(agg, s, now=0.0, period=0.05, num_points=4, **NO_STATE)
     assert plan.positions == pytest.approx(np.array([[0, 0], [1, 1], [1.5, 1.5], [2, 2]]))
-    assert plan.velocities == pytest.approx(np.array([[0, 0], [20, 20], [10, 10], [0, 0]]))
+    assert plan.velocities == pytest.approx(np.array([[0, 0], [10, 10], [10, 10], [0, 0]]))
 
 
 def test_safety_filter_bounds_planned_points():
@@ -99,7 +101,7 @@ def test_hold_plan_when_nothing_covers():
     assert s.last_command.tolist() == [0.3, 0.4]
 
 
-def test_hold_plan_falls_back_to_last_command_then_measured_inside_the_limits():
+def test_hold_plan_falls_back_to_last_command_then_measured():
     s = safety(start=(0.3, 0.4))
     plan = plan_points(LatestChunk(0.1), s, now=0.0, period=0.02, num_points=2, **NO_STATE)
     assert plan.positions.tolist() == [[0.3, 0.4]] * 2
@@ -108,7 +110,7 @@ def test_hold_plan_falls_back_to_last_command_then_measured_inside_the_limits():
     assert plan.positions.tolist() == [[0.7, 0.8]] * 2
     outside = safety(start=None)
     plan = plan_points(LatestChunk(0.1), outside, now=0.0, period=0.02, num_points=2, measured=[0.7, 180.0])
-    assert plan.positions.tolist() == [[0.7, 100.0]] * 2, "clamped into the position limits"
+    assert plan.positions.tolist() == [[0.7, 180.0]] * 2, "a hold never moves the robot"
     with pytest.raises(ValueError):
         plan_points(LatestChunk(0.1), safety(start=None), 0.0, 0.02, 2, None)
 
@@ -175,3 +177,31 @@ def test_hold_reason_mentions_expired_chunks():
         "no action chunk covers now + [0.100, 0.200] s (chunks cover until -0.600 s from now)"
     )
     assert plan.positions.tolist() == [[0.0, 0.0]] * 2  # last command
+
+
+def _hermite(p0, p1, v0, v1, period, u):
+    """The cubic a controller runs between two points (positions, velocities), at fractions u."""
+    h00, h10 = 2 * u**3 - 3 * u**2 + 1, u**3 - 2 * u**2 + u
+    h01, h11 = -2 * u**3 + 3 * u**2, u**3 - u**2
+    return h00 * p0 + h10 * period * v0 + h01 * p1 + h11 * period * v1
+
+
+def test_the_controllers_spline_does_not_overshoot_a_position_limit():
+    # A joint driven into its upper limit (1.0): the points stop there, and the cubic
+    # segments a joint_trajectory_controller builds from positions and velocities
+    # must stop there too. Backward-difference velocities overshot by 4/27 v T.
+    s = SafetyFilter(JointLimits(("a", "b"), (-1.0, -1.0), (1.0, 1.0), (1.0, 1.0)))
+    s.reset([0.96, -0.5])
+    agg = LatestChunk(0.02)
+    agg.update(ActionChunk(np.tile(np.float32([5.0, 0.5]), (50, 1)), timestamp=0.0), now=0.0)
+    plan = plan_points(agg, s, now=0.0, period=0.02, num_points=5, measured=None)
+    assert plan.positions[:, 0].tolist() == pytest.approx([0.98, 1.0, 1.0, 1.0, 1.0])
+    u = np.linspace(0.0, 1.0, 101)
+    points = np.vstack([[0.96, -0.5], plan.positions])
+    velocities = np.vstack([[1.0, 1.0], plan.velocities])  # moving at the limit speed into the plan
+    for i in range(1, plan.num_points):
+        for j in range(2):
+            path = _hermite(points[i, j], points[i + 1, j], velocities[i, j], velocities[i + 1, j], 0.02, u)
+            low, high = sorted((points[i, j], points[i + 1, j]))
+            assert path.min() >= low - 1e-12 and path.max() <= high + 1e-12, (i, j)
+    assert plan.velocities[1:, 0].tolist() == [0.0] * 4

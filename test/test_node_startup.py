@@ -76,6 +76,11 @@ def test_replay_uses_the_same_loader(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"robot.yaml:5: the list \[-1, 0.5\] mixes integers and floats"):
         NodeConfig.from_yaml(path)
+    # Numbers are read as rcl reads them: 1e-3 is a float (PyYAML alone makes it a string).
+    from vla_ros.config import load_parameters_file
+
+    path.write_text("vla_policy:\n  ros__parameters:\n    limits:\n      max_velocity: [1.0, 1e-3]\n")
+    assert load_parameters_file(path)["limits"]["max_velocity"] == [1.0, 0.001]
 
 
 def test_configure_failure_under_auto_activate_exits_non_zero(tmp_path):
@@ -158,6 +163,9 @@ def test_release_restores_the_switch_interval():
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert sys.getswitchinterval() == pytest.approx(0.0007)
+        # The clock is chosen at configure: switching it under running buffers is refused.
+        refused = node.set_parameters([Parameter("use_sim_time", value=True)])[0]
+        assert not refused.successful and "configure" in refused.reason
         # Status changes are logged at INFO (OK) and WARN alternately: rclpy refuses a
         # call site that changes severity, which once killed the executor's thread.
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS

@@ -168,25 +168,25 @@ def test_worker_feeds_chunks_and_failures_back():
 
 
 class SlowPolicy:
-    """Blocks like a real engine for ``latency`` seconds, then returns a 2 s chunk of the state."""
+    """Blocks like a real engine for ``latency`` seconds, then returns a 3 s chunk of the state."""
 
     def __init__(self, latency):
         self.latency = latency
 
     def infer(self, obs):
         time.sleep(self.latency)
-        actions = np.tile(np.asarray(obs.state, np.float32), (100, 1))
+        actions = np.tile(np.asarray(obs.state, np.float32), (150, 1))
         return ActionChunk(actions=actions, timestamp=obs.timestamp, timings={"total": self.latency})
 
 
 def test_real_worker_slow_inference_with_fresh_sensors_never_holds():
     """Issue 9, bug 1, with the real InferenceWorker on the real clock.
 
-    Inference takes 1.5 x watchdog.obs_timeout; chunks of 2 s (50 Hz) cover the
-    present (the next request goes out after 20% of a chunk). The sensors stay
-    fresh, so the control ticks must never hold once the first chunk is in.
-    Margins for a loaded 2-core machine: staleness limits of 0.4 s against
-    sensors every 10 ms.
+    Inference takes 1.5 x watchdog.obs_timeout (1.2 s); chunks of 3 s (50 Hz)
+    cover the present (inference runs back to back, so each chunk must outlast
+    two latencies). The sensors stay fresh, so the control ticks must never
+    hold once the first chunk is in. Margins for a loaded 2-core
+    machine: staleness limits of 0.8 s against sensors every 10 ms.
     """
     import threading
 
@@ -199,12 +199,12 @@ def test_real_worker_slow_inference_with_fresh_sensors_never_holds():
             "control_rate": 50.0,
             "policy": {"action_rate": 50.0},
             "prompt": {"default": "hold still"},
-            "joint_states": {"max_staleness": 0.4},
-            "cameras": {"keys": ["base_0_rgb"], "base_0_rgb": {"max_staleness": 0.4}},
+            "joint_states": {"max_staleness": 0.8},
+            "cameras": {"keys": ["base_0_rgb"], "base_0_rgb": {"max_staleness": 0.8}},
             "aggregation": {"mode": "latest"},
             "inference": {"execute_threshold": 0.2},
             "limits": {"lower": [-1.0] * 4, "upper": [1.0] * 4, "max_velocity": [10.0]},
-            "watchdog": {"obs_timeout": 0.4, "inference_timeout": 5.0},
+            "watchdog": {"obs_timeout": 0.8, "inference_timeout": 5.0},
         }
     )
     controller = PolicyController(config)
@@ -222,12 +222,12 @@ def test_real_worker_slow_inference_with_fresh_sensors_never_holds():
     feeder = threading.Thread(target=sensors, daemon=True)
     controller.activate(time.monotonic())
     feeder.start()
-    worker = InferenceWorker(controller, ThreadRunner(SlowPolicy(0.6)), clock=time.monotonic)
+    worker = InferenceWorker(controller, ThreadRunner(SlowPolicy(1.2)), clock=time.monotonic)
     worker.start()
     worker.resume()
     plans = []
     try:
-        end = time.monotonic() + 4.0
+        end = time.monotonic() + 5.0
         while time.monotonic() < end:
             now = time.monotonic()
             plans.append((now, controller.tick(now)))

@@ -298,10 +298,19 @@ def test_model_input_sheet_letterboxes_the_first_frame_after_each_sample_time():
         sheet.add('base_0_rgb', frames[t], t)
     assert not sheet.needs('base_0_rgb', 13.4), 'both samples have their base frame'
     sheet.add('left_wrist_0_rgb', frames[13.4], 13.4)  # the wrist camera started late
-    assert sheet.frames[0]['base_0_rgb'][0] == 11.2 and sheet.frames[1]['base_0_rgb'][0] == 13.1
-    np.testing.assert_array_equal(sheet.frames[1]['base_0_rgb'][1], resize_with_pad(frames[13.1], 32, 32))
-    assert sheet.frames[0]['left_wrist_0_rgb'][0] == 13.4
-    assert sheet.frames[1]['base_0_rgb'][1].shape == (32, 32, 3)
+    boxed = sheet.letterboxed()
+    assert boxed[0]['base_0_rgb'][0] == 11.2 and boxed[1]['base_0_rgb'][0] == 13.1
+    np.testing.assert_array_equal(boxed[1]['base_0_rgb'][1], resize_with_pad(frames[13.1], 32, 32))
+    assert boxed[0]['left_wrist_0_rgb'][0] == 13.4
+    assert boxed[1]['base_0_rgb'][1].shape == (32, 32, 3)
+    # A frame handed over as a decoder runs once, after playback.
+    calls = []
+    lazy = replay_report.ModelInputSheet([('base_0_rgb', '/cam_high')], 0.0, 2.0, size=32, samples=2)
+    lazy.add('base_0_rgb', lambda: calls.append(1) or frames[11.2], 1.5)
+    assert calls == []
+    late = lazy.letterboxed()[1]['base_0_rgb'][1]
+    np.testing.assert_array_equal(late, resize_with_pad(frames[11.2], 32, 32))
+    assert calls == [1], 'decoded once for both sample times'
     path = Path(os.environ.get('TMPDIR', '/tmp')) / f'sheet-{os.getpid()}.png'
     assert replay_report.write_contact_sheet(sheet, 10.0, path) == path
     assert path.read_bytes()[:4] == b'\x89PNG'

@@ -129,7 +129,6 @@ class PolicyController:
         self._last_obs_time: float | None = None
         self._last_plan_hold = True
         self._last_hold_reason = "not started"
-        self._last_clamped: tuple[str, ...] = ()
         self._latency: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self._compute: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self._counts = collections.Counter()
@@ -253,10 +252,12 @@ class PolicyController:
         past execute_threshold, or (trigger 'rate') 1 / rate seconds passed
         since the last request.
         """
+        generation = self._generation
         result = self._assembler.assemble(now)
         obs = result.observation
         with self._lock:
-            self._note_assembly(result)
+            if not self._note_assembly(result, now, generation):
+                return None  # execution restarted (a clock jump) while assembling
             if obs is None or self._paused or self._pending is not None or not self._due(now):
                 return None
             request = InferenceRequest(obs, self._generation, now)
@@ -265,13 +266,21 @@ class PolicyController:
             self._counts["requests"] += 1
         return request
 
-    def _note_assembly(self, result: AssemblyResult) -> None:
-        # Under the lock: the newest assembly for diagnostics, and the
-        # watchdog's view of observation freshness.
+    def _note_assembly(self, result: AssemblyResult, now: float, generation: int) -> bool:
+        """Under the lock: keep the newest assembly (diagnostics, watchdog freshness).
+
+        False, keeping nothing, when execution restarted since the assembly
+        began (``generation`` read before it): after a clock jump it may hold
+        pre-jump stamps. A stamp ahead of ``now`` (another machine's clock)
+        counts as ``now``, so stopped sensors still go stale in time.
+        """
+        if generation != self._generation:
+            return False
         self._last_assembly = result
         if result.observation is not None:
             self._last_obs_time = result.observation.timestamp
-            self._watchdog.update_observation(result.observation.timestamp)
+            self._watchdog.update_observation(min(result.observation.timestamp, now))
+        return True
 
     def _due(self, now: float) -> bool:
         cfg = self.config.inference
@@ -295,7 +304,7 @@ class PolicyController:
         """
         actions = np.asarray(chunk.actions)
         with self._lock:
-            if not self._answers_pending(request, "chunk"):
+            if not self._answers_pending(request, "chunk", now):
                 return False
             self._pending = None
             if actions.ndim != 2 or actions.shape[1] != self._num_joints or actions.shape[0] == 0:
@@ -303,13 +312,14 @@ class PolicyController:
                     f"policy returned actions of shape {actions.shape}, expected (H, {self._num_joints})", now
                 )
                 return False
-            state = None
-            if abs(request.observation.timestamp - chunk.timestamp) < 1e-9:
-                state = request.observation.state
-            if self._action_space is ActionSpace.DELTA and state is None:
-                self._fail("delta actions arrived without the state of their observation", now)
+            if not abs(request.observation.timestamp - chunk.timestamp) < 1e-9:
+                self._fail(
+                    f"policy stamped its chunk {chunk.timestamp!r}, but its observation was taken at "
+                    f"{request.observation.timestamp!r}; chunks keep their observation's time",
+                    now,
+                )
                 return False
-            prepared = prepare_chunk(chunk, self._action_space, state, self._delta_mask)
+            prepared = prepare_chunk(chunk, self._action_space, request.observation.state, self._delta_mask)
             ignored, non_finite = self._aggregator.ignored_chunks, self._aggregator.non_finite_chunks
             accepted = self._aggregator.update(prepared, now)
             self._latency.append(now - chunk.timestamp)
@@ -341,12 +351,12 @@ class PolicyController:
         A failure of a request that is no longer pending is dropped like its chunk would be.
         """
         with self._lock:
-            if not self._answers_pending(request, "failure"):
+            if not self._answers_pending(request, "failure", now):
                 return
             self._pending = None
             self._fail(reason, now)
 
-    def _answers_pending(self, request: InferenceRequest, what: str) -> bool:
+    def _answers_pending(self, request: InferenceRequest, what: str, now: float) -> bool:
         # Under the lock. Identity, not equality: only the object handed out
         # by next_request answers it.
         if request is self._pending and request.generation == self._generation:
@@ -354,7 +364,7 @@ class PolicyController:
         self._counts["stale_results"] += 1
         self._event(
             "stale:chunk",
-            request.requested_at,
+            now,
             f"dropped an inference {what} requested before execution restarted "
             f"(generation {request.generation}, now {self._generation})",
             rejected=False,
@@ -378,12 +388,14 @@ class PolicyController:
         """Return the trajectory to send now: the next output.num_points points, or a hold.
 
         None until a joint state (or a previous command) gives a position to hold at.
-        Observation freshness is judged here from the buffers (a few stamp
-        comparisons), so it holds however long an inference runs.
+        Observation freshness is judged here from the buffers (an assembly of
+        references and stamps, no image work: ~15 us), so it holds however
+        long an inference runs.
         """
+        generation = self._generation
         result = self._assembler.assemble(now)
         with self._lock:
-            self._note_assembly(result)
+            self._note_assembly(result, now, generation)
             measured = self._measured
             if self._safety.last_command is None and measured is None:
                 self._last_plan_hold, self._last_hold_reason = True, "no joint state received yet"
@@ -467,13 +479,18 @@ class PolicyController:
         not move with the clock. Recovery takes one new observation and one
         inference.
         """
-        self._assembler.reset(keep_prompt=True)
         with self._lock:
+            # Under the lock with the generation bump, so that no tick or
+            # request notes an assembly of pre-jump stamps afterwards.
+            self._assembler.reset(keep_prompt=True)
             self._reset_execution()
             self._measured_time = now
             self._last_assembly = None
             self._last_obs_time = None
             self._counts["clock_jumps"] += 1
+        with self._events_lock:  # keep the events' ages meaningful on the new clock
+            for event in self._events.values():
+                event.last_time += jump
         self._event(
             "clock_jump:clock", now, f"clock jumped back {-jump:.3f} s; observation buffers and chunks reset",
             rejected=False,

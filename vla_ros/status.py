@@ -152,7 +152,7 @@ def build_status(snap: StatusSnapshot) -> ControllerStatus:
                 warnings.append(f"{name} {cam.detail}")
         if not assembly.ok and not holding:
             warnings.append(f"no observation: {assembly.reason}")
-    recent = [e for e in snap.events.values() if snap.now - e[1] <= snap.window]
+    recent = [e for e in snap.events.values() if 0.0 <= snap.now - e[1] <= snap.window]
     for count, last_time, detail, rejected in sorted(recent, key=lambda e: -e[1]):
         warnings.append(("rejected " if rejected else "") + detail)
     if report.last[CONFLICT]:

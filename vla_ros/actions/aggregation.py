@@ -391,7 +391,7 @@ class Crossfade(ChunkAggregator):
 
 
 _PARAMS: dict[str, tuple[str, ...]] = {
-    "temporal_ensemble": ("m",),
+    "temporal_ensemble": ("m", "period"),
     "latest": (),
     "crossfade": ("overlap",),
 }
@@ -400,7 +400,8 @@ _PARAMS: dict[str, tuple[str, ...]] = {
 def make_aggregator(mode: str, dt: float, **params: float) -> ChunkAggregator:
     """Build an aggregator by name.
 
-    "temporal_ensemble" (params: m), "latest" (none) or "crossfade"
+    "temporal_ensemble" (params: m, period: the control period, default dt),
+    "latest" (none) or "crossfade"
     (params: overlap); anything else is a ConfigError.
     """
     if mode not in _PARAMS:

@@ -137,27 +137,31 @@ class SafetyReport:
 class SafetyFilter:
     """Bounds each command; stateful through the previous command.
 
-    Guarantees, for every point it returns (``update`` and ``filter_points``
-    alike), whatever the measured state, the previous command and the policy
-    output:
+    Guarantees, for every point it returns (``update``, ``filter_points`` and
+    ``hold`` alike), whatever the measured state, the previous command and
+    the policy output:
 
-    * it lies inside ``[lower, upper]`` (hard);
     * it is within ``max_velocity * dt`` of the previous command (hard);
+    * it lies inside ``[lower, upper]`` (hard), with one exception: a robot
+      found outside its limits before any command (the previous command is
+      then the measured position) is stepped toward them at the velocity
+      limit, never jumped, and reported as a ``conflict``; holds keep it
+      where it is;
     * it is within ``max_distance_from_measured`` of the measured position
       when the two hard constraints allow that; when they do not (the robot
-      lags far behind, was pushed away, or stands outside its limits), the
-      command moves toward the measured position as far as the hard
-      constraints allow, and the joint is reported as a ``conflict``.
+      lags far behind, was pushed away), the command moves toward the
+      measured position as far as the hard constraints allow, and the joint
+      is reported as a ``conflict``.
 
-    Per joint, with ``p`` the previous command (inside the limits by
-    construction) and ``s = max_velocity * dt``:
+    Per joint, with ``p`` the previous command and ``s = max_velocity * dt``:
 
       1. any non-finite value in ``target`` -> target the previous command
          for ALL joints (one NaN means the policy output as a whole is not to
          be trusted);
       2. clamp to [lower, upper];
-      3. clamp into F = [max(lower, p - s), min(upper, p + s)], never empty
-         because p is inside the limits;
+      3. clamp into F = [max(lower, p - s), min(upper, p + s)]; if that is
+         empty (p outside the limits by more than s), F is the single point
+         p +- s toward the limits;
       4. if ``measured`` is given: take the nearest point of the window
          W = [measured - d, measured + d] (joints measured as NaN are not
          checked), then clamp it into F again. If W and F overlap the result
@@ -168,11 +172,9 @@ class SafetyFilter:
     distance bound only keeps commands from running away from a lagging robot
     and yields when it conflicts with them.
 
-    The previous command is set by ``update`` and ``hold``; ``reset(position)``
-    starts over from ``position`` clamped into the limits. Without a previous
-    command the measured position, clamped into the limits, stands in for it:
-    the first command of a robot found outside its limits is the nearest
-    position inside them (reported as a conflict), never a command outside.
+    The previous command is set by ``update``, ``hold`` and
+    ``reset(position)``; without one, the measured position stands in for it
+    (the robot is where a controller starts from).
     """
 
     def __init__(self, limits: JointLimits):
@@ -197,9 +199,9 @@ class SafetyFilter:
         return view
 
     def reset(self, position: np.ndarray | None = None) -> None:
-        """Start over from ``position`` clamped into the limits (or from nothing); zero the report."""
+        """Start over from ``position`` (or from nothing: the measured position); zero the report."""
         if position is not None:
-            position = self._clip(self._vector("position", position, finite=True))
+            position = self._vector("position", position, finite=True)
         self._command = position
         self._counts[:] = 0
         self._last[:] = False
@@ -208,9 +210,9 @@ class SafetyFilter:
     def hold(self, measured: np.ndarray | None) -> np.ndarray:
         """The position to hold at, committed as the previous command.
 
-        The previous command when there is one (it obeys every limit);
-        otherwise the measured position clamped into the limits (joints
-        outside them are reported as conflicts).
+        The previous command when there is one; otherwise the measured
+        position: a hold never moves the robot (joints outside their limits
+        are reported as conflicts).
         """
         if self._command is not None:
             return self._command.copy()
@@ -269,7 +271,7 @@ class SafetyFilter:
         window = self._window(meas)
         for i in range(targets.shape[0]):
             lo, hi = self._feasible(previous, step)
-            x = previous if bad_rows[i] else np.minimum(np.maximum(clamped[i], lo), hi)
+            x = np.minimum(np.maximum(previous if bad_rows[i] else clamped[i], lo), hi)
             if window is not None:
                 x = np.minimum(np.maximum(np.fmin(np.fmax(x, window[0]), window[1]), lo), hi)
             out[i] = x
@@ -293,8 +295,18 @@ class SafetyFilter:
         return np.minimum(np.maximum(x, self._lower), self._upper)
 
     def _feasible(self, previous: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """F: the positions inside the limits within one velocity step of ``previous``."""
-        return np.maximum(self._lower, previous - step), np.minimum(self._upper, previous + step)
+        """F: the positions inside the limits within one velocity step of ``previous``.
+
+        Where there are none (``previous`` outside the limits by more than a
+        step), the one point a step from ``previous`` toward the limits.
+        """
+        down, up = previous - step, previous + step
+        lo, hi = np.maximum(self._lower, down), np.minimum(self._upper, up)
+        empty = lo > hi
+        if empty.any():
+            toward = np.where(previous > self._upper, down, up)
+            lo, hi = np.where(empty, toward, lo), np.where(empty, toward, hi)
+        return lo, hi
 
     def _window(self, measured: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
         """W: measured +- max distance (NaN bounds where the measurement is NaN), or None."""
@@ -328,16 +340,16 @@ class SafetyFilter:
             fired[3] |= z != y
             fired[4] |= z != near
             y = z
+        fired[4] |= (y < self._lower) | (y > self._upper)
         return y
 
     def _previous(self, measured: np.ndarray | None, fired: np.ndarray | None = None) -> np.ndarray:
         if self._command is not None:
             return self._command
         if measured is not None and np.isfinite(measured).all():
-            start = self._clip(measured)
             if fired is not None:
-                fired[4] |= start != measured
-            return start
+                fired[4] |= (measured < self._lower) | (measured > self._upper)
+            return measured
         raise ValueError(
             "SafetyFilter has no previous command: call reset(position) or pass a finite "
             "measured position before the first update"

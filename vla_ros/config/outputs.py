@@ -50,7 +50,7 @@ class OutputSection:
     )
     num_points: int = param(5, "Look-ahead points per trajectory, one control period apart.", INT)
     velocities: bool = param(
-        True, "Send velocities (finite differences) so the controller splines cubically.", BOOL
+        True, "Send velocities (min-mod of the slopes: monotone cubic splines, no overshoot).", BOOL
     )
     position_topic: str = param(
         "",

@@ -20,6 +20,27 @@ _SCALAR_TYPES = {
 }
 
 
+def _loader() -> type:
+    """PyYAML's SafeLoader, reading numbers as rcl does.
+
+    rcl's parameter parser reads plain scalars with strtol, then strtod, so
+    ``1e-3`` is a float there, where YAML 1.1 (PyYAML) would make it a string.
+    """
+    import re
+
+    import yaml
+
+    class ParamsLoader(yaml.SafeLoader):
+        pass
+
+    ParamsLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+    return ParamsLoader
+
+
 def read_parameters_file(path: str | Path) -> Any:
     """Parse a ROS 2 parameter file as rcl would, with one-line errors that name the file and key.
 
@@ -40,8 +61,9 @@ def read_parameters_file(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError("params_file", f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _loader()
+        root = yaml.compose(text, Loader=loader)
+        data = yaml.load(text, Loader=loader)  # a SafeLoader: no code runs
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

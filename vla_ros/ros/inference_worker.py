@@ -378,8 +378,8 @@ class InferenceWorker:
 
     clock: returns ``now`` on the controller's clock (the node's ROS clock).
     on_error: optional callback(message) for logging failures.
-    on_chunk: optional callback(request, chunk) for every chunk, before the
-        controller merges it (the node's debug topics).
+    on_chunk: optional callback(request, chunk) for every chunk the
+        controller accepted (the node's debug topics), after it merged it.
     """
 
     def __init__(
@@ -448,9 +448,16 @@ class InferenceWorker:
                     self._on_error(message)
                 continue
             self.inferences += 1
-            if self._on_chunk is not None:
+            try:
+                accepted = self.controller.on_chunk(chunk, self._clock(), request)
+            except Exception as exc:  # a malformed chunk (e.g. a NaN stamp) must not kill this thread
+                message = f"the chunk could not be used: {type(exc).__name__}: {exc}"
+                self.controller.on_inference_failed(message, self._clock(), request)
+                if self._on_error is not None:
+                    self._on_error(message)
+                continue
+            if accepted and self._on_chunk is not None:
                 self._on_chunk(request, chunk)
-            self.controller.on_chunk(chunk, self._clock(), request)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from rclpy.executors import (
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.clock import JumpThreshold
+from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, ParameterException
 from rclpy.signals import SignalHandlerOptions
@@ -210,8 +210,13 @@ class VlaPolicyNode(LifecycleNode):
         return self._active
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        """Parameters take effect at configure: refuse changes while the node is configured."""
-        if self.config is None or all(p.name == "use_sim_time" for p in parameters):
+        """Parameters take effect at configure: refuse changes while the node is configured.
+
+        use_sim_time too: the buffered stamps, the control timer's helper
+        node and the period statistics all follow the clock chosen at
+        configure.
+        """
+        if self.config is None:
             return SetParametersResult(successful=True)
         return SetParametersResult(
             successful=False,
@@ -640,15 +645,19 @@ class VlaPolicyNode(LifecycleNode):
     def _on_clock_jump(self, jump: Any) -> None:
         seconds = jump.delta.nanoseconds * 1e-9
         controller = self.controller
-        if controller is None or seconds >= 0.0:
+        switched = jump.clock_change in (ClockChange.ROS_TIME_ACTIVATED, ClockChange.ROS_TIME_DEACTIVATED)
+        if controller is None or (seconds >= 0.0 and not switched):
             return
         now = self._now()
         controller.on_clock_jump(now, seconds)
         if self.period_recorder is not None:
             self.period_recorder.reset()
+        what = f"clock jumped back {-seconds:.3f} s"
+        if switched:
+            what = "clock switched between system and ROS time"
         self.get_logger().warning(
-            f"clock jumped back {-seconds:.3f} s (restarted simulation or looped bag): "
-            "dropped buffered observations and chunks; holding until fresh ones arrive"
+            f"{what} (restarted simulation or looped bag?): dropped buffered observations and chunks; "
+            "holding until fresh ones arrive"
         )
 
     def _publish_debug(self, request: Any, chunk: Any) -> None:

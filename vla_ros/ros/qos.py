@@ -41,13 +41,8 @@ INSTRUCTION_QOS = QoSProfile(
     reliability=QoSReliabilityPolicy.RELIABLE,
     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
 )
-# Debug topics: a late subscriber (rviz, a script) may miss a few; never a backlog.
-DEBUG_QOS = QoSProfile(
-    history=QoSHistoryPolicy.KEEP_LAST,
-    depth=1,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.VOLATILE,
-)
+# Debug topics: latest-only like the commands; a slow subscriber gets no backlog.
+DEBUG_QOS = COMMAND_QOS
 # The sensor QoS a parameter file may choose (cameras.*.qos, joint_states.qos).
 SENSOR_QOS = {
     "sensor_data": qos_profile_sensor_data,

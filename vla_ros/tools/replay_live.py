@@ -257,20 +257,20 @@ class LiveReplay:
         return wall_duration, replayer_cpu
 
     def _sample(self, msg: Any) -> None:
-        """Decode a camera frame for the contact sheet, only when one is wanted."""
+        """Keep a camera frame for the contact sheet, decoded after playback (not in this loop)."""
         key = self.plan.camera_topics.get(msg.topic)
-        t = msg.time
-        if key is None or self.sheet is None or not self.sheet.needs(key, t):
+        if key is None or self.sheet is None or not self.sheet.needs(key, msg.time):
             return
-        from vla_ros.ros.image_msgs import compressed_to_rgb, image_to_rgb
-        from vla_ros.tools import bag_io
 
-        try:
+        def decode() -> np.ndarray:
+            from vla_ros.ros.image_msgs import compressed_to_rgb, image_to_rgb
+            from vla_ros.tools import bag_io
+
             ros_msg = bag_io.decode(msg)
             compressed = msg.msgtype == bag_io.COMPRESSED_IMAGE
-            self.sheet.add(key, compressed_to_rgb(ros_msg) if compressed else image_to_rgb(ros_msg), t)
-        except Exception:  # an undecodable frame is the node's to report; the sheet shows a gap
-            pass
+            return compressed_to_rgb(ros_msg) if compressed else image_to_rgb(ros_msg)
+
+        self.sheet.add(key, decode, msg.time)
 
     def _fill_record(self, record: Any, diag: Any, receipts: np.ndarray, wall_duration: float,
                      replayer_cpu: float) -> None:

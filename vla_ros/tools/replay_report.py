@@ -63,7 +63,9 @@ class ModelInputSheet:
     of every camera slot at or after that time, letterboxed to the model's
     square input exactly as the policy receives it (``resize_with_pad``).
     ``needs(key, t)`` says whether a frame of ``key`` at bag time ``t`` is
-    wanted, so a caller decodes only those frames.
+    wanted, so a caller decodes only those frames; ``add`` also takes a
+    zero-argument callable that decodes later (live replay keeps its
+    real-time loop free of image work), and ``letterboxed`` does the work.
     """
 
     def __init__(self, slots: Sequence[tuple[str, str]], start: float, end: float, size: int = 224,
@@ -77,14 +79,30 @@ class ModelInputSheet:
     def needs(self, key: str, t: float) -> bool:
         return any(t >= ts and key not in got for ts, got in zip(self.times, self.frames))
 
-    def add(self, key: str, rgb: np.ndarray, t: float) -> None:
-        from vla_ros.observation.image import resize_with_pad
-
-        boxed = None
+    def add(self, key: str, rgb: Any, t: float) -> None:
+        """Offer a frame (uint8 RGB, or a callable returning one) of ``key`` at bag time ``t``."""
         for ts, got in zip(self.times, self.frames):
             if t >= ts and key not in got:
-                boxed = resize_with_pad(rgb, self.size, self.size) if boxed is None else boxed
-                got[key] = (t, boxed)
+                got[key] = (t, rgb)
+
+    def letterboxed(self) -> list[dict[str, tuple[float, np.ndarray | None]]]:
+        """Per sample time: slot -> (bag time, the model input; None if it could not be decoded)."""
+        from vla_ros.observation.image import resize_with_pad
+
+        done: dict[int, np.ndarray | None] = {}
+        out = []
+        for got in self.frames:
+            row = {}
+            for key, (t, image) in got.items():
+                if id(image) not in done:
+                    try:
+                        done[id(image)] = resize_with_pad(image() if callable(image) else image, self.size,
+                                                          self.size)
+                    except Exception:  # an undecodable frame: the node reports it; the sheet shows a gap
+                        done[id(image)] = None
+                row[key] = (t, done[id(image)])
+            out.append(row)
+        return out
 
 
 @dataclasses.dataclass
@@ -375,12 +393,12 @@ def write_contact_sheet(sheet: ModelInputSheet, start_time: float, path: Path) -
 
     rows, cols = len(sheet.times), max(len(sheet.slots), 1)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows + 0.6), squeeze=False)
-    for r, got in enumerate(sheet.frames):
+    for r, got in enumerate(sheet.letterboxed()):
         for c, (key, topic) in enumerate(sheet.slots):
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if key in got:
+            if got.get(key, (0.0, None))[1] is not None:
                 t, image = got[key]
                 ax.imshow(image)
                 ax.set_xlabel(f't = {t - start_time:.2f} s', fontsize=7)
