@@ -246,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     print('  the checkpoint is untrained: large errors against the recorded commands are expected')
     print(f'  plots:   {out / "replay" / replay_report.PLOTS_DIR / "joints.png"}')
     print(f'           {out / "replay" / replay_report.PLOTS_DIR / "latency.png"}')
+    sheet = out / "replay" / replay_report.PLOTS_DIR / replay_report.SHEET_NAME
+    print(f'           {sheet}  (what the model sees)')
     print(f'  metrics: {out / "replay" / replay_report.METRICS_NAME}')
     print(f'  replay it offline: vla-ros replay {bag_path} --config {config_path} --checkpoint {checkpoint} '
           f'--out {out / "offline"}')
