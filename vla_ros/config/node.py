@@ -6,6 +6,7 @@ from collections.abc import Mapping
 import dataclasses
 import math
 from pathlib import Path
+import re
 from typing import Any
 
 from vla_ros.config.inputs import CamerasSection, JointStatesSection, PromptSection, SyncSection
@@ -154,6 +155,7 @@ class NodeConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeConfig:
         """Build from the nested ``ros__parameters`` mapping of the node."""
+        _refuse_placeholders(data, "")
         return _build(cls, data, "")
 
     @classmethod
@@ -171,3 +173,21 @@ class NodeConfig:
         flat: dict[str, Any] = {}
         _flatten_config(self, "", flat)
         return flat
+
+
+_PLACEHOLDER = re.compile(r"(^|[^A-Za-z])FILL([^A-Za-z]|$)")
+
+
+def _refuse_placeholders(data: Any, prefix: str) -> None:
+    """A value still marked FILL (``vla-ros inspect --write-config``) is a one-line error naming it."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            _refuse_placeholders(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            _refuse_placeholders(value, f"{prefix}[{i}]")
+    elif isinstance(data, str) and _PLACEHOLDER.search(data):
+        raise ConfigError(
+            prefix,
+            f"still the placeholder {data!r} from `vla-ros inspect --write-config`; fill in the real value",
+        )

@@ -32,6 +32,8 @@ PROG = 'vla-ros'
 SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ('infer', 'vla_ros.tools.infer',
      'run the policy on one observation and print the action chunk'),
+    ('inspect', 'vla_ros.tools.inspect',
+     'show what a checkpoint expects (cameras, dims, tokenizer); write a starter robot YAML'),
     ('make-tiny', 'vla_ros.tools.make_tiny',
      'write a tiny untrained checkpoint (for the demo and tests)'),
     ('export', 'vla_ros.tools.export',

@@ -1,0 +1,54 @@
+"""`vla-ros inspect`: what a checkpoint expects, and a starter robot YAML that refuses to run unfilled."""
+
+from __future__ import annotations
+
+import pytest
+from vla_ros.config import load_parameters_file, NodeConfig
+from vla_ros.errors import ConfigError
+from vla_ros.policy import check_config_fits, read_spec
+from vla_ros.tools.cli import main
+import yaml
+
+
+def test_inspect_prints_what_the_policy_expects(tiny_checkpoint, capsys):
+    assert main(["inspect", str(tiny_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    for fragment in (
+        "family:      pi0 (pi0-tiny)",
+        "slot 0 base_0_rgb, slot 1 left_wrist_0_rgb, slot 2 right_wrist_0_rgb",
+        "state:       14 dims (norm stats), padded to 32",
+        "actions:     14 dims per step, 50 steps per chunk",
+        "prompt:      48 tokens; tokenizer: ",
+        "norm_stats.json",
+        "untrained",
+    ):
+        assert fragment in out, (fragment, out)
+
+
+def test_starter_yaml_refuses_to_run_until_filled_then_fits(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "robot.yaml"
+    assert main(["inspect", str(tiny_checkpoint), "--write-config", str(out)]) == 0
+    assert "fill in the values marked FILL" in capsys.readouterr().out
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+    params = load_parameters_file(out)
+    with pytest.raises(ConfigError, match=r"joint_names\[0\].*placeholder 'FILL_joint_0'"):
+        NodeConfig.from_dict(params)
+    # Filled in as a user would: the node config builds and fits the checkpoint.
+    params["joint_names"] = [f"joint{i}" for i in range(14)]
+    for key in params["cameras"]["keys"]:
+        params["cameras"][key]["topic"] = f"/robot/{key}/image_raw"
+    params["output"]["trajectory_topic"] = "/arm_controller/joint_trajectory"
+    params["limits"] = {"lower": [-1.0] * 14, "upper": [1.0] * 14, "max_velocity": [1.0]}
+    config = NodeConfig.from_dict(params)
+    spec = read_spec(tiny_checkpoint)
+    assert check_config_fits(spec, config) == [check_config_fits(spec, config)[0]]  # only the untrained note
+    # Refuses to overwrite without --overwrite.
+    assert main(["inspect", str(tiny_checkpoint), "--write-config", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert yaml.safe_load(out.read_text())["vla_policy"]["ros__parameters"]["dry_run"] is True
+
+
+def test_inspect_a_missing_directory_is_one_line(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]

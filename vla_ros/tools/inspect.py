@@ -1,0 +1,163 @@
+"""`vla-ros inspect CHECKPOINT`: what a checkpoint is and what it expects of a robot.
+
+Reads only the checkpoint's metadata (config.json, the safetensors header,
+the normalization statistics, the tokenizer's location), never the weights,
+so it answers in a second for a full-size checkpoint:
+
+    vla-ros inspect models/pi05_droid
+    vla-ros inspect models/pi05_droid --write-config config/my_robot.yaml
+
+It prints the family and sizes; the camera slots with the source camera
+names a LeRobot checkpoint was trained with; the state and action dims and
+the normalization; the prompt length and tokenizer; the provenance and the
+preprocessing it implies. ``--write-config`` writes a starter robot YAML in
+which every value the user must fill in is marked ``FILL``; the node refuses
+to configure until they are filled (each with a one-line error).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+FILL = "FILL"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="checkpoint directory (openpi or LeRobot layout)")
+    parser.add_argument("--asset-id", default="", help="norm-stats asset id ('' = the only one)")
+    parser.add_argument("--tokenizer", default="", help="tokenizer file or directory (default: beside it)")
+    parser.add_argument(
+        "--write-config",
+        type=Path,
+        metavar="ROBOT.yaml",
+        help="write a starter robot YAML with every value to fill in marked FILL",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --write-config file")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from vla_ros.policy import PolicyOptions
+
+    options = PolicyOptions(asset_id=args.asset_id or None)
+    if args.tokenizer and "tokenizer" in {f.name for f in dataclasses.fields(PolicyOptions)}:
+        options = dataclasses.replace(options, tokenizer=args.tokenizer)
+    return options
+
+
+def _tokenizer_line(directory: Path, override: str) -> str:
+    from vla_ros.errors import VlaRosError
+
+    try:
+        try:
+            from vla_ros.observation.tokenizer import find_tokenizer
+        except ImportError:
+            from vla_ros.policy import find_tokenizer
+        try:
+            found = find_tokenizer(directory, override or None)
+        except TypeError:  # the older finder takes only the directory
+            found = find_tokenizer(directory)
+        return str(found)
+    except VlaRosError as exc:
+        return f"MISSING: {exc}"
+
+
+def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tuple[Any, list[str]]:
+    """(spec, report lines) for a checkpoint directory."""
+    from vla_ros.model.checkpoint import config_from_checkpoint
+    from vla_ros.policy import read_spec
+
+    spec = read_spec(directory, options)
+    cfg = config_from_checkpoint(directory)
+    sources = tuple(getattr(spec, "camera_sources", ()) or ())
+    provenance = getattr(spec, "provenance", "") or "openpi"
+    lines = [
+        f"checkpoint:  {directory}",
+        f"family:      {spec.variant} ({spec.config_name}); provenance: {provenance}",
+        f"sizes:       vision {cfg.vision.width} x {cfg.vision.depth} layers at {cfg.vision.image_size} px; "
+        f"prefix {cfg.prefix.width} x {cfg.prefix.depth}; action expert {cfg.expert.width} x "
+        f"{cfg.expert.depth}; vocabulary {cfg.vocab_size}",
+        "cameras:     " + ", ".join(
+            f"slot {i} {key}" + (f" <- {sources[i]}" if i < len(sources) and sources[i] else "")
+            for i, key in enumerate(spec.camera_keys)
+        ),
+        f"state:       {spec.state_dim} dims (norm stats), padded to {spec.model_dim}",
+        f"actions:     {spec.action_stats_dim} dims per step, {spec.action_horizon} steps per chunk",
+        f"norm stats:  {spec.norm_stats or '?'}"
+        + (f" ({getattr(spec, 'normalization', '')})" if getattr(spec, "normalization", "") else ""),
+        f"prompt:      {spec.max_token_len} tokens; "
+        f"tokenizer: {_tokenizer_line(directory, tokenizer_override)}",
+    ]
+    relative = getattr(spec, "relative_action_dims", None)
+    if relative:
+        lines.append(f"relative:    actions relative to the state for dims {list(relative)} (made absolute)")
+    resize = getattr(spec, "image_resize", "") or ""
+    if resize:
+        lines.append(f"preprocess:  image resize '{resize}' (policy.image_resize: auto picks it)")
+    if spec.untrained:
+        lines.append("WARNING:     untrained (`vla-ros make-tiny`): random actions; never on a real robot")
+    return spec, lines
+
+
+def starter_yaml(directory: Path, spec: Any) -> str:
+    """A robot YAML for this checkpoint; every value to fill in is marked FILL."""
+    import yaml
+
+    sources = tuple(getattr(spec, "camera_sources", ()) or ())
+    joints = [f"{FILL}_joint_{i}" for i in range(spec.state_dim)]
+    cameras: dict[str, Any] = {"keys": list(spec.camera_keys)}
+    for i, key in enumerate(spec.camera_keys):
+        source = sources[i] if i < len(sources) and sources[i] else key
+        cameras[key] = {"topic": f"/{FILL}/{source}/image_raw", "transport": "raw"}
+    params = {
+        "checkpoint": str(directory.resolve()),
+        "auto_activate": False,
+        "dry_run": True,
+        "control_rate": 50.0,
+        "joint_names": joints,
+        "policy": {"action_rate": 50.0},
+        "prompt": {"topic": "/instruction", "default": ""},
+        "joint_states": {"topic": "/joint_states"},
+        "cameras": cameras,
+        "output": {"trajectory_topic": f"/{FILL}_controller/joint_trajectory"},
+        "limits": {"lower": [], "upper": [], "max_velocity": []},
+    }
+    body = yaml.safe_dump({"vla_policy": {"ros__parameters": params}}, sort_keys=False)
+    header = [
+        f"# Starter robot configuration for {directory}, written by `vla-ros inspect --write-config`.",
+        f"# Fill in every value marked {FILL}; the node refuses to configure until they are real:",
+        f"#  - joint_names: the {spec.state_dim} joints in the order the state vector was trained on",
+        "#    (the same order as the actions; check the dataset's feature names).",
+        "#  - cameras.<slot>.topic: the topic of the camera that slot was trained with"
+        + (f" ({', '.join(s for s in sources if s)})" if any(sources) else "") + ";",
+        "#    remove slots the robot has no camera for (the model masks them).",
+        "#  - policy.action_rate: the rate the training data was recorded at (Hz).",
+        "#  - limits.lower / upper / max_velocity: one value per joint, from the robot's URDF.",
+        "#  - output.trajectory_topic: the joint_trajectory_controller's topic.",
+        "# dry_run: true publishes to ~/debug/* only: check the debug topics and a replay first.",
+        "",
+    ]
+    return "\n".join(header) + body
+
+
+def run(args: argparse.Namespace) -> int:
+    from vla_ros.errors import CheckpointError
+    from vla_ros.tools.file_modes import make_readable
+
+    directory = args.checkpoint
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    spec, lines = describe(directory, _options(args), args.tokenizer)
+    print("\n".join(lines))
+    if args.write_config is not None:
+        out = args.write_config
+        if out.exists() and not args.overwrite:
+            raise CheckpointError(f"{out} exists; choose another path or pass --overwrite")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(starter_yaml(directory, spec))
+        make_readable(out)
+        print(f"wrote {out}: fill in the values marked {FILL}, then `vla-ros replay BAG --config {out}`")
+    return 0
