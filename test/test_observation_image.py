@@ -27,7 +27,7 @@ def test_wide_3x5_to_4x4_hand_computed():
     # Pixel-centre sampling: x_src = (x+0.5)*1.25-0.5 = .125, 1.375, 2.625, 3.875
     #                        y_src = (y+0.5)*1.5-0.5  = .25, 1.75
     # value = 40*y_src + 8*x_src: row0 = 10 + (1, 11, 21, 31), row1 = 70 + (1, 11, 21, 31).
-    out = resize_with_pad(_ramp(3, 5, 40, 8), 4, 4)
+    out = resize_with_pad(_ramp(3, 5, 40, 8), 4, 4, method="lerobot")
     assert out.shape == (4, 4, 3) and out.dtype == np.uint8
     expected = np.array([[0, 0, 0, 0], [11, 21, 31, 41], [71, 81, 91, 101], [0, 0, 0, 0]])
     np.testing.assert_array_equal(out[..., 0], expected)
@@ -39,7 +39,7 @@ def test_wide_3x5_to_4x4_hand_computed():
 
 def test_tall_5x3_to_4x4_hand_computed():
     # Same as above transposed: resized 4x2, one column of padding left and right.
-    out = resize_with_pad(_ramp(5, 3, 8, 40), 4, 4)
+    out = resize_with_pad(_ramp(5, 3, 8, 40), 4, 4, method="lerobot")
     expected = np.array([[0, 11, 71, 0], [0, 21, 81, 0], [0, 31, 91, 0], [0, 41, 101, 0]])
     np.testing.assert_array_equal(out[..., 0], expected)
     np.testing.assert_array_equal(out[:, [0, 3]], 0)
@@ -72,7 +72,7 @@ def test_target_size_is_returned_untouched():
 def test_negative_stride_view_is_accepted():
     rgb = _ramp(3, 5, 40, 8)
     bgr_view = rgb[..., ::-1]
-    out = resize_with_pad(bgr_view, 4, 4)
+    out = resize_with_pad(bgr_view, 4, 4, method="lerobot")
     np.testing.assert_array_equal(out[1:3, :, 2], [[11, 21, 31, 41], [71, 81, 91, 101]])
 
 

@@ -52,3 +52,18 @@ def test_inspect_a_missing_directory_is_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_inspect_a_lerobot_directory_names_its_cameras_and_conventions(tmp_path, capsys):
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "lerobot_0_6_1" / "pi0"
+    out = tmp_path / "robot.yaml"
+    assert main(["inspect", str(fixture), "--write-config", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "provenance: lerobot" in text
+    assert "slot 0 base_0_rgb <- cam_high" in text and "slot 3 empty_camera_0 (trained empty" in text
+    assert "image resize 'lerobot', prompt style 'lerobot'" in text
+    cameras = load_parameters_file(out)["cameras"]
+    assert cameras["keys"] == ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"], "no empty slot"
+    assert cameras["base_0_rgb"]["topic"] == "/FILL/cam_high/image_raw"

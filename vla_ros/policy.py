@@ -19,9 +19,16 @@ import numpy as np
 from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 from vla_ros.model.config import PolicyConfig
-from vla_ros.observation.image import prepare_images
-from vla_ros.observation.normalize import find_norm_stats, load_norm_stats, Normalizer, pad_to_dim
-from vla_ros.observation.tokenizer import PromptTokenizer
+from vla_ros.observation.image import prepare_images, RESIZE_METHODS
+from vla_ros.observation.normalize import (
+    find_norm_stats,
+    load_norm_stats,
+    NORM_CONVENTIONS,
+    NORM_MODES,
+    Normalizer,
+    pad_to_dim,
+)
+from vla_ros.observation.tokenizer import find_tokenizer, PROMPT_STYLES, PromptTokenizer
 from vla_ros.observation.transforms import make_transform, RobotTransform
 from vla_ros.types import ActionChunk, CAMERA_KEYS, RawObservation
 
@@ -31,23 +38,39 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PREFIX_ENGINES = ("auto", "pytorch", "onnx", "tensorrt", "reference")
 SUFFIX_ENGINES = ("auto", "eager", "compiled", "cuda_graph", "reference")
+# Which code base wrote a checkpoint: it decides the preprocessing conventions.
+SOURCES = ("openpi", "lerobot")
+IMAGE_RESIZES = ("auto", *RESIZE_METHODS)
+NORMALIZATIONS = ("auto", *NORM_CONVENTIONS)
+PROMPT_STYLE_CHOICES = ("auto", *PROMPT_STYLES)
+DEFAULT_NUM_STEPS = 10
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicyOptions:
-    """How to run a checkpoint. Every field is a YAML key under `policy:`."""
+    """How to run a checkpoint. Every field is a YAML key under `policy:`.
+
+    num_steps None means the checkpoint's own (LeRobot's num_inference_steps),
+    else 10. tokenizer: a tokenizer file or directory (None: beside the
+    checkpoint). image_resize, normalization, prompt_style: "auto" follows the
+    checkpoint's provenance (`Provenance`); "openpi" / "lerobot" force one.
+    """
 
     device: str = "auto"
     precision: str = "auto"
     engine: str = "auto"
     suffix: str = "auto"
-    num_steps: int = 10
+    num_steps: int | None = DEFAULT_NUM_STEPS
     robot_transform: str = "identity"
     asset_id: str | None = None
     action_dims: int | None = None
     seed: int | None = None
     num_threads: int | None = None
     pack_weights: bool = True
+    tokenizer: str | None = None
+    image_resize: str = "auto"
+    normalization: str = "auto"
+    prompt_style: str = "auto"
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -55,32 +78,145 @@ class PolicyOptions:
             ("precision", PRECISIONS),
             ("engine", PREFIX_ENGINES),
             ("suffix", SUFFIX_ENGINES),
+            ("image_resize", IMAGE_RESIZES),
+            ("normalization", NORMALIZATIONS),
+            ("prompt_style", PROMPT_STYLE_CHOICES),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(
                     f"policy.{name}", f"got {getattr(self, name)!r}, expected one of {list(choices)}"
                 )
-        if not isinstance(self.num_steps, int) or self.num_steps <= 0:
+        if self.num_steps is not None and (
+            isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps <= 0
+        ):
             raise ConfigError("policy.num_steps", f"expected a positive integer, got {self.num_steps!r}")
         if self.action_dims is not None and not 0 < self.action_dims <= 32:
             raise ConfigError("policy.action_dims", f"expected 1..32, got {self.action_dims!r}")
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError("policy.num_threads", f"expected a positive integer, got {self.num_threads!r}")
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise ConfigError("policy.tokenizer", f"expected a path string, got {self.tokenizer!r}")
 
 
-def find_tokenizer(directory: Path) -> Path:
-    """The SentencePiece model shipped beside a checkpoint (never fetched)."""
-    for name in ("paligemma_tokenizer.model", "tokenizer.model"):
-        for candidate in (directory / name, *directory.glob(f"assets/*/{name}")):
-            if candidate.is_file():
-                return candidate
-    found = sorted(directory.glob("*.model")) + sorted(directory.glob("assets/*/*.model"))
-    if len(found) == 1:
-        return found[0]
-    raise CheckpointError(
-        f"no SentencePiece tokenizer in {directory}: expected paligemma_tokenizer.model or tokenizer.model"
-        + (f" (found several: {[str(p) for p in found]})" if found else "")
-    )
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Which code base wrote a checkpoint, and the preprocessing conventions that follow from it.
+
+    source: "openpi" (openpi / vla_ros layout) or "lerobot" (a LeRobot policy
+        directory).
+    image_resize: the `prepare_images` method ("openpi": Pillow on uint8;
+        "lerobot": torch bilinear on [0, 1] floats).
+    prompt_style: the `PromptTokenizer` style (pi0 only: openpi cleans the
+        text and tokenizes the newline apart; LeRobot appends it to the raw text).
+    normalization: the `Normalizer` convention (openpi: +1e-6 both ways;
+        LeRobot: eps 1e-8 on std going in only, no eps on the ranges).
+
+    Each convention defaults to the source's; `policy.image_resize`,
+    `policy.normalization` and `policy.prompt_style` override one.
+    """
+
+    source: str = "openpi"
+    image_resize: str = ""
+    prompt_style: str = ""
+    normalization: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError("provenance", f"got {self.source!r}, expected one of {list(SOURCES)}")
+        for name, choices in (
+            ("image_resize", RESIZE_METHODS),
+            ("prompt_style", PROMPT_STYLES),
+            ("normalization", NORM_CONVENTIONS),
+        ):
+            value = getattr(self, name) or self.source
+            if value not in choices:
+                raise ConfigError(f"policy.{name}", f"got {value!r}, expected one of {list(choices)}")
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def resolve(cls, source: str, options: PolicyOptions) -> "Provenance":
+        """The source's conventions with the options' non-"auto" choices."""
+
+        def pick(value: str) -> str:
+            return source if value == "auto" else value
+
+        return cls(
+            source, pick(options.image_resize), pick(options.prompt_style), pick(options.normalization)
+        )
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """The conventions that differ from the source's."""
+        return {
+            name: getattr(self, name)
+            for name in ("image_resize", "prompt_style", "normalization")
+            if getattr(self, name) != self.source
+        }
+
+    def __str__(self) -> str:
+        overrides = ", ".join(f"{name} {value}" for name, value in self.overrides.items())
+        return f"{self.source} ({overrides})" if overrides else self.source
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says beyond its sizes and statistics (mostly LeRobot's config.json).
+
+    camera_sources: per model slot, the camera it was trained with (LeRobot's
+        `observation.images.<name>`; `empty_camera_<i>` for an `empty_cameras`
+        slot; () for openpi checkpoints, whose cameras are the slots).
+    relative_exclude / relative_names: relative_exclude None means absolute
+        actions; otherwise the model predicts actions relative to the state and
+        the policy adds the raw state back after unnormalizing (LeRobot's
+        `AbsoluteActionsProcessorStep`), except on dims whose name (from
+        relative_names) contains an exclusion token.
+    """
+
+    provenance: Provenance = Provenance()
+    camera_sources: tuple[str, ...] = ()
+    relative_exclude: tuple[str, ...] | None = None
+    relative_names: tuple[str, ...] | None = None
+    n_action_steps: int | None = None
+    num_inference_steps: int | None = None
+
+    @property
+    def relative(self) -> bool:
+        return self.relative_exclude is not None
+
+    def relative_mask(self, action_dim: int) -> tuple[bool, ...]:
+        """Per action dim, whether the state is added back; () for absolute actions."""
+        if not self.relative:
+            return ()
+        from vla_ros.model.lerobot_layout import relative_mask
+
+        return relative_mask(action_dim, self.relative_exclude, self.relative_names)
+
+    def slot_keys(self, num_cameras: int) -> tuple[str, ...]:
+        """The key of each model slot (see `slot_keys`)."""
+        return slot_keys(self.camera_sources, num_cameras)
+
+    @property
+    def empty_slots(self) -> tuple[str, ...]:
+        """The model slots LeRobot's `empty_cameras` added: never fed, always masked."""
+        return tuple(name for name in self.camera_sources if _is_empty_camera(name))
+
+
+def _is_empty_camera(name: str) -> bool:
+    return name.startswith("empty_camera_")
+
+
+def slot_keys(camera_sources: Sequence[str], num_cameras: int) -> tuple[str, ...]:
+    """The key of each model slot: the camera keys (base_0_rgb, ...) in order, for the cameras that are fed.
+
+    openpi checkpoints (no sources): the first `num_cameras` CAMERA_KEYS.
+    LeRobot checkpoints: the trained cameras take CAMERA_KEYS in their
+    `input_features` order; an `empty_cameras` slot is never fed, so it keeps
+    its own name (empty_camera_<i>) and needs no camera key.
+    """
+    if not camera_sources:
+        return tuple(CAMERA_KEYS[:num_cameras])
+    real = iter(CAMERA_KEYS)
+    return tuple(name if _is_empty_camera(name) else next(real) for name in camera_sources)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,17 +242,44 @@ class PolicySpec:
     checkpoint: str = ""  # the checkpoint or artifact directory ('' when unknown)
     norm_stats: str = ""  # the norm_stats.json file ('' when unknown)
     untrained: bool = False  # config.json records `"untrained": true` (`vla-ros make-tiny`)
+    provenance: Provenance = Provenance()  # who wrote the checkpoint; str() gives "openpi" / "lerobot"
+    # Per slot, the camera the checkpoint was trained with (LeRobot input_features; () for openpi).
+    camera_sources: tuple[str, ...] = ()
+    normalization: str = ""  # modes and formulas, e.g. "state zscore, actions zscore (lerobot formulas)"
+    relative_action_dims: tuple[int, ...] = ()  # action dims predicted relative to the state (made absolute)
+    n_action_steps: int | None = None  # LeRobot: actions of a chunk it executes before the next inference
+
+    @property
+    def image_resize(self) -> str:
+        """The image resize convention in use ("openpi" or "lerobot")."""
+        return self.provenance.image_resize
+
+    @property
+    def prompt_style(self) -> str:
+        return self.provenance.prompt_style
+
+    @property
+    def empty_camera_slots(self) -> tuple[str, ...]:
+        """Slots LeRobot's `empty_cameras` added (named empty_camera_<i>): never fed, always masked."""
+        return tuple(name for name in self.camera_sources if _is_empty_camera(name))
 
     def to_dict(self) -> dict[str, Any]:
-        """Builtins only (lists for tuples), for a pipe or JSON."""
+        """Builtins only (lists for tuples, a dict for the provenance), for a pipe or JSON."""
         data = dataclasses.asdict(self)
-        data["camera_keys"] = list(self.camera_keys)
+        for name in ("camera_keys", "camera_sources", "relative_action_dims"):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PolicySpec":
         values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-        values["camera_keys"] = tuple(values.get("camera_keys", ()))
+        for name in ("camera_keys", "camera_sources", "relative_action_dims"):
+            values[name] = tuple(values.get(name, ()))
+        provenance = values.get("provenance")
+        if isinstance(provenance, Mapping):
+            values["provenance"] = Provenance(**provenance)
+        elif isinstance(provenance, str):
+            values["provenance"] = Provenance(provenance)
         return cls(**values)
 
 
@@ -127,7 +290,9 @@ def _make_spec(
     checkpoint: str | Path | None = None,
     norm_stats: str | Path | None = None,
     untrained: bool = False,
+    meta: CheckpointMeta = CheckpointMeta(),
 ) -> PolicySpec:
+    mask = meta.relative_mask(normalizer.action_dim)
     return PolicySpec(
         config_name=cfg.name,
         variant=cfg.variant,
@@ -135,7 +300,7 @@ def _make_spec(
         state_dim=normalizer.state_dim,
         action_stats_dim=normalizer.action_dim,
         action_dims=options.action_dims,
-        camera_keys=tuple(CAMERA_KEYS[: cfg.num_cameras]),
+        camera_keys=meta.slot_keys(cfg.num_cameras),
         image_size=cfg.vision.image_size,
         action_horizon=cfg.action_horizon,
         max_token_len=cfg.max_token_len,
@@ -143,21 +308,98 @@ def _make_spec(
         checkpoint=str(checkpoint or ""),
         norm_stats=str(norm_stats or ""),
         untrained=bool(untrained),
+        provenance=meta.provenance,
+        camera_sources=meta.camera_sources,
+        normalization=normalizer.describe(),
+        relative_action_dims=tuple(i for i, relative in enumerate(mask) if relative),
+        n_action_steps=meta.n_action_steps,
     )
+
+
+# config.json tag of `vla-ros make-tiny --layout lerobot` models (LeRobot refuses unknown keys).
+UNTRAINED_TAG = "vla-ros-untrained"
 
 
 def _is_untrained(directory: Path) -> bool:
     from vla_ros.model.checkpoint import read_config_json
 
-    return read_config_json(directory).get("untrained") is True
+    meta = read_config_json(directory)
+    tags = meta.get("tags")
+    return meta.get("untrained") is True or (isinstance(tags, list) and UNTRAINED_TAG in tags)
+
+
+def load_conventions(
+    directory: Path, cfg: PolicyConfig, options: PolicyOptions
+) -> tuple[Normalizer, str, CheckpointMeta]:
+    """Normalizer, statistics file(s) and CheckpointMeta of a checkpoint, in the conventions of its source.
+
+    openpi layout: `assets/<id>/norm_stats.json`, z-score (pi0) or quantile
+    (pi0.5). LeRobot layout: the processor files, their modes; config.json's
+    cameras, relative actions and chunk settings.
+    """
+    from vla_ros.model.lerobot_layout import read_lerobot_config, read_processors
+
+    lerobot = read_lerobot_config(directory)
+    if lerobot is None:
+        provenance = Provenance.resolve("openpi", options)
+        path = find_norm_stats(directory, options.asset_id)
+        stats = load_norm_stats(directory, options.asset_id)
+        normalizer = Normalizer(stats, "quantile" if cfg.pi05 else "zscore", provenance.normalization)
+        return normalizer, str(path), CheckpointMeta(provenance)
+    provenance = Provenance.resolve("lerobot", options)
+    if options.asset_id:
+        raise ConfigError(
+            "policy.asset_id",
+            f"got {options.asset_id!r}, but {directory} is a LeRobot policy directory: its statistics are "
+            "in policy_preprocessor.json / policy_postprocessor.json; leave policy.asset_id empty",
+        )
+    processors = read_processors(directory, lerobot)
+    if provenance.normalization == "openpi":
+        for mode in (processors.state_mode, processors.action_mode):
+            if mode not in NORM_MODES:
+                raise ConfigError(
+                    "policy.normalization",
+                    f"'openpi' has no formula for the {mode} mode of {directory}'s processor files; "
+                    "use 'auto' or 'lerobot'",
+                )
+    normalizer = Normalizer(
+        processors.stats,
+        processors.state_mode,
+        provenance.normalization,
+        action_mode=processors.action_mode,
+        eps=processors.eps,
+    )
+    meta = CheckpointMeta(
+        provenance=provenance,
+        camera_sources=lerobot.camera_names,
+        relative_exclude=processors.exclude_joints if processors.relative else None,
+        relative_names=processors.action_names,
+        n_action_steps=lerobot.n_action_steps,
+        num_inference_steps=lerobot.num_inference_steps,
+    )
+    if meta.relative:
+        if normalizer.state_dim < normalizer.action_dim:
+            raise CheckpointError(
+                f"{directory}: its {normalizer.action_dim} action dims are relative to the state, but the "
+                f"state has only {normalizer.state_dim} ({processors.stats_files}); "
+                "LeRobot cannot run it either"
+            )
+        if processors.action_names is None:
+            log.warning(
+                "%s: relative actions without action names (config.json action_feature_names): every action "
+                "dim, grippers too, is made absolute by adding the state, as LeRobot does",
+                directory,
+            )
+    return normalizer, processors.stats_files, meta
 
 
 def read_spec(directory: str | Path, options: PolicyOptions = PolicyOptions()) -> PolicySpec:
     """The spec of a checkpoint or artifact directory without loading its weights.
 
     Reads config.json (and, for checkpoints without vla_ros' resolved config,
-    the safetensors header) and the norm stats, exactly as `Policy.from_checkpoint`
-    does: tools check a robot against it before the slow load.
+    the safetensors header) and the norm stats (LeRobot: the processor files),
+    exactly as `Policy.from_checkpoint` does: tools check a robot against it
+    before the slow load.
     """
     from vla_ros.model.checkpoint import config_from_checkpoint
 
@@ -165,10 +407,8 @@ def read_spec(directory: str | Path, options: PolicyOptions = PolicyOptions()) -
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     cfg = config_from_checkpoint(directory)
-    path = find_norm_stats(directory, options.asset_id)
-    stats = load_norm_stats(directory, options.asset_id)
-    normalizer = Normalizer(stats, "quantile" if cfg.pi05 else "zscore")
-    return _make_spec(cfg, normalizer, options, directory, path, _is_untrained(directory))
+    normalizer, path, meta = load_conventions(directory, cfg, options)
+    return _make_spec(cfg, normalizer, options, directory, path, _is_untrained(directory), meta)
 
 
 def check_fits(
@@ -214,7 +454,8 @@ def check_fits(
     checkpoint = f"checkpoint {spec.checkpoint}" if spec.checkpoint else "the checkpoint"
     model = f"the {spec.config_name} model of {checkpoint}"
     stats = f"norm stats {spec.norm_stats}" if spec.norm_stats else "the checkpoint's norm stats"
-    asset = f" (or pick other norm stats with {asset_id_from})" if asset_id_from else ""
+    lerobot = spec.provenance.source == "lerobot"  # its statistics come with it: no asset ids
+    asset = f" (or pick other norm stats with {asset_id_from})" if asset_id_from and not lerobot else ""
 
     def other_checkpoint(what: str) -> str:
         return f"change {checkpoint_from} to one whose norm stats have {what}{asset}"
@@ -261,17 +502,20 @@ def check_fits(
         )
     if camera_keys is not None:
         cameras = list(camera_keys)
+        empty = spec.empty_camera_slots
+        usable = [k for k in spec.camera_keys if k not in empty]
         if not cameras:
             raise ConfigError(
                 cameras_from,
-                f"no camera configured, but {model} needs at least one of {list(spec.camera_keys)}",
+                f"no camera configured, but {model} needs at least one of {_slot_names(spec, usable)}",
             )
-        extra = [k for k in cameras if k not in spec.camera_keys]
+        extra = [k for k in cameras if k not in usable]
         if extra:
+            also = f", and {list(empty)} trained empty (LeRobot empty_cameras)" if empty else ""
             raise ConfigError(
                 cameras_from,
                 f"camera(s) {extra} configured, but {model} has only the camera slots "
-                f"{list(spec.camera_keys)}; remove them from {cameras_from}",
+                f"{_slot_names(spec, usable)}{also}; remove them from {cameras_from}",
             )
     warnings = []
     if spec.untrained:
@@ -288,7 +532,7 @@ def check_config_fits(spec: PolicySpec | None, config: Any, checkpoint_from: str
     Names the node's parameters (joint_names, policy.action_dims, cameras.keys,
     policy.asset_id, `checkpoint_from`). Returns the warnings; raises ConfigError.
     """
-    return check_fits(
+    warnings = check_fits(
         spec,
         config.num_joints,
         config.policy.action_dims or None,
@@ -296,6 +540,21 @@ def check_config_fits(spec: PolicySpec | None, config: Any, checkpoint_from: str
         action_dims_settable=False,
         checkpoint_from=checkpoint_from,
     )
+    space = getattr(config.policy, "action_space", "absolute")
+    if isinstance(spec, PolicySpec) and spec.relative_action_dims and space != "absolute":
+        raise ConfigError(
+            "policy.action_space",
+            f"is '{space}', but checkpoint {spec.checkpoint} predicts actions relative to the state "
+            f"(dims {list(spec.relative_action_dims)}) and the policy already makes them absolute; "
+            "set policy.action_space to 'absolute'",
+        )
+    return warnings
+
+
+def _slot_names(spec: PolicySpec, slots: Sequence[str]) -> list[str]:
+    """Slot keys, each with the camera a LeRobot checkpoint was trained with ("base_0_rgb (= top)")."""
+    sources = dict(zip(spec.camera_keys, spec.camera_sources))
+    return [f"{slot} (= {sources[slot]})" if sources.get(slot, slot) != slot else slot for slot in slots]
 
 
 def check_state(state: Any) -> np.ndarray:
@@ -324,7 +583,13 @@ def check_state(state: Any) -> np.ndarray:
 
 
 class Policy:
-    """Preprocess -> engine (prefix, suffix) -> postprocess, with per-stage timings."""
+    """Preprocess -> engine (prefix, suffix) -> postprocess, with per-stage timings.
+
+    `meta` carries what the checkpoint says beyond sizes and statistics: its
+    provenance (the image resize, prompt and normalization conventions), the
+    cameras its slots were trained with, LeRobot's empty camera slots and
+    relative actions. The default is an openpi checkpoint with absolute actions.
+    """
 
     def __init__(
         self,
@@ -338,6 +603,7 @@ class Policy:
         checkpoint: str | Path | None = None,
         norm_stats: str | Path | None = None,
         untrained: bool = False,
+        meta: CheckpointMeta = CheckpointMeta(),
     ):
         self.cfg = cfg
         self.engine = engine
@@ -345,29 +611,42 @@ class Policy:
         self.normalizer = normalizer
         self.transform = transform or make_transform("identity")
         self.options = options
+        self.meta = meta
         self._rng = np.random.default_rng(options.seed)
         self._origin = (checkpoint, norm_stats, untrained)
 
     @property
+    def provenance(self) -> Provenance:
+        return self.meta.provenance
+
+    @property
     def spec(self) -> PolicySpec:
         """What this policy expects of the robot (see `check_fits`)."""
-        return _make_spec(self.cfg, self.normalizer, self.options, *self._origin)
+        return _make_spec(self.cfg, self.normalizer, self.options, *self._origin, meta=self.meta)
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, options: PolicyOptions = PolicyOptions()) -> "Policy":
-        """A Policy from a checkpoint directory, or from an exported artifact directory (detected)."""
+        """A Policy from a checkpoint directory, or from an exported artifact directory (detected).
+
+        The directory may be in the openpi / vla_ros layout or a LeRobot policy
+        directory; its provenance picks the conventions unless the options force
+        them. The tokenizer is `options.tokenizer`, else found beside the checkpoint.
+        """
         from vla_ros.engines.factory import build_engine  # torch is imported only here
+        from vla_ros.model.checkpoint import config_from_checkpoint
 
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory {directory} does not exist")
+        # Statistics, conventions and the tokenizer first: their errors come before the slow load.
+        sizes = config_from_checkpoint(directory)
+        normalizer, norm_stats, meta = load_conventions(directory, sizes, options)
+        if options.num_steps is None:
+            options = dataclasses.replace(options, num_steps=meta.num_inference_steps or DEFAULT_NUM_STEPS)
+        tokenizer_path = find_tokenizer(directory, options.tokenizer)
         engine, cfg = build_engine(directory, options)
         tokenizer = PromptTokenizer(
-            find_tokenizer(directory), cfg.max_token_len, "pi05" if cfg.pi05 else "pi0"
-        )
-        norm_stats = find_norm_stats(directory, options.asset_id)
-        normalizer = Normalizer(
-            load_norm_stats(directory, options.asset_id), "quantile" if cfg.pi05 else "zscore"
+            tokenizer_path, cfg.max_token_len, cfg.variant, meta.provenance.prompt_style
         )
         return cls(
             cfg,
@@ -379,6 +658,7 @@ class Policy:
             checkpoint=directory,
             norm_stats=norm_stats,
             untrained=_is_untrained(directory),
+            meta=meta,
         )
 
     @classmethod
@@ -393,30 +673,57 @@ class Policy:
     def sample_noise(self) -> np.ndarray:
         return self._rng.standard_normal((self.cfg.action_horizon, self.cfg.action_dim)).astype(np.float32)
 
-    def preprocess(
+    def _camera_order(self, images: Mapping[str, np.ndarray]) -> list[str]:
+        """The model's slots in the order their images go in.
+
+        openpi: fixed slots, a missing camera masked in place. LeRobot
+        (`PI0Policy._preprocess_images`): the present cameras in slot order,
+        then the missing ones (masked), so a missing camera shifts the later
+        ones forward, as the LeRobot model sees them.
+        """
+        slots = list(self.meta.slot_keys(self.cfg.num_cameras))
+        if self.meta.provenance.source != "lerobot":
+            return slots
+        return [k for k in slots if k in images] + [k for k in slots if k not in images]
+
+    def _prepare(
         self,
         obs: RawObservation,
         noise: np.ndarray | None = None,
         tokens: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[ModelInputs, int]:
-        """Model inputs and the robot's action dimension."""
+    ) -> tuple[ModelInputs, int, np.ndarray]:
+        """Model inputs, the robot's action dimension and the state after the robot transform."""
         state = check_state(obs.state)
         if state.shape[0] > self.cfg.action_dim:
             raise ObservationError(
                 f"state has {state.shape[0]} dims, the model takes at most {self.cfg.action_dim}"
             )
         state, images = self.transform.inputs(state, dict(obs.images))
-        camera_keys = CAMERA_KEYS[: self.cfg.num_cameras]
-        if not any(key in camera_keys for key in images):
+        empty = self.meta.empty_slots
+        usable = [key for key in self.meta.slot_keys(self.cfg.num_cameras) if key not in empty]
+        unused = sorted(key for key in images if key not in usable)
+        if unused and self.meta.camera_sources:
+            slots = zip(self.meta.slot_keys(self.cfg.num_cameras), self.meta.camera_sources)
+            trained = ", ".join(f"{k} (= {name})" for k, name in slots if k in usable)
+            also = f"; {list(empty)} were trained empty (LeRobot empty_cameras)" if empty else ""
+            raise ObservationError(
+                f"image(s) for camera(s) {unused}, which the checkpoint has no slot for: it was trained with "
+                f"{trained}{also}; do not send them (cameras.keys)"
+            )
+        if not any(key in usable for key in images):
             renames = list(getattr(self.transform, "CAMERA_RENAMES", {}))
             also = f" (or the robot names {renames} that robot_transform renames)" if renames else ""
             raise ObservationError(
                 f"observation has no usable camera: got images {sorted(obs.images)}, expected at least "
-                f"one of {list(camera_keys)}{also}"
+                f"one of {usable}{also}"
             )
         norm_state = self.normalizer.normalize_state(state).astype(np.float32)
+        method = self.meta.provenance.image_resize
+        # LeRobot's resize stays float all the way into the model; rounding it to uint8
+        # would move its actions by a few 1e-3 (measured against LeRobot 0.6.1).
         image_batch, image_masks = prepare_images(
-            images, CAMERA_KEYS[: self.cfg.num_cameras], self.cfg.vision.image_size
+            images, self._camera_order(images), self.cfg.vision.image_size, method,
+            model_range=method == "lerobot",
         )
         if tokens is None:
             tokens = self.tokenizer.tokenize(obs.prompt, norm_state if self.cfg.pi05 else None)
@@ -441,10 +748,37 @@ class Policy:
             state=pad_to_dim(norm_state, self.cfg.action_dim).astype(np.float32),
             noise=noise,
         )
-        return inputs, self.options.action_dims or state.shape[0]
+        return inputs, self.options.action_dims or state.shape[0], np.asarray(state)
 
-    def postprocess(self, normalized: np.ndarray, action_dims: int) -> np.ndarray:
+    def preprocess(
+        self,
+        obs: RawObservation,
+        noise: np.ndarray | None = None,
+        tokens: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[ModelInputs, int]:
+        """Model inputs and the robot's action dimension."""
+        inputs, action_dims, _ = self._prepare(obs, noise, tokens)
+        return inputs, action_dims
+
+    def postprocess(
+        self, normalized: np.ndarray, action_dims: int, state: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Model-unit actions (H, >= action_dims) -> robot units (H, action_dims).
+
+        `state` is the observation's state after the robot transform; the
+        checkpoints whose actions are relative to it (LeRobot relative actions)
+        need it: after unnormalizing, `actions[:, :D] += state[:D] * mask`.
+        """
         actions = self.normalizer.unnormalize_actions(normalized[:, :action_dims])
+        mask = self.meta.relative_mask(action_dims)
+        if mask:
+            if state is None:
+                raise ObservationError(
+                    "this checkpoint predicts actions relative to the state; postprocess needs the state"
+                )
+            from vla_ros.model.lerobot_layout import to_absolute_actions
+
+            actions = to_absolute_actions(actions, state, mask)
         return np.asarray(self.transform.outputs(actions), dtype=np.float32)
 
     def infer(
@@ -456,7 +790,7 @@ class Policy:
         """Actions (H, D) in robot units for `obs`; `tokens` bypasses the tokenizer."""
         clock = time.perf_counter
         start = clock()
-        inputs, action_dims = self.preprocess(obs, noise, tokens)
+        inputs, action_dims, state = self._prepare(obs, noise, tokens)
         t_pre = clock()
         self.engine.encode_prefix(inputs)
         self.engine.synchronize()
@@ -464,7 +798,7 @@ class Policy:
         normalized = self.engine.denoise(inputs)
         self.engine.synchronize()
         t_suffix = clock()
-        actions = self.postprocess(normalized, action_dims)
+        actions = self.postprocess(normalized, action_dims, state)
         end = clock()
         timings = {
             "preprocess": t_pre - start,

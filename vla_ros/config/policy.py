@@ -20,7 +20,7 @@ from vla_ros.config.validate import (
 )
 from vla_ros.errors import ConfigError
 from vla_ros.observation.transforms import TRANSFORM_NAMES
-from vla_ros.policy import DEVICES, PolicyOptions, PRECISIONS, PREFIX_ENGINES, SUFFIX_ENGINES
+from vla_ros.policy import DEVICES, IMAGE_RESIZES, PolicyOptions, PRECISIONS, PREFIX_ENGINES, SUFFIX_ENGINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,11 @@ class PolicySection:
     precision: str = param("auto", "Inference precision.", STR, PRECISIONS)
     engine: str = param("auto", "Prefix engine.", STR, PREFIX_ENGINES)
     suffix: str = param("auto", "Suffix (denoiser) engine.", STR, SUFFIX_ENGINES)
-    num_steps: int = param(10, "Flow-matching (Euler) denoising steps.", INT)
+    num_steps: int = param(
+        0,
+        "Flow-matching (Euler) denoising steps; 0 = the checkpoint's (LeRobot num_inference_steps, else 10).",
+        INT,
+    )
     robot_transform: str = param(
         "identity",
         "Robot <-> policy conventions (joint signs, gripper units, camera names).",
@@ -39,6 +43,19 @@ class PolicySection:
         TRANSFORM_NAMES,
     )
     asset_id: str = param("", "Norm-stats asset id under <checkpoint>/assets/ ('' = the only one).", STR)
+    tokenizer: str = param(
+        "",
+        "PaliGemma tokenizer file or directory (SentencePiece .model or Hugging Face tokenizer.json); "
+        "'' = beside the checkpoint. LeRobot checkpoints ship none: point this at one.",
+        STR,
+    )
+    image_resize: str = param(
+        "auto",
+        "Resize-with-pad convention of the camera frames: 'openpi' (Pillow) or 'lerobot' (torch "
+        "bilinear); auto = the checkpoint's (LeRobot policy directories: lerobot, others: openpi).",
+        STR,
+        IMAGE_RESIZES,
+    )
     action_dims: int = param(0, "Action dimensions the robot uses (0 = the number of joint_names).", INT)
     seed: int = param(-1, "Seed of the denoising noise (-1 = random).", INT)
     num_threads: int = param(
@@ -71,10 +88,13 @@ class PolicySection:
     warmup_runs: int = param(2, "Inferences run on a synthetic observation during configure.", INT)
 
     def __post_init__(self) -> None:
-        for name in ("device", "precision", "engine", "suffix", "robot_transform", "action_space"):
+        names = ("device", "precision", "engine", "suffix", "robot_transform", "action_space", "image_resize")
+        for name in names:
             _choice(f"policy.{name}", getattr(self, name), _choices(type(self), name))
-        if self.num_steps < 1:
-            raise ConfigError("policy.num_steps", f"expected an integer >= 1, got {self.num_steps}")
+        if self.num_steps < 0:
+            raise ConfigError(
+                "policy.num_steps", f"expected 0 (the checkpoint's) or an integer >= 1, got {self.num_steps}"
+            )
         if not 0 <= self.action_dims <= 32:
             raise ConfigError(
                 "policy.action_dims", f"expected 0 (all joints) or 1..32, got {self.action_dims}"
@@ -101,13 +121,15 @@ class PolicySection:
             precision=self.precision,
             engine=self.engine,
             suffix=self.suffix,
-            num_steps=self.num_steps,
+            num_steps=self.num_steps or None,
             robot_transform=self.robot_transform,
             asset_id=self.asset_id or None,
             action_dims=self.action_dims or None,
             seed=None if self.seed < 0 else self.seed,
             num_threads=self.num_threads or None,
             pack_weights=self.pack_weights,
+            tokenizer=self.tokenizer or None,
+            image_resize=self.image_resize,
         )
 
 

@@ -178,9 +178,19 @@ def save_suffix(state: dict[str, torch.Tensor], out_dir: Path) -> dict:
             "parameters": int(sum(v.numel() for v in state.values()))}
 
 
-def copy_runtime_files(checkpoint_dir: Path, out_dir: Path, cfg: PolicyConfig) -> list[str]:
-    """config.json (with the resolved vla_ros config), norm stats and tokenizer, same relative paths."""
-    from vla_ros.policy import find_tokenizer
+def copy_runtime_files(
+    checkpoint_dir: Path, out_dir: Path, cfg: PolicyConfig, tokenizer: str | Path | None = None
+) -> list[str]:
+    """config.json (with the resolved vla_ros config), statistics and tokenizer, same relative paths.
+
+    Statistics: openpi's `assets/<id>/norm_stats.json`, or a LeRobot
+    directory's processor files (the two pipelines' JSON and the safetensors
+    files their steps name). `tokenizer` (policy.tokenizer) outside the
+    checkpoint is copied to `tokenizer/` in the artifact, where the finder
+    looks.
+    """
+    from vla_ros.model.lerobot_layout import POSTPROCESSOR_FILE, PREPROCESSOR_FILE
+    from vla_ros.observation.tokenizer import find_tokenizer
 
     meta = {}
     if (checkpoint_dir / CONFIG_FILE).is_file():
@@ -191,14 +201,25 @@ def copy_runtime_files(checkpoint_dir: Path, out_dir: Path, cfg: PolicyConfig) -
     stats = sorted(checkpoint_dir.glob(f"assets/**/{NORM_STATS_FILE}"))
     if (checkpoint_dir / NORM_STATS_FILE).is_file():
         stats.append(checkpoint_dir / NORM_STATS_FILE)
+    for pipeline in (PREPROCESSOR_FILE, POSTPROCESSOR_FILE):
+        if (checkpoint_dir / pipeline).is_file():
+            stats.append(checkpoint_dir / pipeline)
+            steps = json.loads((checkpoint_dir / pipeline).read_text()).get("steps", [])
+            stats.extend(checkpoint_dir / s["state_file"] for s in steps if s.get("state_file"))
     if not stats:
         raise CheckpointError(f"no normalization statistics in {checkpoint_dir}: expected "
-                              f"assets/<asset_id>/{NORM_STATS_FILE}; the artifact would not be deployable")
+                              f"assets/<asset_id>/{NORM_STATS_FILE} (openpi) or {PREPROCESSOR_FILE} and "
+                              f"{POSTPROCESSOR_FILE} (LeRobot); the artifact would not be deployable")
     copied = [CONFIG_FILE]
-    for source in [*stats, find_tokenizer(checkpoint_dir)]:
-        relative = source.relative_to(checkpoint_dir)
+    source = find_tokenizer(checkpoint_dir, tokenizer)
+    targets = [(path, path.relative_to(checkpoint_dir)) for path in stats]
+    if source.resolve().is_relative_to(checkpoint_dir.resolve()):
+        targets.append((source, source.resolve().relative_to(checkpoint_dir.resolve())))
+    else:
+        targets.append((source, Path("tokenizer") / source.name))
+    for path, relative in targets:
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, out_dir / relative)
+        shutil.copy2(path, out_dir / relative)
         copied.append(relative.as_posix())
     return copied
 

@@ -18,7 +18,9 @@ import numpy as np
 class ModelInputs:
     """One batch element of preprocessed inputs, as numpy (engines move them to their device).
 
-    images uint8 (N, 224, 224, 3); image_masks bool (N,); tokens int32 (L,);
+    images uint8 (N, 224, 224, 3), or float32 already in [-1, 1] (LeRobot's
+    float resize; exported graphs take uint8 and get it rounded, half a
+    level at most); image_masks bool (N,); tokens int32 (L,);
     token_masks bool (L,); state float32 (action_dim,) normalized and padded;
     noise float32 (H, action_dim).
     """

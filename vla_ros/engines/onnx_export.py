@@ -73,6 +73,10 @@ class ExportOptions:
     validate: bool = True
     seed: int = 0
     overwrite: bool = False
+    tokenizer: str | None = None  # a tokenizer outside the checkpoint (policy.tokenizer), copied in
+    # The graph's image input: float32 in [-1, 1] (LeRobot checkpoints, whose resize is float and
+    # never rounded) or uint8 (openpi's). export_artifact sets it from the checkpoint's provenance.
+    float_images: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -183,7 +187,7 @@ def export_graph(
 ) -> tuple[str, str | None]:
     """Write `model`'s prefix encoder to `path`; returns (exporter used, why dynamo was not used)."""
     module = PrefixEncoder(model).eval()
-    inputs = validation_inputs(model.cfg, options.seed)
+    inputs = validation_inputs(model.cfg, options.seed, options.float_images)
     args = tuple(inputs[name] for name in INPUT_NAMES)
     reason = None
     exporter = options.exporter
@@ -376,6 +380,9 @@ def export_artifact(
             bar.set_postfix_str(name)
 
         step("load")
+        from vla_ros.model.lerobot_layout import read_lerobot_config
+
+        options = dataclasses.replace(options, float_images=read_lerobot_config(checkpoint_dir) is not None)
         model, cfg = load_model(checkpoint_dir, dtype=torch.float32)
         suffix_state = artifact.suffix_state(model)
         if options.precision != "fp32":
@@ -403,7 +410,9 @@ def export_artifact(
 
         step("validate")
         if options.validate:
-            validation = validate_graph(model, graph, options.precision, options.max_error, options.seed)
+            validation = validate_graph(
+                model, graph, options.precision, options.max_error, options.seed, options.float_images
+            )
         else:
             validation = {"status": "skipped", "reason": "validation disabled"}
         del model  # the full model is no longer needed; the TensorRT build wants the memory
@@ -411,7 +420,7 @@ def export_artifact(
 
         step("copy")
         suffix = artifact.save_suffix(suffix_state, out_dir)
-        copied = artifact.copy_runtime_files(checkpoint_dir, out_dir, cfg)
+        copied = artifact.copy_runtime_files(checkpoint_dir, out_dir, cfg, options.tokenizer)
         bar.update()
 
         engine = None

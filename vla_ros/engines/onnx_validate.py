@@ -57,7 +57,9 @@ def _validation_session(path: Path):
     return None, None, "; ".join(failures)
 
 
-def validate_graph(model: Pi0Model, path: Path, precision: str, max_error: float, seed: int = 0) -> dict:
+def validate_graph(
+    model: Pi0Model, path: Path, precision: str, max_error: float, seed: int = 0, float_images: bool = False
+) -> dict:
     """Compare onnxruntime's K/V with PyTorch's on random inputs (a masked camera, a padded prompt).
 
     Raises EngineError beyond `max_error` * max(1, max |reference|) or on any pad-mask
@@ -65,7 +67,7 @@ def validate_graph(model: Pi0Model, path: Path, precision: str, max_error: float
     """
     import onnxruntime as ort
 
-    inputs = validation_inputs(model.cfg, seed)
+    inputs = validation_inputs(model.cfg, seed, float_images)
     with torch.no_grad():
         ref = model.embed_prefix(**inputs)
     report = {

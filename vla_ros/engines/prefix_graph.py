@@ -65,6 +65,13 @@ def stage_inputs(buffers: dict[str, torch.Tensor], values, cfg: PolicyConfig) ->
         else:
             array = np.asarray(value)
             source = torch.from_numpy(array if array.flags.writeable else array.copy())
+        if name == "images" and buffer.dtype == torch.uint8 and source.is_floating_point():
+            # Float images in [-1, 1] into a graph that takes uint8 (an older export): the
+            # nearest level, at most half a level (1/255 in [-1, 1] units) away.
+            source = ((source.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+        elif name == "images" and buffer.is_floating_point() and not source.is_floating_point():
+            # uint8 images into a graph that takes float [-1, 1] (a LeRobot export run the openpi way).
+            source = source.float() / 255.0 * 2.0 - 1.0
         if source.numel() != buffer.numel():
             raise EngineError(
                 f"prefix input '{name}' has shape {tuple(source.shape)}; the exported graph takes "
@@ -174,8 +181,14 @@ class PrefixEncoder(nn.Module):
         return (*cache.keys.unbind(0), *cache.values.unbind(0), cache.pad_mask)
 
 
-def validation_inputs(cfg: PolicyConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random batch-1 prefix inputs that exercise the masks: camera 1 missing, prompt one-third padding."""
+def validation_inputs(
+    cfg: PolicyConfig, seed: int = 0, float_images: bool = False
+) -> dict[str, torch.Tensor]:
+    """Random batch-1 prefix inputs that exercise the masks: camera 1 missing, prompt one-third padding.
+
+    ``float_images``: the images as float32 in [-1, 1] (the graph of a LeRobot
+    checkpoint takes its float resize unrounded) instead of uint8.
+    """
     generator = torch.Generator().manual_seed(seed)
     size, cams, length = cfg.vision.image_size, cfg.num_cameras, cfg.max_token_len
     images = torch.randint(0, 256, (1, cams, size, size, 3), generator=generator, dtype=torch.uint8)
@@ -187,4 +200,6 @@ def validation_inputs(cfg: PolicyConfig, seed: int = 0) -> dict[str, torch.Tenso
     token_masks = (torch.arange(length) < max(1, length // 3))[None]
     tokens = torch.randint(1, cfg.vocab_size, (1, length), generator=generator, dtype=torch.int64)
     tokens[~token_masks] = 0
+    if float_images:
+        images = images.float() / 255.0 * 2.0 - 1.0
     return {"images": images, "image_masks": image_masks, "tokens": tokens, "token_masks": token_masks}

@@ -2,6 +2,8 @@
 
 A checkpoint directory holds `model.safetensors`, `config.json`, norm stats
 (`assets/<id>/norm_stats.json` or `norm_stats.json`) and a SentencePiece model.
+LeRobot policy directories (`vla_ros/model/lerobot_layout.py`) are read too:
+their sizes come from the weight shapes and LeRobot's config.json.
 Only safetensors and JSON are read: nothing in a checkpoint is ever executed.
 """
 
@@ -17,7 +19,7 @@ from safetensors.torch import save_file
 import torch
 
 from vla_ros.errors import CheckpointError, ConfigError
-from vla_ros.model.config import GemmaConfig, get_config, PolicyConfig, VisionConfig
+from vla_ros.model.config import GemmaConfig, get_config, NAMED_CONFIGS, PolicyConfig, VisionConfig
 from vla_ros.model.pi0 import Pi0Model
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ EMBED_KEY = _PREFIX + "model.language_model.embed_tokens.weight"
 LM_HEAD_KEY = _PREFIX + "lm_head.weight"
 # Present in some exports, never used by inference.
 _IGNORED_KEYS = re.compile(r"(gemma_expert\.lm_head\.weight|\.rotary_emb\.inv_freq|position_ids)$")
+# Some LeRobot / transformers versions save SigLIP without its `vision_model.` level.
+_FLAT_VISION = re.compile(r"^(paligemma_with_expert\.paligemma\.model\.vision_tower\.)(?!vision_model\.)")
 
 # openpi / LeRobot variant names for the Gemma stacks.
 GEMMA_VARIANTS = {
@@ -72,6 +76,7 @@ class _TensorFile:
         self.names: dict[str, str] = {}  # normalised key -> key in the file
         for key in self._file.keys():
             norm = key[len("model.") :] if key.startswith("model.") else key
+            norm = _FLAT_VISION.sub(r"\1vision_model.", norm)
             if not _IGNORED_KEYS.search(norm):
                 self.names[norm] = key
         self._rename_time_mlps()
@@ -156,13 +161,18 @@ def _gemma_from(meta: dict, key: str, fallback: GemmaConfig) -> GemmaConfig:
 
 def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) -> PolicyConfig:
     """Model sizes from config.json (ours, openpi's or LeRobot's), completed from the tensor shapes."""
+    from vla_ros.model.lerobot_layout import is_lerobot_config, parse_lerobot_config
+
     directory = Path(directory)
     meta = _read_json(directory / CONFIG_FILE)
+    lerobot = parse_lerobot_config(meta, directory / CONFIG_FILE) if is_lerobot_config(meta) else None
     if "vla_ros" in meta:
         if not isinstance(meta["vla_ros"], dict):
             raise CheckpointError(f"{directory / CONFIG_FILE}: 'vla_ros' must be a JSON object")
         return PolicyConfig.from_dict(meta["vla_ros"])
     tensors = tensors or _TensorFile(directory / WEIGHTS_FILE)
+    if lerobot is not None:
+        return _config_from_lerobot(lerobot, tensors, meta)
     pi05 = tensors.is_pi05
     declared = meta.get("type") or meta.get("model_type")
     if declared in ("pi0", "pi05") and (declared == "pi05") != pi05:
@@ -188,6 +198,92 @@ def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) 
         action_horizon=horizon,
         action_dim=action_dim,
         max_token_len=max_len,
+    )
+
+
+# LeRobot's pi0 / pi0.5 reshape attention with 8 heads (head_dim and kv heads follow from the shapes).
+_LEROBOT_NUM_HEADS = 8
+
+
+def _gemma_from_shapes(tensors: _TensorFile, stack: str, path: Path) -> GemmaConfig:
+    """One Gemma stack's sizes from its tensors (LeRobot's variant names are only validated names)."""
+    base = f"paligemma_with_expert.{stack}.layers.0."
+    depth = tensors.count(rf"^paligemma_with_expert\.{re.escape(stack)}\.layers\.(\d+)\.")
+    if depth == 0 or base + "self_attn.q_proj.weight" not in tensors.names:
+        raise CheckpointError(f"{path}: no {stack}.layers.N tensors; this is not a pi0 / pi0.5 checkpoint")
+    q_out, width = tensors.shape(base + "self_attn.q_proj.weight")
+    k_out = tensors.shape(base + "self_attn.k_proj.weight")[0]
+    if q_out % _LEROBOT_NUM_HEADS or k_out % (q_out // _LEROBOT_NUM_HEADS):
+        raise CheckpointError(
+            f"{path}: {stack} attention shapes q {q_out} / k {k_out} do not split into LeRobot's "
+            f"{_LEROBOT_NUM_HEADS} heads"
+        )
+    head_dim = q_out // _LEROBOT_NUM_HEADS
+    return GemmaConfig(
+        width=width,
+        depth=depth,
+        mlp_dim=tensors.shape(base + "mlp.gate_proj.weight")[0],
+        num_heads=_LEROBOT_NUM_HEADS,
+        num_kv_heads=k_out // head_dim,
+        head_dim=head_dim,
+    )
+
+
+def _config_from_lerobot(lerobot, tensors: _TensorFile, meta: dict) -> PolicyConfig:
+    """Sizes of a LeRobot policy directory: config.json's fields, the rest from the weight shapes."""
+    path = lerobot.path
+    weights = path.parent / WEIGHTS_FILE
+    pi05 = tensors.is_pi05
+    if lerobot.pi05 != pi05:
+        raise CheckpointError(
+            f"{path} says type {lerobot.variant!r} but the weights in {weights} are "
+            f"{'pi05' if pi05 else 'pi0'}; fix 'type'"
+        )
+    prefix = _gemma_from_shapes(tensors, "paligemma.model.language_model", path)
+    expert = _gemma_from_shapes(tensors, "gemma_expert.model", path)
+    for name, sizes in (("paligemma_variant", prefix), ("action_expert_variant", expert)):
+        named = GEMMA_VARIANTS.get(getattr(lerobot, name) or "")
+        if named is not None and named != sizes:
+            log.info("%s: %s %s does not describe the weights (%s); sizes taken from the weights",
+                     path, name, getattr(lerobot, name), sizes)
+    vision = _infer_vision(tensors, meta)
+    if vision.image_size != lerobot.image_resolution[0]:
+        raise CheckpointError(
+            f"{path}: image_resolution {list(lerobot.image_resolution)} but the vision weights in {weights} "
+            f"are for {vision.image_size} px; fix image_resolution"
+        )
+    action_dim = tensors.shape("action_in_proj.weight")[1]
+    if action_dim != lerobot.max_action_dim:
+        raise CheckpointError(
+            f"{path}: max_action_dim {lerobot.max_action_dim} but action_in_proj in {weights} takes "
+            f"{action_dim}; fix max_action_dim"
+        )
+    if not pi05 and lerobot.max_state_dim != action_dim:
+        raise CheckpointError(
+            f"{path}: max_state_dim {lerobot.max_state_dim} differs from max_action_dim {action_dim}; "
+            "vla_ros pads state and actions to one width"
+        )
+    vocab = tensors.shape(EMBED_KEY if EMBED_KEY in tensors.names else LM_HEAD_KEY)[0]
+    # The named configuration with these sizes (pi0, pi05-tiny, ...), else the variant.
+    name = next(
+        (
+            named.name
+            for named in NAMED_CONFIGS.values()
+            if (named.pi05, named.vision, named.prefix, named.expert) == (pi05, vision, prefix, expert)
+        ),
+        lerobot.variant,
+    )
+    return PolicyConfig(
+        name=name,
+        pi05=pi05,
+        vision=vision,
+        prefix=prefix,
+        expert=expert,
+        vocab_size=vocab,
+        action_horizon=lerobot.chunk_size,
+        action_dim=action_dim,
+        max_token_len=lerobot.tokenizer_max_length,
+        num_cameras=len(lerobot.cameras),
     )
 
 

@@ -126,9 +126,15 @@ class Pi0Model(nn.Module):
 
     # -- prefix -----------------------------------------------------------------------------
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, N, H, W, 3) -> image tokens (B, N * 256, W_prefix)."""
+        """(B, N, H, W, 3) -> image tokens (B, N * 256, W_prefix).
+
+        uint8 images are scaled to [-1, 1] here; float images are taken as
+        already in [-1, 1] (LeRobot resizes in float and never rounds to
+        uint8, see docs/preprocessing.md, "Resize with pad").
+        """
         batch, cams = images.shape[:2]
-        pixels = images.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
+        pixels = images.flatten(0, 1).permute(0, 3, 1, 2)
+        pixels = pixels.float() if pixels.is_floating_point() else pixels.float() / 255.0 * 2.0 - 1.0
         pali = self.paligemma_with_expert.paligemma.model
         tokens = pali.vision_tower(pixels, self.compute_dtype)
         tokens = linear(pali.multi_modal_projector.linear, tokens).to(self.compute_dtype)

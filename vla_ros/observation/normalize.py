@@ -5,6 +5,15 @@ in and the actions that come out are unnormalized back to robot units, with
 the dataset statistics in the checkpoint's `norm_stats.json` (docs/preprocessing.md,
 "Normalization"). pi0 uses z-scores, pi0.5 maps the 1%..99% quantile range to
 [-1, 1].
+
+Two conventions exist for the same modes. "openpi" (the default) adds 1e-6 to
+the scale in both directions and computes in float64. "lerobot" follows
+LeRobot's `NormalizerProcessorStep` exactly: z-score divides by std + eps
+(eps 1e-8, from the processor file) only on the way in and multiplies by the
+bare std on the way out; the ranges (quantiles, min/max) replace a zero width
+by eps instead of adding it; the arithmetic is done in the input's float
+dtype, as LeRobot casts its statistics to the tensor's. LeRobot also has
+"identity", "minmax" (MIN_MAX) and "quantile10" (QUANTILE10) modes.
 """
 
 from __future__ import annotations
@@ -19,8 +28,16 @@ import numpy as np
 
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 
-NormMode = Literal["zscore", "quantile"]
+NormMode = Literal["zscore", "quantile", "identity", "minmax", "quantile10"]
+# The modes openpi uses; "lerobot" adds the others.
 NORM_MODES: tuple[str, ...] = ("zscore", "quantile")
+LEROBOT_NORM_MODES: tuple[str, ...] = ("zscore", "quantile", "identity", "minmax", "quantile10")
+NormConvention = Literal["openpi", "lerobot"]
+NORM_CONVENTIONS: tuple[str, ...] = ("openpi", "lerobot")
+# LeRobot's NormalizerProcessorStep default (the processor files record theirs).
+LEROBOT_EPS = 1e-8
+# (low, high) statistics of the range modes.
+_RANGE_FIELDS = {"quantile": ("q01", "q99"), "quantile10": ("q10", "q90"), "minmax": ("minimum", "maximum")}
 NORM_STATS_FILE = "norm_stats.json"
 MODEL_DIM = 32
 # Same epsilon as the reference, in both directions, so unnormalize inverts normalize.
@@ -46,44 +63,68 @@ class NormStats:
     mean, std: for z-score normalization (pi0).
     q01, q99: 1% and 99% quantiles for quantile normalization (pi0.5);
         optional, but both or neither.
+    q10, q90, minimum, maximum: LeRobot's QUANTILE10 and MIN_MAX modes;
+        optional, in pairs.
+
+    openpi's norm_stats.json always has mean and std; LeRobot statistics may
+    have any pairs, at least one.
     """
 
-    mean: np.ndarray
-    std: np.ndarray
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
     q01: np.ndarray | None = None
     q99: np.ndarray | None = None
+    q10: np.ndarray | None = None
+    q90: np.ndarray | None = None
+    minimum: np.ndarray | None = None
+    maximum: np.ndarray | None = None
+
+    _PAIRS = (("mean", "std"), ("q01", "q99"), ("q10", "q90"), ("minimum", "maximum"))
 
     def __post_init__(self) -> None:
         # Frozen: converting the fields needs object.__setattr__.
-        object.__setattr__(self, "mean", _vector("mean", self.mean))
-        object.__setattr__(self, "std", _vector("std", self.std))
-        if (self.q01 is None) != (self.q99 is None):
-            raise ConfigError("q01" if self.q01 is None else "q99", "q01 and q99 must be given together")
-        if self.q01 is not None:
-            object.__setattr__(self, "q01", _vector("q01", self.q01))
-            object.__setattr__(self, "q99", _vector("q99", self.q99))
-        dim = self.mean.shape[0]
-        for name in ("std", "q01", "q99"):
-            value = getattr(self, name)
-            if value is not None and value.shape[0] != dim:
-                raise ConfigError(name, f"has {value.shape[0]} values; expected {dim} like mean")
-        if np.any(self.std < 0):
+        dim = None
+        for low, high in self._PAIRS:
+            if (getattr(self, low) is None) != (getattr(self, high) is None):
+                missing = low if getattr(self, low) is None else high
+                raise ConfigError(missing, f"{low} and {high} must be given together")
+            for name in (low, high):
+                if getattr(self, name) is None:
+                    continue
+                value = _vector(name, getattr(self, name))
+                object.__setattr__(self, name, value)
+                if dim is None:
+                    dim = (name, value.shape[0])
+                elif value.shape[0] != dim[1]:
+                    raise ConfigError(name, f"has {value.shape[0]} values; expected {dim[1]} like {dim[0]}")
+        if dim is None:
+            raise ConfigError("mean", "no statistics given: expected mean/std, q01/q99, q10/q90 or min/max")
+        if self.std is not None and np.any(self.std < 0):
             raise ConfigError("std", f"must be >= 0, got {self.std.tolist()}")
 
     @property
     def dim(self) -> int:
-        return int(self.mean.shape[0])
+        for name in ("mean", "q01", "q10", "minimum"):
+            value = getattr(self, name)
+            if value is not None:
+                return int(value.shape[0])
+        raise AssertionError("NormStats without statistics")  # __post_init__ refuses those
 
     @property
     def has_quantiles(self) -> bool:
         return self.q01 is not None
 
+    def has(self, *names: str) -> bool:
+        """Whether every statistic in `names` is present."""
+        return all(getattr(self, name) is not None for name in names)
+
     def to_json(self) -> dict[str, list[float]]:
-        """The `norm_stats.json` entry for this quantity."""
-        out = {"mean": self.mean.tolist(), "std": self.std.tolist()}
-        if self.q01 is not None and self.q99 is not None:
-            out["q01"] = self.q01.tolist()
-            out["q99"] = self.q99.tolist()
+        """The `norm_stats.json` entry for this quantity (the statistics present)."""
+        out = {}
+        for low, high in self._PAIRS:
+            if getattr(self, low) is not None:
+                out[low] = getattr(self, low).tolist()
+                out[high] = getattr(self, high).tolist()
         return out
 
 
@@ -185,37 +226,88 @@ class Normalizer:
     Stats and vectors may differ in length (stats for the robot's dims, the
     vector padded to 32, or the other way round): only the leading
     min(len(stats), len(vector)) dims are transformed, the rest pass as is.
-    Arrays keep their float dtype; the arithmetic is done in float64.
+    Arrays keep their float dtype.
 
     Args:
         stats: at least "state" and "actions".
-        mode: "zscore" (pi0) or "quantile" (pi0.5).
+        mode: the state's mode, "zscore" (pi0) or "quantile" (pi0.5); with
+            the "lerobot" convention also "identity", "minmax", "quantile10".
+        convention: "openpi" (1e-6 added to the scale both ways, float64
+            arithmetic) or "lerobot" (LeRobot's formulas, module docstring).
+        action_mode: the actions' mode (default: `mode`); LeRobot's
+            normalization_mapping may give state and actions different ones.
+        eps: LeRobot's epsilon (the processor file's `eps`); "lerobot" only.
 
     Raises:
-        ConfigError: unknown mode.
-        CheckpointError: "state"/"actions" missing, or quantile mode without q01/q99.
+        ConfigError: unknown mode or convention.
+        CheckpointError: "state"/"actions" missing, or a mode without its
+            statistics (quantile without q01/q99, ...).
     """
 
-    def __init__(self, stats: Mapping[str, NormStats], mode: NormMode) -> None:
-        if mode not in NORM_MODES:
-            raise ConfigError("mode", f"got {mode!r}; expected one of {list(NORM_MODES)}")
-        for key in ("state", "actions"):
+    def __init__(
+        self,
+        stats: Mapping[str, NormStats],
+        mode: NormMode,
+        convention: NormConvention = "openpi",
+        *,
+        action_mode: NormMode | None = None,
+        eps: float = LEROBOT_EPS,
+    ) -> None:
+        if convention not in NORM_CONVENTIONS:
+            raise ConfigError(
+                "policy.normalization", f"got {convention!r}; expected one of {list(NORM_CONVENTIONS)}"
+            )
+        allowed = NORM_MODES if convention == "openpi" else LEROBOT_NORM_MODES
+        action_mode = mode if action_mode is None else action_mode
+        for name, value in (("mode", mode), ("action_mode", action_mode)):
+            if value not in allowed:
+                raise ConfigError(
+                    name, f"got {value!r}; expected one of {list(allowed)} ({convention} convention)"
+                )
+        for key, key_mode in (("state", mode), ("actions", action_mode)):
             if key not in stats:
                 raise CheckpointError(
                     f"normalization statistics have no '{key}' entry; found {sorted(stats)}"
                 )
-            if mode == "quantile" and not stats[key].has_quantiles:
+            needed = _needed_stats(key_mode)
+            if not stats[key].has(*needed):
                 raise CheckpointError(
-                    f"quantile normalization (pi0.5) needs q01 and q99, but the '{key}' statistics have"
-                    " only mean/std; use stats computed with quantiles or mode='zscore'"
+                    f"{key_mode} normalization{' (pi0.5)' if key_mode == 'quantile' else ''} needs "
+                    f"{' and '.join(needed)}, but the '{key}' statistics have only "
+                    f"{'/'.join(stats[key].to_json())}; use stats computed with "
+                    f"{'quantiles' if key_mode == 'quantile' else ' and '.join(needed)} or another mode"
+                    + (" (mode='zscore')" if convention == "openpi" else "")
                 )
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ConfigError("eps", f"expected a positive number, got {eps!r}")
         self._state = stats["state"]
         self._actions = stats["actions"]
         self._mode: NormMode = mode
+        self._action_mode: NormMode = action_mode
+        self._convention: NormConvention = convention
+        self._eps = float(eps)
 
     @property
     def mode(self) -> NormMode:
+        """The state's mode (the actions' is `action_mode`)."""
         return self._mode
+
+    @property
+    def action_mode(self) -> NormMode:
+        return self._action_mode
+
+    @property
+    def convention(self) -> NormConvention:
+        return self._convention
+
+    @property
+    def eps(self) -> float:
+        """LeRobot's epsilon (unused by the openpi convention, which adds 1e-6)."""
+        return self._eps
+
+    def describe(self) -> str:
+        """One line: modes and convention, e.g. 'state zscore, actions zscore (lerobot formulas)'."""
+        return f"state {self._mode}, actions {self._action_mode} ({self._convention} formulas)"
 
     @property
     def state_dim(self) -> int:
@@ -227,44 +319,78 @@ class Normalizer:
         """Dimensions of the action statistics (the actions the checkpoint was trained on)."""
         return self._actions.dim
 
-    def _offset_scale(self, stats: NormStats) -> tuple[np.ndarray, np.ndarray]:
-        # normalized = (x - offset) / scale, for both modes.
-        if self._mode == "zscore":
+    def _offset_scale(self, stats: NormStats, mode: NormMode) -> tuple[np.ndarray, np.ndarray]:
+        # openpi: normalized = (x - offset) / scale, for both modes.
+        if mode == "zscore":
             return stats.mean.astype(np.float64), stats.std.astype(np.float64) + _EPS
         assert stats.q01 is not None and stats.q99 is not None
         q01 = stats.q01.astype(np.float64)
         return q01, stats.q99.astype(np.float64) - q01 + _EPS
 
-    def _normalize(self, x: np.ndarray, stats: NormStats, name: str) -> np.ndarray:
+    def _transform(self, x: np.ndarray, stats: NormStats, mode: NormMode, name: str, inverse: bool):
         x = _float_array(x, name)
-        offset, scale = self._offset_scale(stats)
-        n = min(x.shape[-1], offset.shape[0])
         out = x.copy()
-        head = (x[..., :n].astype(np.float64) - offset[:n]) / scale[:n]
-        if self._mode == "quantile":
-            head = head * 2.0 - 1.0
-        out[..., :n] = head
+        if mode == "identity":
+            return out
+        n = min(x.shape[-1], stats.dim)
+        if self._convention == "lerobot":
+            out[..., :n] = _lerobot_transform(x[..., :n], stats, mode, self._eps, n, inverse)
+            return out
+        offset, scale = self._offset_scale(stats, mode)
+        head = x[..., :n].astype(np.float64)
+        if inverse:
+            if mode == "quantile":
+                head = (head + 1.0) / 2.0
+            out[..., :n] = head * scale[:n] + offset[:n]
+        else:
+            head = (head - offset[:n]) / scale[:n]
+            out[..., :n] = head * 2.0 - 1.0 if mode == "quantile" else head
         return out
 
     def normalize_state(self, x: np.ndarray) -> np.ndarray:
         """Robot-unit state (..., D) -> model units."""
-        return self._normalize(x, self._state, "state")
+        return self._transform(x, self._state, self._mode, "state", inverse=False)
 
     def normalize_actions(self, a: np.ndarray) -> np.ndarray:
         """Robot-unit actions (..., D) -> model units (for evaluation against recorded actions)."""
-        return self._normalize(a, self._actions, "actions")
+        return self._transform(a, self._actions, self._action_mode, "actions", inverse=False)
 
     def unnormalize_actions(self, a: np.ndarray) -> np.ndarray:
-        """Model-unit actions (..., D) -> robot units (exact inverse of `normalize_actions`)."""
-        a = _float_array(a, "actions")
-        offset, scale = self._offset_scale(self._actions)
-        n = min(a.shape[-1], offset.shape[0])
-        out = a.copy()
-        head = a[..., :n].astype(np.float64)
-        if self._mode == "quantile":
-            head = (head + 1.0) / 2.0
-        out[..., :n] = head * scale[:n] + offset[:n]
-        return out
+        """Model-unit actions (..., D) -> robot units.
+
+        The exact inverse of `normalize_actions` for "openpi"; for "lerobot"
+        LeRobot's inverse, which drops the z-score eps (so it is not exact).
+        """
+        return self._transform(a, self._actions, self._action_mode, "actions", inverse=True)
+
+
+def _needed_stats(mode: str) -> tuple[str, ...]:
+    if mode == "zscore":
+        return ("mean", "std")
+    return _RANGE_FIELDS.get(mode, ())
+
+
+def _lerobot_transform(
+    x: np.ndarray, stats: NormStats, mode: str, eps: float, n: int, inverse: bool
+) -> np.ndarray:
+    """LeRobot's `_NormalizationMixin._apply_transform`, op for op, in x's float dtype."""
+    dtype = x.dtype.type
+    if mode == "zscore":
+        mean, std = stats.mean[:n].astype(dtype), stats.std[:n].astype(dtype)
+        if inverse:
+            return x * std + mean
+        return (x - mean) / (std + dtype(eps))
+    low_name, high_name = _RANGE_FIELDS[mode]
+    low = getattr(stats, low_name)[:n].astype(dtype)
+    width = getattr(stats, high_name)[:n].astype(dtype) - low
+    width = np.where(width == 0, dtype(eps), width).astype(dtype)
+    if mode == "minmax":
+        if inverse:
+            return (x + dtype(1)) / dtype(2) * width + low
+        return dtype(2) * (x - low) / width - dtype(1)
+    if inverse:
+        return (x + dtype(1.0)) * width / dtype(2.0) + low
+    return dtype(2.0) * (x - low) / width - dtype(1.0)
 
 
 def pad_to_dim(x: np.ndarray, dim: int = MODEL_DIM) -> np.ndarray:

@@ -3,13 +3,17 @@ r"""Prompt (and, for pi0.5, state) -> fixed-length language tokens.
 The token layouts follow (docs/preprocessing.md, "Prompt tokens") exactly, because the policy
 only understands prompts laid out the way it was trained:
 
-- pi0:   BOS + tokens(text) + tokens("\n"), padded to 48.
-- pi0.5: BOS + tokens("Task: {text}, State: {bins};\nAction: "), padded to
-  200, where `bins` is the normalized state discretized into 256 bins.
+- pi0, openpi:   BOS + tokens(cleaned text) + tokens("\n"), padded to 48.
+- pi0, LeRobot:  BOS + tokens(raw text + "\n"), padded to 48.
+- pi0.5 (both):  BOS + tokens("Task: {cleaned text}, State: {bins};\nAction: "),
+  padded to 200, where `bins` is the normalized state discretized into 256 bins.
 
-The real tokenizer is PaliGemma's SentencePiece model shipped beside the
-checkpoint. `train_tokenizer` makes a small stand-in with the same special
-ids for tests and tiny checkpoints.
+The real tokenizer is PaliGemma's, shipped beside the checkpoint (or named by
+`policy.tokenizer`) and never downloaded: openpi's SentencePiece
+`paligemma_tokenizer.model`, or the Hugging Face files of
+google/paligemma-3b-pt-224 (`tokenizer.json`, or `tokenizer.model`).
+`train_tokenizer` makes a small stand-in with the same special ids for tests
+and tiny checkpoints.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 import io
 import logging
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import sentencepiece
@@ -29,6 +34,8 @@ _LOG = logging.getLogger(__name__)
 
 PromptFormat = Literal["pi0", "pi05"]
 PROMPT_FORMATS: tuple[str, ...] = ("pi0", "pi05")
+PromptStyle = Literal["openpi", "lerobot"]
+PROMPT_STYLES: tuple[str, ...] = ("openpi", "lerobot")
 
 # PaliGemma's special ids; the model's embedding rows are laid out for them.
 PAD_ID = 0
@@ -39,6 +46,20 @@ UNK_ID = 3
 NUM_STATE_BINS = 256
 # Left edges of 256 equal bins over [-1, 1].
 _STATE_BIN_EDGES = np.linspace(-1.0, 1.0, NUM_STATE_BINS + 1)[:-1]
+
+# Tokenizer files, in the order they are looked for in a directory.
+SENTENCEPIECE_FILES: tuple[str, ...] = ("paligemma_tokenizer.model", "tokenizer.model")
+HF_TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILES: tuple[str, ...] = (*SENTENCEPIECE_FILES, HF_TOKENIZER_FILE)
+TOKENIZER_SUBDIR = "tokenizer"
+
+# Where a PaliGemma tokenizer comes from (for the error message).
+_TOKENIZER_SOURCES = (
+    "get openpi's paligemma_tokenizer.model (gs://big_vision/paligemma_tokenizer.model, cached by openpi"
+    " as ~/.cache/openpi/big_vision/paligemma_tokenizer.model) or the tokenizer files of"
+    " google/paligemma-3b-pt-224 (tokenizer.json or tokenizer.model, what LeRobot loads from the Hugging"
+    " Face Hub) for pi0 and pi0.5 alike"
+)
 
 
 def clean_prompt(prompt: str) -> str:
@@ -66,48 +87,196 @@ def discretize_state(state: np.ndarray) -> np.ndarray:
     return np.digitize(state, bins=_STATE_BIN_EDGES) - 1
 
 
+# --- finding the tokenizer ----------------------------------------------------
+
+
+def _tokenizer_in(directory: Path) -> Path | None:
+    """The first of TOKENIZER_FILES in `directory`, else in its `tokenizer/` subdirectory."""
+    for folder in (directory, directory / TOKENIZER_SUBDIR):
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def find_tokenizer(directory: str | Path, override: str | os.PathLike[str] | None = None) -> Path:
+    """The tokenizer file for a checkpoint, never fetched.
+
+    Order:
+
+    1. `override` (`policy.tokenizer`; None or "" means unset): a file is
+       taken as it is; in a directory, the first of `paligemma_tokenizer.model`,
+       `tokenizer.model`, `tokenizer.json`, then the same in its `tokenizer/`
+       subdirectory. Nothing else is searched when it is set.
+    2. beside the checkpoint: the same files in `directory`, then in
+       `directory/tokenizer/`;
+    3. `paligemma_tokenizer.model` or `tokenizer.model` in `directory/assets/*/`;
+    4. the only `*.model` file in `directory` or `directory/assets/*/`.
+
+    Returns:
+        a file: a SentencePiece model or a Hugging Face `tokenizer.json`, as
+        `PromptTokenizer` reads it.
+
+    Raises:
+        CheckpointError: nothing found, in one line: which file is needed,
+            where it was looked for, where to get it, and `policy.tokenizer`.
+    """
+    need = "PaliGemma's tokenizer, one of " + ", ".join(TOKENIZER_FILES)
+    if override is not None and str(override) != "":
+        path = Path(override).expanduser()
+        if path.is_file():
+            return path
+        found = _tokenizer_in(path) if path.is_dir() else None
+        if found is not None:
+            return found
+        where = (
+            f"looked in {path} and {path / TOKENIZER_SUBDIR}" if path.is_dir() else "that path does not exist"
+        )
+        raise CheckpointError(
+            f"no tokenizer at policy.tokenizer '{path}': need {need}; {where};"
+            f" {_TOKENIZER_SOURCES}, and point policy.tokenizer at the file or its directory"
+        )
+    directory = Path(directory)
+    found = _tokenizer_in(directory)
+    if found is not None:
+        return found
+    for name in SENTENCEPIECE_FILES:
+        in_assets = sorted(directory.glob(f"assets/*/{name}"))
+        if in_assets:
+            return in_assets[0]
+    models = sorted(directory.glob("*.model")) + sorted(directory.glob("assets/*/*.model"))
+    if len(models) == 1:
+        return models[0]
+    several = [p.relative_to(directory).as_posix() for p in models]
+    several = f" (several other *.model files, none chosen: {several})" if several else ""
+    raise CheckpointError(
+        f"no tokenizer for checkpoint {directory}: need {need}; looked in {directory},"
+        f" {directory / TOKENIZER_SUBDIR} and {directory / 'assets'}/*{several};"
+        f" {_TOKENIZER_SOURCES}, and put it beside the checkpoint or point policy.tokenizer at it"
+    )
+
+
+def _is_json(path: Path) -> bool:
+    """A `.json` name, or text that starts like a JSON object (a SentencePiece model is binary protobuf)."""
+    if path.suffix.lower() == ".json":
+        return True
+    with path.open("rb") as handle:
+        return handle.read(64).lstrip().startswith(b"{")
+
+
+def _load_sentencepiece(path: Path) -> sentencepiece.SentencePieceProcessor:
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.load(str(path))
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"tokenizer model '{path}' is not a SentencePiece model: {exc}") from exc
+    if processor.bos_id() != BOS_ID or processor.pad_id() != PAD_ID:
+        raise CheckpointError(
+            f"tokenizer model '{path}' has bos_id={processor.bos_id()}, pad_id={processor.pad_id()};"
+            f" expected PaliGemma's bos_id={BOS_ID}, pad_id={PAD_ID}"
+        )
+    return processor
+
+
+def _load_tokenizer_json(path: Path) -> Any:
+    """A `tokenizers.Tokenizer` from a local tokenizer.json: data only, no Hub, no code run."""
+    try:
+        import tokenizers
+    except ImportError as exc:
+        raise CheckpointError(
+            f"tokenizer '{path}' is a Hugging Face tokenizer.json, which needs the 'tokenizers' package"
+            f" (it comes with transformers): {exc}"
+        ) from exc
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises a plain Exception for any bad file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"tokenizer '{path}' is not a Hugging Face tokenizer.json: {reason}") from exc
+    # A saved file may carry truncation / padding settings; the layout here does both itself.
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    pad, bos = tokenizer.id_to_token(PAD_ID), tokenizer.id_to_token(BOS_ID)
+    if pad != "<pad>" or bos not in ("<bos>", "<s>"):
+        raise CheckpointError(
+            f"tokenizer '{path}' has {bos!r} at id {BOS_ID} and {pad!r} at id {PAD_ID};"
+            f" expected PaliGemma's '<bos>' at {BOS_ID} and '<pad>' at {PAD_ID}"
+        )
+    return tokenizer
+
+
 class PromptTokenizer:
-    """SentencePiece tokenizer that lays prompts out for pi0 or pi0.5.
+    r"""PaliGemma tokenizer that lays prompts out for pi0 or pi0.5, as openpi or LeRobot did in training.
+
+    Two forms of the tokenizer give the same ids (for text that does not
+    spell a special token such as "<bos>", which only the Hugging Face form
+    reads as that token, as LeRobot does):
+
+    - a SentencePiece model (openpi's `paligemma_tokenizer.model`, the
+      `tokenizer.model` of a Hugging Face tokenizer directory, or one made by
+      `train_tokenizer`), read with `sentencepiece`;
+    - a Hugging Face `tokenizer.json`, read with the `tokenizers` library
+      from the local file only (no Hub, no code run).
+
+    `fmt` is the model family's layout and `style` the training code's
+    prompt convention; only pi0 differs between the styles:
+
+    - `style="openpi"` (openpi checkpoints): the text is cleaned (trimmed,
+      '_' and newlines -> space); pi0 is BOS + tokens(text) + tokens("\n").
+    - `style="lerobot"` (LeRobot checkpoints): pi0 takes the raw task,
+      appends "\n" unless it already ends with one, and is
+      BOS + tokens(task + "\n"), as LeRobot's `Pi0NewLineProcessor` and
+      tokenizer step do (no trimming, '_' kept).
+    - pi0.5 is BOS + tokens("Task: {cleaned text}, State: {bins};\nAction: ")
+      in both styles: LeRobot copies openpi's format, cleaning included.
+
+    In every case: BOS (id 2) first, no EOS, pad id 0 up to `max_len`, and a
+    longer prompt cut to its first `max_len` tokens.
 
     Args:
-        model_path: SentencePiece `.model` file (PaliGemma's for real
-            checkpoints, or one made by `train_tokenizer`).
+        model_path: a SentencePiece model file, a `tokenizer.json` file, or a
+            directory holding one (looked up as `find_tokenizer` does).
         max_len: token budget (48 for pi0, 200 for pi0.5).
         fmt: "pi0" or "pi05".
+        style: "openpi" (default) or "lerobot".
     """
 
-    def __init__(self, model_path: str | Path, max_len: int, fmt: PromptFormat) -> None:
+    def __init__(
+        self, model_path: str | Path, max_len: int, fmt: PromptFormat, style: PromptStyle = "openpi"
+    ) -> None:
         if fmt not in PROMPT_FORMATS:
             raise ConfigError("fmt", f"got {fmt!r}; expected one of {list(PROMPT_FORMATS)}")
+        if style not in PROMPT_STYLES:
+            raise ConfigError("style", f"got {style!r}; expected one of {list(PROMPT_STYLES)}")
         if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 2:
             raise ConfigError(
                 "max_len", f"got {max_len!r}; expected an int >= 2 (BOS plus at least one token)"
             )
-        path = Path(model_path)
+        path = Path(model_path).expanduser()
+        if path.is_dir():
+            path = find_tokenizer(path)
         if not path.is_file():
             raise CheckpointError(
-                f"tokenizer model '{path}' not found; ship the SentencePiece model"
-                " (paligemma_tokenizer.model) beside the checkpoint"
+                f"tokenizer model '{path}' not found; ship PaliGemma's tokenizer"
+                f" ({', '.join(TOKENIZER_FILES)}) beside the checkpoint or point policy.tokenizer at it"
             )
-        processor = sentencepiece.SentencePieceProcessor()
-        try:
-            processor.load(str(path))
-        except (OSError, RuntimeError) as exc:
-            raise CheckpointError(f"tokenizer model '{path}' is not a SentencePiece model: {exc}") from exc
-        if processor.bos_id() != BOS_ID or processor.pad_id() != PAD_ID:
-            raise CheckpointError(
-                f"tokenizer model '{path}' has bos_id={processor.bos_id()}, pad_id={processor.pad_id()};"
-                f" expected PaliGemma's bos_id={BOS_ID}, pad_id={PAD_ID}"
-            )
-        self._sp = processor
+        self._sp: sentencepiece.SentencePieceProcessor | None = None
+        self._hf: Any = None
+        if _is_json(path):
+            self._hf = _load_tokenizer_json(path)
+        else:
+            self._sp = _load_sentencepiece(path)
+        self._source = path
         self._max_len = int(max_len)
         self._fmt: PromptFormat = fmt
+        self._style: PromptStyle = style
         self._warned_lengths: set[int] = set()
 
     @property
     def vocab_size(self) -> int:
-        """Number of pieces in the SentencePiece model (the embedding must have as many rows)."""
-        return int(self._sp.get_piece_size())
+        """One more than the largest id the tokenizer can give (the embedding must have as many rows)."""
+        if self._sp is not None:
+            return int(self._sp.get_piece_size())
+        return int(self._hf.get_vocab_size(with_added_tokens=True))
 
     @property
     def max_len(self) -> int:
@@ -117,24 +286,46 @@ class PromptTokenizer:
     def fmt(self) -> PromptFormat:
         return self._fmt
 
+    @property
+    def style(self) -> PromptStyle:
+        return self._style
+
+    @property
+    def source(self) -> Path:
+        """The tokenizer file that was loaded."""
+        return self._source
+
+    @property
+    def kind(self) -> str:
+        """Which form `source` is: "sentencepiece" or "tokenizer.json"."""
+        return "sentencepiece" if self._sp is not None else "tokenizer.json"
+
+    def _encode(self, text: str) -> list[int]:
+        """Ids of `text` alone: no BOS, no EOS."""
+        if self._sp is not None:
+            return list(self._sp.encode(text))
+        return list(self._hf.encode(text, add_special_tokens=False).ids)
+
     def encode_ids(self, prompt: str, state: np.ndarray | None = None) -> list[int]:
         r"""Token ids for the prompt before padding/truncation (BOS included).
 
         An empty (or whitespace-only) prompt is allowed: pi0 then gives
-        BOS + "\n" and pi0.5 gives the template with an empty task, which is
-        what the model would see for a missing instruction.
+        BOS + "\n" (BOS + the whitespace + "\n" in the LeRobot style) and
+        pi0.5 gives the template with an empty task, which is what the model
+        would see for a missing instruction.
         """
         if not isinstance(prompt, str):
             raise ObservationError(f"prompt: got {type(prompt).__name__}; expected str")
-        text = clean_prompt(prompt)
         if self._fmt == "pi0":
             # The state goes to the action expert as a continuous token in
             # pi0, so it is deliberately not part of the text.
-            return self._sp.encode(text, add_bos=True) + self._sp.encode("\n")
+            if self._style == "lerobot":
+                return [BOS_ID, *self._encode(prompt if prompt.endswith("\n") else prompt + "\n")]
+            return [BOS_ID, *self._encode(clean_prompt(prompt)), *self._encode("\n")]
         if state is None:
             raise ObservationError("pi0.5 prompts embed the normalized state; got state=None")
         bins = " ".join(str(int(b)) for b in discretize_state(state))
-        return self._sp.encode(f"Task: {text}, State: {bins};\nAction: ", add_bos=True)
+        return [BOS_ID, *self._encode(f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: ")]
 
     def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize and pad to `max_len`.
@@ -169,7 +360,11 @@ class PromptTokenizer:
 
     def decode(self, tokens: Iterable[int]) -> str:
         """Text of token ids; PAD, BOS and EOS decode to nothing."""
-        return self._sp.decode([int(t) for t in tokens])
+        ids = [int(t) for t in tokens]
+        if self._sp is not None:
+            return self._sp.decode(ids)
+        kept = [i for i in ids if i not in (PAD_ID, EOS_ID, BOS_ID)]
+        return self._hf.decode(kept, skip_special_tokens=False)
 
 
 # --- a small stand-in tokenizer --------------------------------------------

@@ -190,6 +190,7 @@ class VlaPolicyNode(LifecycleNode):
         self._chunk_pub = None
         self._images_pub = None
         self._image_size = 224
+        self._image_resize = "openpi"
         self._last_debug_images = -float("inf")
         self._switch_interval: float | None = None
         self.configure_error = ""
@@ -307,8 +308,15 @@ class VlaPolicyNode(LifecycleNode):
         if spec is not None:
             lines.append(
                 f"model: {spec.config_name} ({spec.variant}), {len(spec.camera_keys)} camera slots at "
-                f"{spec.image_size} px, {spec.max_token_len} prompt tokens, chunks of {spec.action_horizon}"
+                f"{spec.image_size} px, {spec.max_token_len} prompt tokens, chunks of {spec.action_horizon}; "
+                f"{spec.provenance} conventions "
+                f"(image resize {spec.image_resize}, prompt {spec.prompt_style})"
             )
+            if any(spec.camera_sources):
+                lines.append(
+                    "trained cameras: "
+                    + ", ".join(f"{key} = {name}" for key, name in zip(spec.camera_keys, spec.camera_sources))
+                )
             lines.append(
                 f"norm stats: {spec.norm_stats or '?'} (state {spec.state_dim} dims, actions "
                 f"{spec.action_stats_dim} dims; robot {config.num_joints} joints)"
@@ -392,6 +400,7 @@ class VlaPolicyNode(LifecycleNode):
             self._images_pub = self.create_lifecycle_publisher(Image, "~/debug/policy_images", DEBUG_QOS)
             spec = getattr(self.runner, "spec", None)
             self._image_size = int(getattr(spec, "image_size", 0) or 224)
+            self._image_resize = getattr(spec, "image_resize", "") or "openpi"
 
         read_joint_state = joint_state_reader(
             config.joint_names, config.joint_states.merge_partial, config.joint_states.max_staleness
@@ -678,7 +687,7 @@ class VlaPolicyNode(LifecycleNode):
             if self._images_pub is not None and due:
                 self._last_debug_images = now
                 for key, rgb in obs.images.items():
-                    boxed = resize_with_pad(rgb, self._image_size, self._image_size)
+                    boxed = resize_with_pad(rgb, self._image_size, self._image_size, self._image_resize)
                     msg = rgb_to_image_msg(boxed, "rgb8")
                     msg.header.stamp = seconds_to_stamp(obs.timestamp)
                     msg.header.frame_id = key

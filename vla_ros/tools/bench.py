@@ -94,24 +94,26 @@ def build_policies(args, tmp: Path):
     from vla_ros.engines.suffix import StaticSuffixDenoiser
     from vla_ros.model.checkpoint import config_from_checkpoint, load_model, random_model
     from vla_ros.model.config import get_config
-    from vla_ros.observation.normalize import Normalizer, load_norm_stats
+    from vla_ros.observation.normalize import Normalizer
     from vla_ros.observation.tokenizer import PromptTokenizer
-    from vla_ros.policy import Policy, PolicyOptions, find_tokenizer
+    from vla_ros.policy import CheckpointMeta, load_conventions, Policy, PolicyOptions, find_tokenizer
 
     device = resolve_device(args.device)
     cfg = config_from_checkpoint(args.checkpoint) if args.checkpoint else get_config(args.config)
     dtype = resolve_dtype(args.precision, device, cfg=cfg)
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, dtype=dtype, device=device)
-        tokenizer_path, stats = find_tokenizer(Path(args.checkpoint)), load_norm_stats(args.checkpoint)
+        tokenizer_path = find_tokenizer(Path(args.checkpoint))
+        # The checkpoint's own conventions (openpi or LeRobot statistics, resize, prompt style).
+        norm, _, meta = load_conventions(Path(args.checkpoint), cfg, PolicyOptions(seed=0))
     else:
         tokenizer_path, stats = _support_files(tmp, args.dims)
+        norm, meta = Normalizer(stats, "quantile" if cfg.pi05 else "zscore"), CheckpointMeta()
         model = random_model(cfg, seed=0, dtype=dtype).to(device)
 
     def policy(engine, options=PolicyOptions(seed=0)):
-        tok = PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant)
-        norm = Normalizer(stats, "quantile" if cfg.pi05 else "zscore")
-        return Policy(cfg, engine, tok, norm, None, options)
+        tok = PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant, meta.provenance.prompt_style)
+        return Policy(cfg, engine, tok, norm, None, options, meta=meta)
 
     suffix_mode = resolve_suffix(args.suffix, device)
     if args.artifacts:

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp32 (any provider, the CPU default) or the fp16 / bf16 mixed-precision split "
                              "(GPU providers; onnxruntime's CPU provider cannot run bf16)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
+    parser.add_argument("--tokenizer", default="",
+                        help="tokenizer file or directory when it is not beside the checkpoint (LeRobot's)")
     parser.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"),
                         help="auto tries torch.onnx's dynamo exporter and falls back to TorchScript")
     parser.add_argument("--tensorrt", action="store_true",
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         seed=args.seed,
         overwrite=args.overwrite,
+        tokenizer=args.tokenizer or None,
     )
     start = time.perf_counter()
     manifest = export_into(args.checkpoint, args.out, options, progress=None)

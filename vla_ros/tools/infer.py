@@ -85,8 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = OBS_SCHEMA
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--obs", required=True, type=Path, help="observation .npz (keys below)")
-    parser.add_argument("--noise", type=Path, help="initial noise .npy of shape [50, 32]")
-    parser.add_argument("--steps", type=int, default=10, help="Euler steps")
+    parser.add_argument(
+        "--noise", type=Path, help="initial noise .npy of shape [action_horizon, 32] ([50, 32] for pi0)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Euler steps (default: the checkpoint's; LeRobot's or 10)"
+    )
     parser.add_argument("--out", type=Path, help="write the actions [50, D] here (.npy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
@@ -103,12 +107,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="action dims to output (default: one per state entry; for datasets whose actions "
         "have fewer dims than the state)",
     )
+    add_convention_arguments(parser)
+
+
+def add_convention_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tokenizer, --image-resize, --normalization, --prompt-style: the conventions in PolicyOptions."""
+    from vla_ros.policy import IMAGE_RESIZES, NORMALIZATIONS, PROMPT_STYLE_CHOICES
+
+    parser.add_argument(
+        "--tokenizer", default="", help="tokenizer file or directory (default: beside the checkpoint)"
+    )
+    parser.add_argument(
+        "--image-resize",
+        default="auto",
+        choices=IMAGE_RESIZES,
+        help="resize-with-pad convention (auto: the checkpoint's, lerobot for LeRobot directories)",
+    )
+    parser.add_argument(
+        "--normalization",
+        default="auto",
+        choices=NORMALIZATIONS,
+        help="state/action normalization formulas (auto: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--prompt-style",
+        default="auto",
+        choices=PROMPT_STYLE_CHOICES,
+        help="pi0 prompt convention (auto: the checkpoint's)",
+    )
 
 
 def policy_options(args: argparse.Namespace, **overrides):
     """PolicyOptions from the engine flags `infer` and `bench` share (--device, --precision, ...)."""
     from vla_ros.policy import PolicyOptions
 
+    conventions = {
+        name: getattr(args, name)
+        for name in ("image_resize", "normalization", "prompt_style")
+        if getattr(args, name, None) is not None
+    }
+    if getattr(args, "tokenizer", None):
+        conventions["tokenizer"] = args.tokenizer
     return PolicyOptions(
         device=args.device,
         precision=args.precision,
@@ -116,7 +155,7 @@ def policy_options(args: argparse.Namespace, **overrides):
         suffix=args.suffix,
         num_steps=args.steps,
         seed=0,
-        **overrides,
+        **{**conventions, **overrides},
     )
 
 
@@ -130,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     if args.noise and not args.noise.is_file():
         raise ObservationError(f"noise file {args.noise} does not exist")
     noise = np.load(args.noise, allow_pickle=False) if args.noise else None
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError("--steps", f"expected at least 1 Euler step, got {args.steps}")
     if args.action_dims is not None and not 0 < args.action_dims <= 32:
         raise ConfigError("--action-dims", f"expected 1..32, got {args.action_dims}")
     options = policy_options(args, action_dims=args.action_dims)

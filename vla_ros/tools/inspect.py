@@ -73,6 +73,7 @@ def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tup
     spec = read_spec(directory, options)
     cfg = config_from_checkpoint(directory)
     sources = tuple(getattr(spec, "camera_sources", ()) or ())
+    empty = set(getattr(spec, "empty_camera_slots", ()) or ())
     provenance = getattr(spec, "provenance", "") or "openpi"
     lines = [
         f"checkpoint:  {directory}",
@@ -81,7 +82,9 @@ def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tup
         f"prefix {cfg.prefix.width} x {cfg.prefix.depth}; action expert {cfg.expert.width} x "
         f"{cfg.expert.depth}; vocabulary {cfg.vocab_size}",
         "cameras:     " + ", ".join(
-            f"slot {i} {key}" + (f" <- {sources[i]}" if i < len(sources) and sources[i] else "")
+            f"slot {i} {key}"
+            + (" (trained empty: never fed)" if key in empty else "")
+            + (f" <- {sources[i]}" if i < len(sources) and sources[i] and key not in empty else "")
             for i, key in enumerate(spec.camera_keys)
         ),
         f"state:       {spec.state_dim} dims (norm stats), padded to {spec.model_dim}",
@@ -96,7 +99,10 @@ def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tup
         lines.append(f"relative:    actions relative to the state for dims {list(relative)} (made absolute)")
     resize = getattr(spec, "image_resize", "") or ""
     if resize:
-        lines.append(f"preprocess:  image resize '{resize}' (policy.image_resize: auto picks it)")
+        lines.append(
+            f"preprocess:  image resize '{resize}', prompt style '{getattr(spec, 'prompt_style', '')}' "
+            f"(the conventions of a {provenance} checkpoint; policy.image_resize overrides the resize)"
+        )
     if spec.untrained:
         lines.append("WARNING:     untrained (`vla-ros make-tiny`): random actions; never on a real robot")
     return spec, lines
@@ -107,9 +113,12 @@ def starter_yaml(directory: Path, spec: Any) -> str:
     import yaml
 
     sources = tuple(getattr(spec, "camera_sources", ()) or ())
+    empty = set(getattr(spec, "empty_camera_slots", ()) or ())
+    sources = tuple(s for s, key in zip(sources, spec.camera_keys) if key not in empty)
+    slots = [key for key in spec.camera_keys if key not in empty]
     joints = [f"{FILL}_joint_{i}" for i in range(spec.state_dim)]
-    cameras: dict[str, Any] = {"keys": list(spec.camera_keys)}
-    for i, key in enumerate(spec.camera_keys):
+    cameras: dict[str, Any] = {"keys": slots}
+    for i, key in enumerate(slots):
         source = sources[i] if i < len(sources) and sources[i] else key
         cameras[key] = {"topic": f"/{FILL}/{source}/image_raw", "transport": "raw"}
     params = {

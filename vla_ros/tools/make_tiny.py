@@ -2,7 +2,10 @@
 
 It exists so that tests, the demo and benchmarks run without downloads: the
 directory looks exactly like a converted pi0 checkpoint (safetensors weights,
-config.json, assets/<id>/norm_stats.json, a SentencePiece tokenizer).
+config.json, assets/<id>/norm_stats.json, a SentencePiece tokenizer), or with
+`--layout lerobot` like a LeRobot policy directory (LeRobot's config.json,
+`model.`-prefixed weights, processor files with the statistics; the
+tokenizer is still written beside it, which LeRobot's directories lack).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 DEFAULT_ASSET_ID = "robot"
 TOKENIZER_FILE = "tokenizer.model"
+LAYOUTS = ("openpi", "lerobot")
 
 
 def make_norm_stats(dims: int, seed: int) -> dict:
@@ -55,12 +59,16 @@ def make_tiny_checkpoint(
     dims: int = 14,
     asset_id: str = DEFAULT_ASSET_ID,
     force: bool = False,
+    layout: str = "openpi",
 ) -> Path:
     """Write a random checkpoint of a named config (tiny or mid) to `out`; returns the directory.
 
     `out` must not exist or be empty; `force` replaces a previous checkpoint
     there (a directory with config.json or model.safetensors), nothing else.
-    The files are 0644, the directories 0755.
+    The files are 0644, the directories 0755. `layout` "lerobot" writes the
+    same weights and statistics as a LeRobot policy directory
+    (`vla_ros.model.lerobot_layout.save_lerobot_layout`; untrained is marked
+    by a config.json tag, since LeRobot refuses unknown keys).
     """
     import dataclasses
 
@@ -70,6 +78,10 @@ def make_tiny_checkpoint(
     from vla_ros.observation.tokenizer import PromptTokenizer, train_tokenizer
     from vla_ros.tools.file_modes import make_readable
 
+    from vla_ros.errors import ConfigError
+
+    if layout not in LAYOUTS:
+        raise ConfigError("--layout", f"got {layout!r}; expected one of {list(LAYOUTS)}")
     out = Path(out)
     _prepare_out(out, force)
     cfg = get_config(config)  # an unknown name fails before anything is written
@@ -79,6 +91,12 @@ def make_tiny_checkpoint(
         cfg, vocab_size=PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant).vocab_size
     )
     model = random_model(cfg, seed=seed)
+    if layout == "lerobot":
+        from vla_ros.model.lerobot_layout import save_lerobot_layout
+        from vla_ros.policy import UNTRAINED_TAG
+
+        save_lerobot_layout(model, out, make_norm_stats(dims, seed), tags=[UNTRAINED_TAG])
+        return make_readable(out)
     save_checkpoint(model, out, extra_config={"untrained": True, "seed": seed})
     save_norm_stats(out / "assets" / asset_id / "norm_stats.json", make_norm_stats(dims, seed))
     return make_readable(out)
@@ -96,6 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace a previous checkpoint in --out (nothing else)"
     )
+    parser.add_argument(
+        "--layout",
+        default="openpi",
+        choices=LAYOUTS,
+        help="on-disk layout: openpi (vla_ros / openpi) or lerobot (a LeRobot policy directory)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.dims <= 32:
         raise ConfigError("--dims", f"expected 1..32 (the model's width is 32), got {args.dims}")
-    out = make_tiny_checkpoint(args.out, args.config, args.seed, args.dims, force=args.force)
-    print(f"wrote untrained {args.config} checkpoint (seed {args.seed}, {args.dims} dims) to {out}")
+    layout = getattr(args, "layout", "openpi")
+    out = make_tiny_checkpoint(args.out, args.config, args.seed, args.dims, force=args.force, layout=layout)
+    print(
+        f"wrote untrained {args.config} checkpoint ({layout} layout, seed {args.seed}, "
+        f"{args.dims} dims) to {out}"
+    )
     return 0

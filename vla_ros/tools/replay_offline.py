@@ -29,7 +29,8 @@ def model_input_sheet(plan: ReplayPlan, begin: float, end: float, spec: Any = No
     from vla_ros.tools.replay_report import ModelInputSheet
 
     slots = [(s.key, s.topic) for s in plan.config.cameras.streams]
-    return ModelInputSheet(slots, begin, end, size=getattr(spec, 'image_size', None) or 224)
+    return ModelInputSheet(slots, begin, end, size=getattr(spec, 'image_size', None) or 224,
+                           method=getattr(spec, 'image_resize', None) or 'openpi')
 
 
 def load_policy(config: Any, directory: Path, seed: int) -> Any:

@@ -69,9 +69,10 @@ class ModelInputSheet:
     """
 
     def __init__(self, slots: Sequence[tuple[str, str]], start: float, end: float, size: int = 224,
-                 samples: int = 4):
+                 samples: int = 4, method: str = 'openpi'):
         self.slots = tuple(slots)  # (camera slot, topic), in configuration order
         self.size = int(size)
+        self.method = method  # the policy's resize convention (policy.image_resize)
         span = max(end - start, 0.0)
         self.times = [start + span * (i + 0.5) / samples for i in range(samples)]
         self.frames: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in self.times]
@@ -97,7 +98,7 @@ class ModelInputSheet:
                 if id(image) not in done:
                     try:
                         done[id(image)] = resize_with_pad(image() if callable(image) else image, self.size,
-                                                          self.size)
+                                                          self.size, self.method)
                     except Exception:  # an undecodable frame: the node reports it; the sheet shows a gap
                         done[id(image)] = None
                 row[key] = (t, done[id(image)])
