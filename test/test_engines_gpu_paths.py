@@ -251,17 +251,9 @@ def test_stream_helpers_do_nothing_on_the_cpu(monkeypatch):
 
 
 def _observation(seed=0):
-    from vla_ros.types import RawObservation
+    from test_engines_pipeline import _observation as pipeline_observation
 
-    rng = np.random.default_rng(seed)
-    return RawObservation(
-        images={
-            "base_0_rgb": rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
-            "left_wrist_0_rgb": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
-        },
-        state=rng.normal(size=14).astype(np.float32),
-        prompt="put the cup on the plate",
-    )
+    return pipeline_observation(seed)
 
 
 @needs_cuda

@@ -9,10 +9,7 @@ artifact.py.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-import shutil
-import tempfile
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -78,33 +75,12 @@ def export_into(checkpoint: Path, out: Path, options, progress: bool | None = No
     import dataclasses
 
     from vla_ros.engines.onnx_export import export_artifact
-    from vla_ros.tools.file_modes import make_readable
+    from vla_ros.tools.file_modes import staged_directory
 
     check_out_dir(out, checkpoint, options.overwrite)
-    parent = out.absolute().parent
-    created = None  # the top-most parent directory this export creates (removed on failure)
-    for ancestor in (parent, *parent.parents):
-        if ancestor.exists():
-            break
-        created = ancestor
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    try:
+    with staged_directory(out) as staging:
         into_staging = dataclasses.replace(options, overwrite=False)
         manifest = export_artifact(checkpoint, staging, into_staging, progress)
-        make_readable(staging)
-        if out.exists():
-            trash = parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(trash)
-            staging.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -8,8 +8,12 @@ them private. Not a subcommand (cli.SUBCOMMANDS does not list it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
 import os
 from pathlib import Path
+import shutil
+import tempfile
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -40,3 +44,39 @@ def make_readable(path: str | Path, include_root: bool = True) -> Path:
     if include_root:
         os.chmod(path, DIR_MODE)
     return path
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | Path) -> Iterator[Path]:
+    """Write a directory in a hidden sibling, then put it at ``out`` whole, readable by all.
+
+    Yields the staging directory. On success its tree is made readable
+    (``make_readable``) and it replaces ``out`` (a previous ``out`` stays
+    until the new one is complete); on any failure it is removed, together
+    with the parent directories this call created, so a failed tool leaves
+    no empty or partial folder behind.
+    """
+    out = Path(out)
+    parent = out.absolute().parent
+    created = None  # the top-most parent directory made here (removed on failure)
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            break
+        created = ancestor
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        yield staging
+        make_readable(staging)
+        if out.exists():
+            trash = parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(trash)
+            staging.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

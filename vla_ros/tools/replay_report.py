@@ -34,15 +34,13 @@ import csv
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
-import shutil
 from typing import Any
 
 import numpy as np
 
 from vla_ros.errors import VlaRosError
-from vla_ros.tools.file_modes import make_readable
+from vla_ros.tools.file_modes import staged_directory
 
 CSV_NAME = 'commands.csv'
 METRICS_NAME = 'metrics.json'
@@ -437,11 +435,7 @@ def write_report(record: ReplayRecord, out_dir: str | Path, storage: str = 'sqli
     """Write all outputs into OUT_DIR atomically; returns the metrics."""
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f'.{out_dir.name}.partial-{os.getpid()}')
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_directory(out_dir) as staging:
         metrics = compute_metrics(record)
         bag_counts = write_bag(record, staging / BAG_NAME, storage)
         metrics['outputs'] = {
@@ -456,15 +450,4 @@ def write_report(record: ReplayRecord, out_dir: str | Path, storage: str = 'sqli
         (staging / SUMMARY_NAME).write_text(table + '\n')
         # metrics.json last: its presence marks a complete report
         (staging / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=False) + '\n')
-        make_readable(staging)  # 0644 files, 0755 directories, whatever the umask
-        if out_dir.exists():
-            trash = out_dir.with_name(f'.{out_dir.name}.old-{os.getpid()}')
-            out_dir.rename(trash)
-            staging.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return metrics
