@@ -38,6 +38,10 @@ def test_starter_yaml_refuses_to_run_until_filled_then_fits(tiny_checkpoint, tmp
     for key in params["cameras"]["keys"]:
         params["cameras"][key]["topic"] = f"/robot/{key}/image_raw"
     params["output"]["trajectory_topic"] = "/arm_controller/joint_trajectory"
+    with pytest.raises(ConfigError, match=r"policy.action_rate.*placeholder"):
+        NodeConfig.from_dict(params)
+    params["policy"]["action_rate"] = 50.0
+    assert params["policy"]["tokenizer"].endswith("tokenizer.model"), "found beside the checkpoint"
     params["limits"] = {"lower": [-1.0] * 14, "upper": [1.0] * 14, "max_velocity": [1.0]}
     config = NodeConfig.from_dict(params)
     spec = read_spec(tiny_checkpoint)
@@ -67,3 +71,23 @@ def test_inspect_a_lerobot_directory_names_its_cameras_and_conventions(tmp_path,
     cameras = load_parameters_file(out)["cameras"]
     assert cameras["keys"] == ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"], "no empty slot"
     assert cameras["base_0_rgb"]["topic"] == "/FILL/cam_high/image_raw"
+    # The fixture keeps its tokenizer in tokenizer/; a LeRobot directory without one gets a FILL.
+    assert load_parameters_file(out)["policy"]["tokenizer"].endswith("tokenizer.model")
+
+
+def test_a_checkpoint_without_a_tokenizer_gets_a_fill_for_policy_tokenizer(tmp_path, capsys):
+    from vla_ros.tools.make_tiny import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "lr", "pi0-tiny", seed=0, dims=14, layout="lerobot")
+    (checkpoint / "tokenizer.model").unlink()  # as LeRobot saves it: no tokenizer
+    out = tmp_path / "robot.yaml"
+    assert main(["inspect", str(checkpoint), "--write-config", str(out)]) == 0
+    assert "tokenizer: MISSING: " in capsys.readouterr().out
+    params = load_parameters_file(out)
+    params["joint_names"] = [f"j{i}" for i in range(14)]
+    params["policy"]["action_rate"] = 50.0
+    for key in params["cameras"]["keys"]:
+        params["cameras"][key]["topic"] = f"/cams/{key}"
+    params["output"]["trajectory_topic"] = "/arm/joint_trajectory"
+    with pytest.raises(ConfigError, match=r"'policy.tokenizer': still the placeholder"):
+        NodeConfig.from_dict(params)

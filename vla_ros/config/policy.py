@@ -20,7 +20,16 @@ from vla_ros.config.validate import (
 )
 from vla_ros.errors import ConfigError
 from vla_ros.observation.transforms import TRANSFORM_NAMES
-from vla_ros.policy import DEVICES, IMAGE_RESIZES, PolicyOptions, PRECISIONS, PREFIX_ENGINES, SUFFIX_ENGINES
+from vla_ros.policy import (
+    DEVICES,
+    IMAGE_RESIZES,
+    NORMALIZATIONS,
+    PolicyOptions,
+    PRECISIONS,
+    PREFIX_ENGINES,
+    PROMPT_STYLE_CHOICES,
+    SUFFIX_ENGINES,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +65,20 @@ class PolicySection:
         STR,
         IMAGE_RESIZES,
     )
+    normalization: str = param(
+        "auto",
+        "Normalization formulas: 'openpi' (+1e-6 on std / quantile range, both ways) or 'lerobot' "
+        "(+1e-8 on std going in only, none on the range); auto = the checkpoint's.",
+        STR,
+        NORMALIZATIONS,
+    )
+    prompt_style: str = param(
+        "auto",
+        "pi0 prompt convention: 'openpi' (cleaned task + newline) or 'lerobot' (raw task + newline); "
+        "auto = the checkpoint's.",
+        STR,
+        PROMPT_STYLE_CHOICES,
+    )
     action_dims: int = param(0, "Action dimensions the robot uses (0 = the number of joint_names).", INT)
     seed: int = param(-1, "Seed of the denoising noise (-1 = random).", INT)
     num_threads: int = param(
@@ -88,7 +111,10 @@ class PolicySection:
     warmup_runs: int = param(2, "Inferences run on a synthetic observation during configure.", INT)
 
     def __post_init__(self) -> None:
-        names = ("device", "precision", "engine", "suffix", "robot_transform", "action_space", "image_resize")
+        names = (
+            "device", "precision", "engine", "suffix", "robot_transform", "action_space", "image_resize",
+            "normalization", "prompt_style",
+        )
         for name in names:
             _choice(f"policy.{name}", getattr(self, name), _choices(type(self), name))
         if self.num_steps < 0:
@@ -130,6 +156,8 @@ class PolicySection:
             pack_weights=self.pack_weights,
             tokenizer=self.tokenizer or None,
             image_resize=self.image_resize,
+            normalization=self.normalization,
+            prompt_style=self.prompt_style,
         )
 
 

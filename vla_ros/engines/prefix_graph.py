@@ -166,7 +166,8 @@ def staging_reason(target: torch.Tensor, own: torch.Tensor, alignment: int = 1) 
 class PrefixEncoder(nn.Module):
     """`Pi0Model.embed_prefix` with plain tensor outputs, the form an exporter can trace.
 
-    images uint8 (1, N, 224, 224, 3) (the [-1, 1] scaling happens inside), image_masks
+    images uint8 (1, N, 224, 224, 3) (the [-1, 1] scaling happens inside) or float32 in
+    [-1, 1] (LeRobot checkpoints), image_masks
     bool (1, N), tokens int64 (1, L), token_masks bool (1, L) ->
     keys_0 .. keys_{L-1}, values_0 .. values_{L-1} (1, KV, P, hd each) in the model's
     compute dtype, pad_mask bool (1, P): the `output_names` order.

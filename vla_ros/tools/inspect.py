@@ -38,43 +38,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    import dataclasses
-
     from vla_ros.policy import PolicyOptions
 
-    options = PolicyOptions(asset_id=args.asset_id or None)
-    if args.tokenizer and "tokenizer" in {f.name for f in dataclasses.fields(PolicyOptions)}:
-        options = dataclasses.replace(options, tokenizer=args.tokenizer)
-    return options
+    return PolicyOptions(asset_id=args.asset_id or None, tokenizer=args.tokenizer or None)
 
 
-def _tokenizer_line(directory: Path, override: str) -> str:
+def _tokenizer(directory: Path, override: str) -> tuple[Path | None, str]:
+    """(the tokenizer file, or None), and the line that reports it."""
     from vla_ros.errors import VlaRosError
+    from vla_ros.observation.tokenizer import find_tokenizer
 
     try:
-        try:
-            from vla_ros.observation.tokenizer import find_tokenizer
-        except ImportError:
-            from vla_ros.policy import find_tokenizer
-        try:
-            found = find_tokenizer(directory, override or None)
-        except TypeError:  # the older finder takes only the directory
-            found = find_tokenizer(directory)
-        return str(found)
+        found = find_tokenizer(directory, override or None)
     except VlaRosError as exc:
-        return f"MISSING: {exc}"
+        return None, f"MISSING: {exc}"
+    return found, str(found)
 
 
 def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tuple[Any, list[str]]:
-    """(spec, report lines) for a checkpoint directory."""
+    """(spec, report lines, the tokenizer file or None) for a checkpoint directory."""
     from vla_ros.model.checkpoint import config_from_checkpoint
     from vla_ros.policy import read_spec
 
     spec = read_spec(directory, options)
     cfg = config_from_checkpoint(directory)
-    sources = tuple(getattr(spec, "camera_sources", ()) or ())
-    empty = set(getattr(spec, "empty_camera_slots", ()) or ())
-    provenance = getattr(spec, "provenance", "") or "openpi"
+    sources, empty, provenance = spec.camera_sources, set(spec.empty_camera_slots), spec.provenance
+    tokenizer, tokenizer_line = _tokenizer(directory, tokenizer_override)
     lines = [
         f"checkpoint:  {directory}",
         f"family:      {spec.variant} ({spec.config_name}); provenance: {provenance}",
@@ -89,32 +78,27 @@ def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tup
         ),
         f"state:       {spec.state_dim} dims (norm stats), padded to {spec.model_dim}",
         f"actions:     {spec.action_stats_dim} dims per step, {spec.action_horizon} steps per chunk",
-        f"norm stats:  {spec.norm_stats or '?'}"
-        + (f" ({getattr(spec, 'normalization', '')})" if getattr(spec, "normalization", "") else ""),
-        f"prompt:      {spec.max_token_len} tokens; "
-        f"tokenizer: {_tokenizer_line(directory, tokenizer_override)}",
+        f"norm stats:  {spec.norm_stats or '?'}" + (f" ({spec.normalization})" if spec.normalization else ""),
+        f"prompt:      {spec.max_token_len} tokens; tokenizer: {tokenizer_line}",
     ]
-    relative = getattr(spec, "relative_action_dims", None)
+    relative = spec.relative_action_dims
     if relative:
         lines.append(f"relative:    actions relative to the state for dims {list(relative)} (made absolute)")
-    resize = getattr(spec, "image_resize", "") or ""
-    if resize:
-        lines.append(
-            f"preprocess:  image resize '{resize}', prompt style '{getattr(spec, 'prompt_style', '')}' "
-            f"(the conventions of a {provenance} checkpoint; policy.image_resize overrides the resize)"
-        )
+    lines.append(
+        f"preprocess:  image resize '{spec.image_resize}', prompt style '{spec.prompt_style}' (the "
+        f"conventions of a {provenance} checkpoint; policy.image_resize / prompt_style override them)"
+    )
     if spec.untrained:
         lines.append("WARNING:     untrained (`vla-ros make-tiny`): random actions; never on a real robot")
-    return spec, lines
+    return spec, lines, tokenizer
 
 
-def starter_yaml(directory: Path, spec: Any) -> str:
+def starter_yaml(directory: Path, spec: Any, tokenizer: Path | None) -> str:
     """A robot YAML for this checkpoint; every value to fill in is marked FILL."""
     import yaml
 
-    sources = tuple(getattr(spec, "camera_sources", ()) or ())
-    empty = set(getattr(spec, "empty_camera_slots", ()) or ())
-    sources = tuple(s for s, key in zip(sources, spec.camera_keys) if key not in empty)
+    empty = set(spec.empty_camera_slots)
+    sources = tuple(s for s, key in zip(spec.camera_sources, spec.camera_keys) if key not in empty)
     slots = [key for key in spec.camera_keys if key not in empty]
     joints = [f"{FILL}_joint_{i}" for i in range(spec.state_dim)]
     cameras: dict[str, Any] = {"keys": slots}
@@ -127,7 +111,10 @@ def starter_yaml(directory: Path, spec: Any) -> str:
         "dry_run": True,
         "control_rate": 50.0,
         "joint_names": joints,
-        "policy": {"action_rate": 50.0},
+        "policy": {
+            "action_rate": f"{FILL}: the rate (Hz) the training data was recorded at",
+            "tokenizer": str(tokenizer) if tokenizer else f"{FILL}: a PaliGemma tokenizer.json / .model",
+        },
         "prompt": {"topic": "/instruction", "default": ""},
         "joint_states": {"topic": "/joint_states"},
         "cameras": cameras,
@@ -144,6 +131,7 @@ def starter_yaml(directory: Path, spec: Any) -> str:
         + (f" ({', '.join(s for s in sources if s)})" if any(sources) else "") + ";",
         "#    remove slots the robot has no camera for (the model masks them).",
         "#  - policy.action_rate: the rate the training data was recorded at (Hz).",
+        "#  - policy.tokenizer: where none was found beside the checkpoint (LeRobot ships none).",
         "#  - limits.lower / upper / max_velocity: one value per joint, from the robot's URDF.",
         "#  - output.trajectory_topic: the joint_trajectory_controller's topic.",
         "# dry_run: true publishes to ~/debug/* only: check the debug topics and a replay first.",
@@ -159,14 +147,14 @@ def run(args: argparse.Namespace) -> int:
     directory = args.checkpoint
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
-    spec, lines = describe(directory, _options(args), args.tokenizer)
+    spec, lines, tokenizer = describe(directory, _options(args), args.tokenizer)
     print("\n".join(lines))
     if args.write_config is not None:
         out = args.write_config
         if out.exists() and not args.overwrite:
             raise CheckpointError(f"{out} exists; choose another path or pass --overwrite")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(starter_yaml(directory, spec))
+        out.write_text(starter_yaml(directory, spec, tokenizer))
         make_readable(out)
         print(f"wrote {out}: fill in the values marked {FILL}, then `vla-ros replay BAG --config {out}`")
     return 0
