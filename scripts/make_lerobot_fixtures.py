@@ -22,8 +22,17 @@ test/fixtures/lerobot_0_6_1) holding:
   google/paligemma-3b-pt-224 (`tokenizer.model`, `tokenizer.json`,
   `tokenizer_config.json`);
 - the inputs (`observation.npz`, `noise.npy`) and LeRobot's outputs
-  (`expected_*.npy`, `expected_meta.json`), and a `README.md` saying how they
-  were made.
+  (`expected_*.npy`, `expected_images.npz`, `expected_meta.json`), and a
+  `README.md` saying how they were made;
+- a second observation, the same but with the middle camera (cam_left_wrist)
+  absent, and LeRobot's outputs for it: the same files with the suffix
+  `_missing` (`observation_missing.npz`, `expected_tokens_missing.npy`, ...;
+  `expected_meta.json` lists both sets under `observations`), so that
+  LeRobot's present-cameras-first slot order is recorded, not inferred.
+
+One camera (cam_high) is a real camera's 480x640 frame with fine detail, which
+LeRobot shrinks to 168x224 (torch's bilinear without antialiasing, where it
+differs most from Pillow's); the other two are small and enlarged.
 
 The policy is a tiny pi0 / pi0.5 with the sizes of vla_ros' `pi0-tiny` /
 `pi05-tiny` (read from vla_ros/model/config.py of this checkout) and seeded
@@ -75,7 +84,8 @@ initialisation makes the tiny network nearly input-independent), and while the
 pipeline runs, the policy instance's `_preprocess_images` is wrapped to record
 what it returns (`expected_images.npz`); the wrapper passes the result on
 unchanged. `sensitivity` reruns LeRobot's `sample_actions` on perturbed
-inputs to show how sharp the 1e-4 check is; it writes no expected value.
+inputs to show how sharp the 1e-4 check is (its Pillow resize and fixed-slot
+order are perturbations, not LeRobot's code); it writes no expected value.
 
 The tokenizer is vla_ros' `train_tokenizer` stand-in (512 pieces, PaliGemma's
 special ids; the SentencePiece model of `vla-ros make-tiny`), converted by
@@ -133,10 +143,20 @@ HUB_TOKENIZER = "google/paligemma-3b-pt-224"
 # --- what the fixture contains ------------------------------------------------------------
 
 SEED = 20240601
-CAMERAS = {  # camera -> (height, width): non-square, one portrait, odd paddings on two of them
-    "cam_high": (72, 96),
+# camera -> (height, width): a real camera's 480x640 frame (shrunk to 168x224, where torch's
+# bilinear without antialiasing and Pillow's differ most) and two small ones (enlarged: non-square,
+# one portrait, odd paddings).
+CAMERAS = {
+    "cam_high": (480, 640),
     "cam_left_wrist": (63, 100),
     "cam_right_wrist": (96, 70),
+}
+# The observations, each run through the whole pipeline with the same state, prompt and noise:
+# name -> (suffix of its files, cameras left out). "missing" drops the middle camera, so LeRobot's
+# present-cameras-first order moves cam_right_wrist forward into the second slot.
+OBSERVATIONS = {
+    "full": ("", ()),
+    "missing": ("_missing", ("cam_left_wrist",)),
 }
 JOINTS = [
     f"{side}_{joint}"
@@ -155,10 +175,15 @@ NUM_STEPS = 10
 REQUIRED_SENSITIVITY = (
     "images rounded to uint8 levels after the resize",
     "first camera +1 uint8 level",
+    "first camera shrunk with Pillow's bilinear (openpi) instead of torch's",
     "prompt cleaned as openpi does",
     "one prompt token changed",
-    "empty camera unmasked",
+    "masked slots unmasked",
+    "the missing camera present (the full observation)",
 )
+# Not required: "cameras in fixed slots (openpi) instead of present-first". A masked slot takes no
+# position (positions are the cumulative sum of the prefix mask) and no attention, so moving it
+# changes the actions only by float rounding; the order is checked on the model-input images.
 # Weight scale: std = WEIGHT_GAIN / sqrt(fan_in) for matrices, so activations stay O(1).
 WEIGHT_GAIN = 1.0
 BIAS_STD = 0.1
@@ -206,25 +231,42 @@ def make_image(height: int, width: int, rng):
 
     Mostly separable or piecewise flat, so that the resized float32 copy in
     expected_images.npz compresses well; the noise patch and the 1-pixel
-    checkerboard are where resampling filters differ most.
+    checkerboard are where resampling filters differ most. A frame larger than
+    the model image (a real camera's 480x640, shrunk) also gets what a shrinking
+    filter without antialiasing aliases: 1-pixel and 2-pixel stripes, a chirp
+    up to the Nyquist frequency, period-3 stripes in one channel and 1-pixel
+    diagonal lines.
     """
     import numpy as np
 
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     img = np.empty((height, width, 3), np.float64)
+    scale = max(1, min(height, width) // 96)  # 1 for the small frames, 5 for 480x640
     img[..., 0] = 30 + 190 * x / max(width - 1, 1)  # horizontal ramp
     img[..., 1] = 220 - 180 * y / max(height - 1, 1)  # vertical ramp
-    img[..., 2] = 40 + 50 * ((x // 12 + y // 9) % 4)  # flat diagonal bands
+    img[..., 2] = 40 + 50 * ((x // (12 * scale) + y // (9 * scale)) % 4)  # flat diagonal bands
     # A flat rectangle and a disc with hard edges.
     r0, r1 = height // 6, height // 6 + height // 4
     c0, c1 = width // 8, width // 8 + width // 3
     img[r0:r1, c0:c1] = rng.integers(0, 256, 3)
     cy, cx, radius = 0.65 * height, 0.6 * width, 0.18 * min(height, width)
     img[(y - cy) ** 2 + (x - cx) ** 2 < radius**2] = rng.integers(0, 256, 3)
+    if height > 224 or width > 224:  # shrunk: fine detail that aliases
+        band = slice(int(0.45 * height), int(0.55 * height))
+        third = width // 3
+        img[band, :third] = 255 * (x[band, :third] % 2)[..., None]  # 1-pixel vertical stripes
+        img[band, third : 2 * third] = (40 + 180 * ((x[band, third : 2 * third] // 2) % 2))[..., None]
+        u = x[band, 2 * third :] - 2 * third  # chirp: 0 -> 0.5 cycles per pixel
+        img[band, 2 * third :] = (128 + 120 * np.sin(np.pi * u**2 / (2 * (width - 2 * third))))[..., None]
+        rows, cols = slice(int(0.75 * height), int(0.9 * height)), slice(width // 20, width // 4)
+        img[rows, cols, 1] = 255 * (y[rows, cols] % 3 == 0)  # period-3 horizontal stripes, green only
+        for offset in (0.1, 0.3):  # 1-pixel lines at about 37 degrees
+            line = np.abs((y - offset * height) - 0.75 * (x - 0.55 * width)) < 0.5
+            img[line & (x > 0.55 * width)] = 250
     # A 1-pixel checkerboard strip and a random-noise patch: what resampling filters disagree on.
     strip = slice(height - 8, height - 4)
     img[strip, :] = 255 * ((x[strip] + y[strip]) % 2)[..., None]
-    ph, pw = height // 5, width // 5
+    ph, pw = min(height // 5, 48), min(width // 5, 64)
     img[height // 2 : height // 2 + ph, 2 : 2 + pw] = rng.integers(0, 256, (ph, pw, 3))
     # Saturated corners: 0 and 255 exactly (the clamp).
     img[:3, :3] = 0
@@ -515,8 +557,29 @@ def run_pipeline(policy, preprocessor, postprocessor, observation: dict, noise):
     return batch, captured, normalized, actions
 
 
-def sensitivity(policy, family: str, batch, captured, noise, tokenizer_dir: Path, base) -> dict:
-    """max |change| of the normalized actions under small input changes (how sharp a 1e-4 check is)."""
+def pillow_model_image(frame, size: int):
+    """openpi's letterbox of a uint8 (H, W, 3) frame: Pillow bilinear (antialiased), black, centred."""
+    import numpy as np
+    from PIL import Image
+    import torch
+
+    height, width = frame.shape[:2]
+    ratio = max(width / size, height / size)
+    new_h, new_w = int(height / ratio), int(width / ratio)
+    resized = np.asarray(Image.fromarray(frame).resize((new_w, new_h), resample=Image.Resampling.BILINEAR))
+    canvas = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
+
+
+def sensitivity(
+    policy, family: str, batch, captured, noise, tokenizer_dir: Path, base, frames: dict, slot_keys: list
+) -> dict:
+    """max |change| of the normalized actions under small input changes (how sharp a 1e-4 check is).
+
+    `frames`: camera -> the uint8 frame fed; `slot_keys`: the order LeRobot filled the model's slots.
+    """
     import torch
     from transformers import AutoTokenizer
 
@@ -542,6 +605,12 @@ def sensitivity(policy, family: str, batch, captured, noise, tokenizer_dir: Path
     # One camera off by one uint8 level over the whole frame.
     shifted = [images[0] + 2.0 / 255.0] + list(images[1:])
     found["first camera +1 uint8 level"] = run(images=shifted)
+    # The first camera, shrunk as openpi does it (Pillow's bilinear averages its whole footprint).
+    first = frames[slot_keys[0][len("observation.images."):]]
+    size = policy.config.image_resolution[0]
+    if max(first.shape[:2]) > size:
+        pillow = [pillow_model_image(first, size)] + list(images[1:])
+        found["first camera shrunk with Pillow's bilinear (openpi) instead of torch's"] = run(images=pillow)
     # The prompt as openpi would clean it (pi0: LeRobot does not strip or replace '_').
     if family == "pi0":
         hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -560,7 +629,13 @@ def sensitivity(policy, family: str, batch, captured, noise, tokenizer_dir: Path
         swapped[0, real - 3] = tokens[0, real - 4]  # one token of the state/suffix text changed
         found["one prompt token changed"] = run(tokens=swapped)
     if not all(bool(m.all()) for m in masks):
-        found["empty camera unmasked"] = run(masks=[torch.ones_like(m) for m in masks])
+        found["masked slots unmasked"] = run(masks=[torch.ones_like(m) for m in masks])
+    config_order = list(policy.config.image_features)
+    if slot_keys != config_order:  # a missing camera: openpi keeps every camera in its own slot
+        order = [slot_keys.index(key) for key in config_order]
+        found["cameras in fixed slots (openpi) instead of present-first"] = run(
+            images=[images[i] for i in order], masks=[masks[i] for i in order]
+        )
     return found
 
 
@@ -645,68 +720,127 @@ def make_family(family: str, out: Path, sizes) -> None:
             preprocessor_overrides={"tokenizer_processor": {"tokenizer_name": str(tokenizer_dir)}},
         )
 
-        # 3. Run.
-        observation = {f"observation.images.{c}": img for c, img in images.items()}
-        observation["observation.state"] = state
-        observation["task"] = TASK
-        batch, captured, normalized, actions = run_pipeline(policy, pre, post, observation, noise)
-        again = run_pipeline(policy, pre, post, observation, noise)[3]
-        assert torch.equal(actions, again), "LeRobot is not deterministic with a fixed noise"
-        found = sensitivity(policy, family, batch, captured, noise, tokenizer_dir, normalized)
+        # 3. Run, once per observation (the same state, prompt and noise).
+        runs = {}
+        for name, (_, absent) in OBSERVATIONS.items():
+            frames = {c: img for c, img in images.items() if c not in absent}
+            observation = {f"observation.images.{c}": img for c, img in frames.items()}
+            observation["observation.state"] = state
+            observation["task"] = TASK
+            batch, captured, normalized, actions = run_pipeline(policy, pre, post, observation, noise)
+            again = run_pipeline(policy, pre, post, observation, noise)[3]
+            assert torch.equal(actions, again), "LeRobot is not deterministic with a fixed noise"
+            # The order _preprocess_images filled the slots: present cameras, then the missing ones.
+            slot_keys = [k for k in policy.config.image_features if k in observation] + [
+                k for k in policy.config.image_features if k not in observation
+            ]
+            found = sensitivity(
+                policy, family, batch, captured, noise, tokenizer_dir, normalized, frames, slot_keys
+            )
+            runs[name] = {
+                "frames": frames,
+                "absent": list(absent),
+                "slot_keys": slot_keys,
+                "batch": batch,
+                "captured": captured,
+                "normalized": normalized,
+                "actions": actions,
+                "found": found,
+            }
 
     # 4. What the model saw, and checks that the fixture tests what it claims to.
-    model_images = torch.cat(captured["images"]).numpy().astype(np.float32)  # (slots, 3, 224, 224)
-    image_masks = torch.cat(captured["image_masks"]).numpy()
-    tokens = batch["observation.language.tokens"][0].numpy()
-    token_mask = batch["observation.language.attention_mask"][0].numpy().astype(bool)
-    norm_state = batch["observation.state"][0].numpy().astype(np.float32)
-    padded_state = np.zeros(policy.config.max_state_dim, np.float32)
-    padded_state[: norm_state.shape[0]] = norm_state
-    normalized = normalized[0].numpy().astype(np.float32)
-    actions = actions[0].numpy().astype(np.float32)
-    slot_keys = [k for k in policy.config.image_features if k in observation] + [
-        k for k in policy.config.image_features if k not in observation
-    ]
+    config_slots = list(policy.config.image_features)
     relative_mask = [True] * ACTION_DIM
     if policy.config.use_relative_actions:
         excluded = [ex.lower() for ex in policy.config.relative_exclude_joints]
         relative_mask = [not any(ex in name.lower() for ex in excluded) for name in JOINTS]
-        action_stats = {k: v.astype(np.float32) for k, v in stats["action"].items()}
-        if policy.config.normalization_mapping["ACTION"].value == "QUANTILES":
-            q01, q99 = action_stats["q01"], action_stats["q99"]
-            unnorm = (normalized + 1.0) * (q99 - q01) / 2.0 + q01
+    for name, run in runs.items():
+        batch, captured = run["batch"], run["captured"]
+        run["model_images"] = torch.cat(captured["images"]).numpy().astype(np.float32)  # (slots, 3, 224, 224)
+        run["image_masks"] = torch.cat(captured["image_masks"]).numpy()
+        run["tokens"] = batch["observation.language.tokens"][0].numpy()
+        run["token_mask"] = batch["observation.language.attention_mask"][0].numpy().astype(bool)
+        norm_state = batch["observation.state"][0].numpy().astype(np.float32)
+        run["padded_state"] = np.zeros(policy.config.max_state_dim, np.float32)
+        run["padded_state"][: norm_state.shape[0]] = norm_state
+        normalized = run["normalized"] = run["normalized"][0].numpy().astype(np.float32)
+        actions = run["actions"] = run["actions"][0].numpy().astype(np.float32)
+        assert run["image_masks"].tolist() == [not (k.endswith(tuple(run["absent"])) or "empty_camera" in k)
+                                               for k in run["slot_keys"]], (name, run["image_masks"])
+        if policy.config.use_relative_actions:
+            action_stats = {k: v.astype(np.float32) for k, v in stats["action"].items()}
+            if policy.config.normalization_mapping["ACTION"].value == "QUANTILES":
+                q01, q99 = action_stats["q01"], action_stats["q99"]
+                unnorm = (normalized + 1.0) * (q99 - q01) / 2.0 + q01
+            else:
+                unnorm = normalized * action_stats["std"] + action_stats["mean"]
+            offset = actions - unnorm
+            expected_offset = state * np.array(relative_mask, np.float32)
+            assert np.allclose(offset, expected_offset, atol=1e-5), "relative actions off"
+            assert np.abs(offset).max() > 0.1, "relative actions did not move the output"
+        moved = np.abs(normalized - noise[0, :, :ACTION_DIM].numpy()).mean()
+        assert normalized.std() > 0.3 and moved > 0.3, "degenerate actions: the model barely moves the noise"
+        if family == "pi05":
+            bins = np.digitize(norm_state, bins=np.linspace(-1, 1, 257)[:-1]) - 1
+            assert bins[0] == -1 and bins[1] == 255, bins
+    full, missing = runs["full"], runs["missing"]
+    assert full["slot_keys"] == config_slots and missing["slot_keys"] != config_slots
+    # LeRobot resizes each camera on its own: a present camera's model image is the same in both
+    # observations, only its slot moves; the missing camera's slot is all -1.
+    for slot, key in enumerate(missing["slot_keys"]):
+        if key in full["slot_keys"] and missing["image_masks"][slot]:
+            same = full["model_images"][full["slot_keys"].index(key)]
+            assert np.array_equal(missing["model_images"][slot], same), key
         else:
-            unnorm = normalized * action_stats["std"] + action_stats["mean"]
-        offset = actions - unnorm
-        expected_offset = state * np.array(relative_mask, np.float32)
-        assert np.allclose(offset, expected_offset, atol=1e-5), "relative actions off"
-        assert np.abs(offset).max() > 0.1, "relative actions did not move the output"
-    assert normalized.std() > 0.3 and np.abs(normalized - noise[0, :, :ACTION_DIM].numpy()).mean() > 0.3, (
-        "degenerate actions: the model barely moves the noise"
+            assert np.all(missing["model_images"][slot] == -1.0), key
+    missing["found"]["the missing camera present (the full observation)"] = float(
+        np.abs(full["normalized"] - missing["normalized"]).max()
     )
-    for what, change in found.items():
-        if what in REQUIRED_SENSITIVITY:
-            assert change > 1e-3, f"the fixture is blind to '{what}' (max change {change:.2e})"
-    if family == "pi05":
-        bins = np.digitize(norm_state, bins=np.linspace(-1, 1, 257)[:-1]) - 1
-        assert bins[0] == -1 and bins[1] == 255, bins
+    for name, run in runs.items():
+        for what, change in run["found"].items():
+            if what in REQUIRED_SENSITIVITY:
+                assert change > 1e-3, f"{name}: the fixture is blind to '{what}' (max change {change:.2e})"
+    assert any(max(hw) > policy.config.image_resolution[0] for hw in CAMERAS.values()), "nothing is shrunk"
 
     # 5. Write.
-    save_npz(
-        folder / "observation.npz",
-        {
-            **{f"observation.images.{c}": img for c, img in images.items()},
-            "state": state,
-            "prompt": np.str_(TASK),
-        },
-    )
     save_npy(folder / "noise.npy", noise[0].numpy())
-    save_npy(folder / "expected_tokens.npy", tokens)
-    save_npy(folder / "expected_token_mask.npy", token_mask)
-    save_npz(folder / "expected_images.npz", {"images": model_images, "masks": image_masks})
-    save_npy(folder / "expected_state.npy", padded_state)
-    save_npy(folder / "expected_actions_normalized.npy", normalized)
-    save_npy(folder / "expected_actions.npy", actions)
+    observations = {}
+    for name, run in runs.items():
+        suffix = OBSERVATIONS[name][0]
+        files = {
+            "observation": f"observation{suffix}.npz",
+            "tokens": f"expected_tokens{suffix}.npy",
+            "token_mask": f"expected_token_mask{suffix}.npy",
+            "images": f"expected_images{suffix}.npz",
+            "state": f"expected_state{suffix}.npy",
+            "actions_normalized": f"expected_actions_normalized{suffix}.npy",
+            "actions": f"expected_actions{suffix}.npy",
+        }
+        save_npz(
+            folder / files["observation"],
+            {
+                **{f"observation.images.{c}": img for c, img in run["frames"].items()},
+                "state": state,
+                "prompt": np.str_(TASK),
+            },
+        )
+        save_npy(folder / files["tokens"], run["tokens"])
+        save_npy(folder / files["token_mask"], run["token_mask"])
+        save_npz(folder / files["images"], {"images": run["model_images"], "masks": run["image_masks"]})
+        save_npy(folder / files["state"], run["padded_state"])
+        save_npy(folder / files["actions_normalized"], run["normalized"])
+        save_npy(folder / files["actions"], run["actions"])
+        observations[name] = {
+            "files": files,
+            "absent_cameras": [f"observation.images.{c}" for c in run["absent"]],
+            "camera_slots": run["slot_keys"],
+            "image_masks": run["image_masks"].tolist(),
+            "tokenized_text": run["batch"]["task"][0],
+            "num_tokens": int(run["token_mask"].sum()),
+            "sensitivity_max_abs_change_of_normalized_actions": {
+                k: float(f"{v:.3e}") for k, v in run["found"].items()
+            },
+        }
     with safe_open(str(folder / "model.safetensors"), "pt") as weights:
         n_params = sum(int(np.prod(weights.get_slice(k).get_shape())) for k in weights.keys())
     meta = {
@@ -715,12 +849,9 @@ def make_family(family: str, out: Path, sizes) -> None:
         "policy_class": type(policy).__name__,
         "vla_ros_config": f"{family}-tiny",
         "parameters": n_params,
-        "camera_slots": slot_keys,
-        "image_masks": image_masks.tolist(),
+        "camera_slots": config_slots,
         "camera_sizes_hw": {f"observation.images.{c}": list(hw) for c, hw in CAMERAS.items()},
         "task": TASK,
-        "tokenized_text": batch["task"][0],
-        "num_tokens": int(token_mask.sum()),
         "state_dim": STATE_DIM,
         "action_dim": ACTION_DIM,
         "action_names": JOINTS,
@@ -732,7 +863,7 @@ def make_family(family: str, out: Path, sizes) -> None:
         "max_state_dim": policy.config.max_state_dim,
         "max_action_dim": policy.config.max_action_dim,
         "tokenizer_max_length": policy.config.tokenizer_max_length,
-        "sensitivity_max_abs_change_of_normalized_actions": {k: float(f"{v:.3e}") for k, v in found.items()},
+        "observations": observations,
     }
     save_json(folder / "expected_meta.json", meta)
     write_readme(folder, family, meta, describe_files(folder))
@@ -744,11 +875,13 @@ def make_family(family: str, out: Path, sizes) -> None:
 
 def write_readme(folder: Path, family: str, meta: dict, files: list[dict]) -> None:
     options = FAMILY_OPTIONS[family]
+    full, missing = meta["observations"]["full"], meta["observations"]["missing"]
+    absent = ", ".join(f"`{key}`" for key in missing["absent_cameras"])
     lines = [
         f"# LeRobot {_EXPECTED_LEROBOT} {family} golden fixture (tiny)",
         "",
         "Generated by `scripts/make_lerobot_fixtures.py`; do not edit by hand. It is LeRobot's own",
-        f"`{meta['policy_class']}` pipeline on one observation with a fixed noise, in float32 on the CPU,",
+        f"`{meta['policy_class']}` pipeline on two observations with a fixed noise, in float32 on the CPU,",
         "for `test/test_lerobot_parity.py` (which cannot import LeRobot). Regenerate with:",
         "",
         "```sh",
@@ -768,15 +901,18 @@ def write_readme(folder: Path, family: str, meta: dict, files: list[dict]) -> No
         "  the sizes are only in the weights' shapes. The script patches LeRobot's size tables and",
         "  vocabulary (see its docstring); nothing else in LeRobot is changed.",
         f"- Cameras {list(CAMERAS)} (uint8, sizes H x W {list(CAMERAS.values())}),"
-        f" `empty_cameras={options['empty_cameras']}`; model slots in order: {meta['camera_slots']},"
-        f" masks {meta['image_masks']}.",
+        f" `empty_cameras={options['empty_cameras']}`; model slots in config order: {meta['camera_slots']}.",
+        "  `cam_high` is a real camera's 480x640 frame, shrunk to 168x224 (ramps, flat shapes, hard edges,",
+        "  1- and 2-pixel stripes, a chirp up to the Nyquist frequency, period-3 stripes, 1-pixel diagonal",
+        "  lines, a noise patch: where torch's bilinear without antialiasing and Pillow's differ most);",
+        "  the two wrist cameras are enlarged.",
         f"- 14-dim state and actions named {JOINTS[:3]} ... {JOINTS[-1]!r} (ALOHA layout);"
         f" `use_relative_actions={options['use_relative_actions']}`"
         + (f", relative mask {[int(m) for m in meta['relative_mask']]} (grippers stay absolute)."
            if options["use_relative_actions"] else "."),
         f"- Normalization {meta['normalization_mapping']} with the statistics in the processor files"
         " (min/max/mean/std/count/q01/q10/q50/q90/q99, float32; image stats present but unused).",
-        f"- Task {TASK!r}; LeRobot tokenized {meta['tokenized_text']!r} ({meta['num_tokens']} tokens"
+        f"- Task {TASK!r}; LeRobot tokenized {full['tokenized_text']!r} ({full['num_tokens']} tokens"
         f" of {meta['tokenizer_max_length']}).",
         "- Tokenizer: `tokenizer/` holds what LeRobot's tokenizer step loaded instead of"
         f" `{HUB_TOKENIZER}` (the name `policy_preprocessor.json` keeps): vla_ros' `train_tokenizer`"
@@ -784,24 +920,40 @@ def write_readme(folder: Path, family: str, meta: dict, files: list[dict]) -> No
         " `tokenizer_config.json`. Load it in LeRobot with"
         " `preprocessor_overrides={'tokenizer_processor': {'tokenizer_name': '<this folder>/tokenizer'}}`.",
         "",
+        "## The two observations",
+        "",
+        "Both have the same state, prompt and noise (`noise.npy`); `expected_meta.json` lists each one's",
+        "files under `observations.<name>.files`.",
+        "",
+        f"- `full` (files without a suffix: `observation.npz`, `expected_*.npy`, `expected_images.npz`):"
+        f" every camera; LeRobot filled the slots {full['camera_slots']}, masks {full['image_masks']}.",
+        f"- `missing` (files ending `_missing`: `observation_missing.npz`, `expected_*_missing.npy`,"
+        f" `expected_images_missing.npz`): {absent} absent from the observation. LeRobot puts the present"
+        f" cameras first, then the missing ones: slots {missing['camera_slots']}, masks"
+        f" {missing['image_masks']} (a missing slot is all -1). So `cam_right_wrist` moves forward into"
+        " the second slot, where an openpi-style loader would keep it in the third.",
+        "",
         "## How the expected values were computed",
         "",
         "The policy and processors were reloaded from this folder (`from_pretrained`,",
         "`make_pre_post_processors(pretrained_path=...)`), then run as `predict_action` runs them:",
         "`prepare_observation_for_inference` (uint8 HWC -> float32 [0, 1] CHW) -> preprocessor ->",
         f"`predict_action_chunk(batch, noise=noise[None])` ({NUM_STEPS} Euler steps) -> postprocessor.",
+        "The files of the `missing` observation have the same layout as those of `full` (suffix `_missing`).",
         "",
         "| file | contents |",
         "|---|---|",
-        "| `observation.npz` | `observation.images.<camera>` uint8 (H, W, 3) RGB; `state` float32 (14,) raw;"
-        " `prompt` str |",
-        "| `noise.npy` | float32 (50, 32): the initial noise x_1 (t = 1), 32 = max_action_dim |",
+        "| `observation.npz` | `observation.images.<camera>` uint8 (H, W, 3) RGB (the cameras present);"
+        " `state` float32 (14,) raw; `prompt` str |",
+        "| `noise.npy` | float32 (50, 32): the initial noise x_1 (t = 1), 32 = max_action_dim"
+        " (both observations) |",
         "| `expected_tokens.npy`, `expected_token_mask.npy` | int64 / bool (L,):"
         " `observation.language.tokens`"
         " / `attention_mask` after the preprocessor (BOS 2 first, pad 0) |",
         "| `expected_images.npz` | `images` float32 (slots, 3, 224, 224) in [-1, 1]:"
         " what `_preprocess_images`"
-        " handed the model (resize_with_pad_torch, pad, x*2-1; missing slots -1); `masks` bool (slots,) |",
+        " handed the model, in the order it filled the slots (resize_with_pad_torch, pad, x*2-1; missing"
+        " slots -1); `masks` bool (slots,) |",
         "| `expected_state.npy` | float32 (32,): the normalized state, zero-padded to max_state_dim"
         + (" (what `prepare_state` gave the model) |" if family == "pi0"
            else " (pi0.5's model never reads it; its 256-bin digitization is in the prompt) |"),
@@ -809,20 +961,25 @@ def write_readme(folder: Path, family: str, meta: dict, files: list[dict]) -> No
         " postprocessor |",
         "| `expected_actions.npy` | float32 (50, 14): the postprocessor's output (unnormalized"
         + (", plus the raw state on the relative dims)" if options["use_relative_actions"] else ")") + " |",
-        "| `expected_meta.json` | slot order, masks, tokenized text, relative mask, sizes, sensitivity |",
+        "| `expected_meta.json` | config slot order, sizes, relative mask; per observation: files, slot"
+        " order, masks, tokenized text, sensitivity |",
         "",
         "## How sharp a 1e-4 check on the actions is",
         "",
         "Max |change| of the normalized actions when one input is perturbed (the script refuses to write",
-        "a fixture where any of these but the state's is below 1e-3; pi0's state is one token among",
-        "~1000, so normalization details below ~1e-3 do not show in the actions and are checked on",
-        "`expected_state.npy` instead):",
-        "",
+        "a fixture where any of these but the state's and the slot order's is below 1e-3; pi0's state is",
+        "one token among ~1000, so normalization details below ~1e-3 do not show in the actions and are",
+        "checked on `expected_state.npy` instead; a masked slot takes no position (positions count the",
+        "prefix mask) and no attention, so where it sits changes the actions only by float rounding and",
+        "the slot order is checked on `expected_images*.npz`, slot by slot):",
     ]
-    lines += [f"- {what}: {change:.2e}" for what, change in meta[
-        "sensitivity_max_abs_change_of_normalized_actions"].items()]
+    for name, observation in meta["observations"].items():
+        lines += ["", f"`{name}`:", ""]
+        lines += [f"- {what}: {change:.2e}" for what, change in observation[
+            "sensitivity_max_abs_change_of_normalized_actions"].items()]
     lines += ["", "## Files", "", "| file | bytes | array |", "|---|---|---|"]
     lines += [f"| `{row['file']}` | {row['bytes']} | {row.get('array', '')} |" for row in files]
+    lines += ["", f"Total: {sum(row['bytes'] for row in files)} bytes (without this README)."]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
 
 

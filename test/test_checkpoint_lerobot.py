@@ -30,7 +30,15 @@ from vla_ros.model.lerobot_layout import (
 )
 from vla_ros.observation.image import prepare_images
 from vla_ros.observation.normalize import Normalizer, NormStats
-from vla_ros.policy import check_config_fits, check_fits, Policy, PolicyOptions, PolicySpec, read_spec
+from vla_ros.policy import (
+    check_config_fits,
+    check_fits,
+    Policy,
+    PolicyOptions,
+    PolicySpec,
+    Provenance,
+    read_spec,
+)
 from vla_ros.tools.make_tiny import make_tiny_checkpoint
 from vla_ros.types import CAMERA_KEYS, RawObservation
 
@@ -467,6 +475,14 @@ def _edit_json(path, edit):
     path.write_text(json.dumps(data))
 
 
+def _set_step(pipeline, registry_name, **fields):
+    """Edit `fields` of the step registered as `registry_name` in a processor JSON."""
+    def edit(data):
+        next(step for step in data["steps"] if step["registry_name"] == registry_name).update(fields)
+
+    return lambda d: _edit_json(d / pipeline, edit)
+
+
 @pytest.mark.parametrize("break_it, names", [
     (lambda d: (d / "policy_preprocessor.json").unlink(), ["policy_preprocessor.json"]),
     (lambda d: next(d.glob("policy_postprocessor_step_*")).unlink(),
@@ -486,6 +502,24 @@ def _edit_json(path, edit):
     (lambda d: _edit_json(d / "policy_postprocessor.json",
                           lambda m: m["steps"][0]["config"].update(norm_map={"ACTION": "LOG"})),
      ["policy_postprocessor.json", "norm_map.ACTION"]),
+    (lambda d: _edit_json(d / "policy_postprocessor.json",
+                          lambda m: m["steps"][0]["config"].update(norm_map={"ACTION": ["MEAN_STD"]})),
+     ["policy_postprocessor.json", "norm_map.ACTION"]),
+    # A step config that is not an object: one line naming the file and the step, not an AttributeError.
+    (_set_step("policy_preprocessor.json", "normalizer_processor", config=[1, 2]),
+     ["policy_preprocessor.json", "normalizer_processor step's 'config'", "JSON array"]),
+    (_set_step("policy_postprocessor.json", "unnormalizer_processor", config="MEAN_STD"),
+     ["policy_postprocessor.json", "unnormalizer_processor step's 'config'", "JSON string"]),
+    (_set_step("policy_preprocessor.json", "relative_actions_processor", config=["gripper"]),
+     ["policy_preprocessor.json", "relative_actions_processor step's 'config'"]),
+    (_set_step("policy_postprocessor.json", "absolute_actions_processor", config=True),
+     ["policy_postprocessor.json", "absolute_actions_processor step's 'config'", "JSON boolean"]),
+    (_set_step("policy_preprocessor.json", "tokenizer_processor", config=["google/paligemma-3b-pt-224"]),
+     ["policy_preprocessor.json", "tokenizer_processor step's 'config'"]),
+    (_set_step("policy_preprocessor.json", "normalizer_processor", state_file="../stats.safetensors"),
+     ["policy_preprocessor.json", "normalizer_processor step's state_file", "file name beside it"]),
+    (lambda d: _edit_json(d / "config.json", lambda m: m.update(dtype="float16")),
+     ["config.json", "'dtype'", "float16", "bfloat16"]),
 ])
 def test_broken_lerobot_directories_fail_in_one_line_naming_the_file(layouts, tmp_path, break_it, names):
     directory = _lerobot_copy(layouts, tmp_path)
@@ -530,6 +564,17 @@ def test_options_name_their_parameters(layouts, tmp_path):
     with pytest.raises(CheckpointError) as info:
         Policy.from_checkpoint(directory, PolicyOptions(**FP32))
     assert "policy.tokenizer" in _one_line(info)
+    # The hint names the tokenizer the preprocessor names.
+    _set_step("policy_preprocessor.json", "tokenizer_processor",
+              config={"tokenizer_name": "acme/paligemma-finetuned"})(directory)
+    with pytest.raises(CheckpointError) as info:
+        Policy.from_checkpoint(directory, PolicyOptions(**FP32))
+    assert "'acme/paligemma-finetuned'" in _one_line(info)
+    # Provenance's own error is about the checkpoint, not a parameter named "provenance".
+    with pytest.raises(CheckpointError, match="unknown checkpoint source 'jax'"):
+        Provenance("jax")
+    with pytest.raises(CheckpointError, match="'jax'"):
+        PolicySpec.from_dict({**read_spec(lerobot).to_dict(), "provenance": "jax"})
 
 
 def test_node_parameters_reach_the_policy_options(layouts):
@@ -549,6 +594,145 @@ def test_node_parameters_reach_the_policy_options(layouts):
         assert policy.options.num_steps == 3 and policy.engine.num_steps == 3
     finally:
         _edit_json(lerobot / "config.json", lambda m: m.update(num_inference_steps=10))
+
+
+def test_num_steps_default_is_the_checkpoints_own(layouts, tmp_path):
+    """PolicyOptions.num_steps None (the default): LeRobot's num_inference_steps, else 10, wherever built."""
+    from vla_ros.engines.factory import build_engine
+
+    assert PolicyOptions().num_steps is None
+    openpi = layouts["pi0"][0]
+    policy = Policy.from_checkpoint(openpi, PolicyOptions(**FP32))
+    assert policy.options.num_steps == 10 and policy.engine.num_steps == 10
+    directory = _lerobot_copy(layouts, tmp_path)
+    _edit_json(directory / "config.json", lambda m: m.update(num_inference_steps=3))
+    policy = Policy.from_checkpoint(directory, PolicyOptions(**FP32))
+    assert policy.options.num_steps == 3 and policy.engine.num_steps == 3
+    forced = Policy.from_checkpoint(directory, PolicyOptions(**FP32, num_steps=5))
+    assert forced.options.num_steps == 5 and forced.engine.num_steps == 5
+    assert build_engine(directory, PolicyOptions(**FP32))[0].num_steps == 3  # unresolved options too
+    eager = dict(FP32, engine="pytorch", suffix="eager")
+    assert build_engine(directory, PolicyOptions(**eager))[0].denoiser.num_steps == 3
+    # A Policy built from parts resolves it from its meta.
+    parts = (policy.cfg, policy.engine, policy.tokenizer, policy.normalizer)
+    assert Policy(*parts, meta=policy.meta).options.num_steps == 3
+    assert Policy(*parts).options.num_steps == 10
+    # The node's 0 is the checkpoint's.
+    assert _node_config(directory).policy.to_policy_options().num_steps is None
+
+
+def test_lerobot_dtype_is_read_and_shown_but_does_not_pick_the_precision(layouts, tmp_path):
+    openpi, lerobot, _, _ = layouts["pi0"]
+    assert read_spec(openpi).lerobot_dtype is None
+    assert read_spec(lerobot).lerobot_dtype == "float32"
+    directory = _lerobot_copy(layouts, tmp_path)
+    _edit_json(directory / "config.json", lambda m: m.update(dtype="bfloat16"))
+    assert read_lerobot_config(directory).dtype == "bfloat16"
+    spec = read_spec(directory)
+    assert spec.lerobot_dtype == "bfloat16"
+    assert PolicySpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    _edit_json(directory / "config.json", lambda m: m.pop("dtype"))
+    assert read_spec(directory).lerobot_dtype == "float32"  # LeRobot's default
+    # policy.precision "auto" picks the same engine for a bfloat16 config as for a float32 one.
+    _edit_json(directory / "config.json", lambda m: m.update(dtype="bfloat16"))
+    auto = dict(device="cpu", engine="reference")
+    as_bf16 = Policy.from_checkpoint(directory, PolicyOptions(**auto)).engine.describe()
+    assert as_bf16 == Policy.from_checkpoint(lerobot, PolicyOptions(**auto)).engine.describe()
+
+
+def test_inference_uses_the_slots_and_mask_worked_out_at_load(tmp_path, monkeypatch):
+    """Slot order, usable slots and the relative mask come from the meta once, at load, not per inference."""
+    from vla_ros.policy import CheckpointMeta
+
+    src = make_tiny_checkpoint(tmp_path / "src", "pi0-tiny", seed=0, dims=7)
+    out = save_lerobot_layout(
+        load_model(src)[0], tmp_path / "lr", _stats(), camera_names=["top", "wrist"], empty_cameras=1,
+        use_relative_actions=True, action_names=ACTION_NAMES,
+    )
+    shutil.copy(src / "tokenizer.model", out)
+    policy = Policy.from_checkpoint(out, PolicyOptions(**FP32, seed=0))
+    rng = np.random.default_rng(3)
+    state = rng.uniform(-1, 1, 7).astype(np.float32)
+    frames = {k: rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for k in CAMERA_KEYS[:2]}
+    observations = [RawObservation(frames, state, "x"),
+                    RawObservation({"left_wrist_0_rgb": frames["left_wrist_0_rgb"]}, state, "x")]
+    noise = policy.sample_noise()
+    expected = [policy.infer(obs, noise=noise).actions for obs in observations]
+    normalized = rng.normal(size=(50, 32)).astype(np.float32)
+    post = {dims: policy.postprocess(normalized, dims, state) for dims in (7, 5)}
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("recomputed per inference")
+
+    for name in ("slot_keys", "relative_mask"):
+        monkeypatch.setattr(CheckpointMeta, name, recomputed)
+    monkeypatch.setattr("vla_ros.policy.relative_mask", recomputed)
+    monkeypatch.setattr("vla_ros.policy.slot_keys", recomputed)
+    for obs, actions in zip(observations, expected):
+        np.testing.assert_array_equal(policy.infer(obs, noise=noise).actions, actions)
+    inputs, _ = policy.preprocess(observations[1])
+    assert inputs.image_masks.tolist() == [True, False, False]  # present first (LeRobot), empty last
+    for dims, actions in post.items():
+        np.testing.assert_array_equal(policy.postprocess(normalized, dims, state), actions)
+    # The mask of 5 dims is the start of the mask of 7 (all relative but the gripper, dim 6).
+    a = _stats()["actions"]
+    by_hand = normalized[:, :5] * a.std[:5].astype(np.float32) + a.mean[:5].astype(np.float32) + state[:5]
+    np.testing.assert_array_equal(post[5], by_hand)
+    with pytest.raises(ObservationError) as info:
+        policy.preprocess(RawObservation({"right_wrist_0_rgb": frames["base_0_rgb"]}, state, "x"))
+    assert "base_0_rgb (= top), left_wrist_0_rgb (= wrist)" in _one_line(info)
+
+
+def test_config_json_is_parsed_once_for_the_conventions(layouts, monkeypatch):
+    from vla_ros.model import checkpoint
+
+    parsed = []
+    read_json = checkpoint._read_json
+
+    def counting(path):
+        parsed.append(path.name)
+        return read_json(path)
+
+    monkeypatch.setattr(checkpoint, "_read_json", counting)
+    read_spec(layouts["pi0"][1])
+    # config_from_checkpoint's, and one for the conventions and the untrained tag (was three).
+    assert parsed.count("config.json") <= 2, parsed
+
+
+@pytest.mark.parametrize("break_it, names", [
+    (lambda d: (d / "policy_preprocessor.json").write_text("{not json"),
+     ["policy_preprocessor.json", "not valid JSON"]),
+    (lambda d: (d / "policy_postprocessor.json").write_text('{"steps": 3}'),
+     ["policy_postprocessor.json", '"steps"']),
+    (lambda d: (d / "policy_postprocessor.json").write_text('["unnormalizer_processor"]'),
+     ["policy_postprocessor.json", '"steps"']),
+    (_set_step("policy_preprocessor.json", "normalizer_processor", state_file="/etc/passwd"),
+     ["policy_preprocessor.json", "file name beside it"]),
+    (_set_step("policy_postprocessor.json", "unnormalizer_processor", state_file="gone.safetensors"),
+     ["policy_postprocessor.json", "gone.safetensors", "does not exist"]),
+    (lambda d: (d / "config.json").write_text("[1, 2]"), ["config.json", "JSON object"]),
+])
+def test_export_copies_processor_files_through_the_guarded_reader(layouts, tmp_path, break_it, names):
+    from vla_ros.engines.artifact import copy_runtime_files
+    from vla_ros.model.checkpoint import config_from_checkpoint
+
+    directory = _lerobot_copy(layouts, tmp_path)
+    cfg = config_from_checkpoint(directory)
+    good = tmp_path / "good"
+    good.mkdir()
+    copied = copy_runtime_files(directory, good, cfg)
+    state_files = sorted(p.name for p in directory.glob("policy_*processor_step_*.safetensors"))
+    assert sorted(set(copied) - {"config.json", "tokenizer.model"}) == sorted(
+        ["policy_preprocessor.json", "policy_postprocessor.json", *state_files]
+    )
+    break_it(directory)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(CheckpointError) as info:
+        copy_runtime_files(directory, out, cfg)
+    message = _one_line(info)
+    for name in names:
+        assert name in message, message
 
 
 def test_a_lerobot_checkpoint_exports_to_a_deployable_artifact(tmp_path):

@@ -7,9 +7,12 @@ import pytest
 
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 from vla_ros.observation.normalize import (
+    LEROBOT_NORM_MODES,
     load_norm_stats,
+    MODE_STATS,
     Normalizer,
     NormStats,
+    OPENPI_NORM_MODES,
     pad_to_dim,
     save_norm_stats,
 )
@@ -75,11 +78,42 @@ def test_quantile_without_quantiles_is_a_checkpoint_error():
 
 def test_normalizer_config_errors():
     stats = NormStats(mean=[0.0], std=[1.0])
+    # Errors name a real parameter (policy.normalization) or the statistics file, never "mode" / "eps".
     with pytest.raises(ConfigError) as err:
-        Normalizer({"state": stats, "actions": stats}, "minmax")
-    assert err.value.parameter == "mode"
+        Normalizer({"state": stats, "actions": stats}, "minmax", source="stats.json")
+    assert err.value.parameter == "policy.normalization"
+    assert "minmax" in str(err.value) and "stats.json" in str(err.value) and "'lerobot'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        Normalizer({"state": stats, "actions": stats}, "zscore", "jax")
+    assert err.value.parameter == "policy.normalization"
+    both = {"state": stats, "actions": stats}
+    with pytest.raises(CheckpointError, match=r"^stats\.json: unknown actions normalization mode 'log'"):
+        Normalizer(both, "zscore", "lerobot", action_mode="log", source="stats.json")
+    for eps in (0.0, -1e-8, True, "1e-8"):
+        with pytest.raises(CheckpointError, match=r"^pre\.json: the normalizer eps must be a positive"):
+            Normalizer(both, "zscore", "lerobot", eps=eps, source="pre.json")
     with pytest.raises(CheckpointError, match="actions"):
         Normalizer({"state": stats}, "zscore")
+    with pytest.raises(CheckpointError, match=r"^s\.json: quantile normalization"):
+        Normalizer({"state": stats, "actions": stats}, "quantile", source="s.json")
+
+
+def test_one_table_of_the_statistics_each_mode_needs():
+    assert MODE_STATS == {
+        "zscore": ("mean", "std"), "quantile": ("q01", "q99"), "identity": (),
+        "minmax": ("minimum", "maximum"), "quantile10": ("q10", "q90"),
+    }
+    assert LEROBOT_NORM_MODES == tuple(MODE_STATS) and set(OPENPI_NORM_MODES) < set(MODE_STATS)
+    values = {name: [1.0] if name == "std" else [0.0] for pair in MODE_STATS.values() for name in pair}
+    every = NormStats(**values)
+    for mode, needed in MODE_STATS.items():
+        Normalizer({"state": every, "actions": every}, mode, "lerobot")
+        if not needed:
+            continue
+        other = ("q01", "q99") if needed == ("mean", "std") else ("mean", "std")
+        lacking = NormStats(**{name: values[name] for name in other})
+        with pytest.raises(CheckpointError, match=rf"^{mode} normalization.* needs {' and '.join(needed)}"):
+            Normalizer({"state": lacking, "actions": every}, mode, "lerobot")
 
 
 def test_norm_stats_validation():

@@ -200,6 +200,79 @@ def test_lerobot_uint8_is_the_float_result_rounded(shape):
     assert np.abs(to_model_range(batch[0]) - (unit * 2.0 - 1.0)).max() <= 2.0 * LEVEL
 
 
+# Up and down, odd and degenerate: (frame height, width, target height, width).
+EXACT_SIZES = [
+    (480, 640, 224, 224), (720, 1280, 224, 224), (120, 160, 224, 224), (201, 333, 224, 224),
+    (333, 201, 224, 224), (7, 13, 224, 224), (481, 641, 96, 160), (1, 1000, 224, 224), (300, 200, 50, 300),
+]
+
+
+def _channels_first_resize(unit: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The earlier implementation: a contiguous channels-first copy, as LeRobot's batch is, into torch."""
+    tensor = torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1))).unsqueeze(0)
+    out = F.interpolate(tensor, size=(h, w), mode="bilinear", align_corners=False)
+    return out[0].permute(1, 2, 0).numpy()
+
+
+def _channels_first_letterbox(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """LeRobot's letterbox of a uint8 frame in [0, 1], resized channels-first."""
+    unit = frame.astype(np.float32) / np.float32(255.0)
+    ratio = max(frame.shape[1] / width, frame.shape[0] / height)
+    rows, cols = max(1, int(frame.shape[0] / ratio)), max(1, int(frame.shape[1] / ratio))
+    if (rows, cols) != frame.shape[:2]:
+        unit = np.clip(_channels_first_resize(unit, rows, cols), 0.0, 1.0)
+    out = np.zeros((height, width, 3), np.float32)
+    top, left = (height - rows) // 2, (width - cols) // 2
+    out[top : top + rows, left : left + cols] = unit
+    return out
+
+
+@pytest.mark.parametrize("size", EXACT_SIZES, ids=lambda s: "%dx%d-%dx%d" % s)
+def test_lerobot_resize_is_bit_identical_to_the_channels_first_batch(size):
+    # The channels-last view (no copy) must give exactly the bits of the contiguous channels-first batch.
+    h, w, height, width = size
+    frame = _frame(h, w, seed=h + w, low=0)
+    expected = _channels_first_letterbox(frame, height, width)
+    out = resize_with_pad(frame, height, width, method="lerobot")
+    np.testing.assert_array_equal(out, np.rint(expected * np.float32(255.0)).astype(np.uint8))
+    if height == width:
+        batch, _ = prepare_images({"base_0_rgb": frame}, ["base_0_rgb"], height, "lerobot", model_range=True)
+        np.testing.assert_array_equal(batch[0], expected * np.float32(2.0) - np.float32(1.0))
+    # Float frames in [-1, 1] take the same filter.
+    unit = to_model_range(frame)
+    ratio = max(w / width, h / height)
+    rows, cols = max(1, int(h / ratio)), max(1, int(w / ratio))
+    resized = resize_with_pad(unit, height, width, method="lerobot")
+    top, left = (height - rows) // 2, (width - cols) // 2
+    inside = unit if (rows, cols) == (h, w) else np.clip(_channels_first_resize(unit, rows, cols), -1.0, 1.0)
+    np.testing.assert_array_equal(resized[top : top + rows, left : left + cols], inside)
+
+
+@pytest.mark.parametrize("shape", list(SIZES))
+def test_lerobot_model_range_is_bit_identical_to_lerobot(shape):
+    frame = _frame(*shape, seed=7)
+    batch, _ = prepare_images({"base_0_rgb": frame}, ["base_0_rgb"], 224, method="lerobot", model_range=True)
+    np.testing.assert_array_equal(batch[0], _lerobot_reference(frame, 224, 224))
+
+
+def test_lerobot_resize_feeds_torch_a_channels_last_view_without_copying(monkeypatch):
+    seen = []
+    interpolate = F.interpolate
+
+    def spy(tensor, *args, **kwargs):
+        seen.append(tensor)
+        return interpolate(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", spy)
+    frame = to_model_range(_frame(480, 640))
+    resize_with_pad(frame, 224, 224, method="lerobot")
+    assert len(seen) == 1
+    tensor = seen[0]
+    assert tensor.shape == (1, 3, 480, 640)
+    assert tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+    assert tensor.data_ptr() == frame.ctypes.data  # the frame's own memory: no channels-first copy
+
+
 # --- both -----------------------------------------------------------------------------------------------
 
 

@@ -245,14 +245,17 @@ def _touch(path):
 
 def test_finder_order_beside_the_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
+    # openpi's paligemma_tokenizer.model first, beside the checkpoint and then in assets/*/ (the order
+    # before LeRobot support), then the Hugging Face files.
     expected = [
         _touch(ckpt / "paligemma_tokenizer.model"),
+        _touch(ckpt / "assets" / "robot" / "paligemma_tokenizer.model"),
+        _touch(ckpt / "assets" / "zebra" / "paligemma_tokenizer.model"),
         _touch(ckpt / "tokenizer.model"),
         _touch(ckpt / "tokenizer.json"),
         _touch(ckpt / "tokenizer" / "paligemma_tokenizer.model"),
         _touch(ckpt / "tokenizer" / "tokenizer.model"),
         _touch(ckpt / "tokenizer" / "tokenizer.json"),
-        _touch(ckpt / "assets" / "robot" / "paligemma_tokenizer.model"),
         _touch(ckpt / "assets" / "robot" / "tokenizer.model"),
         _touch(ckpt / "assets" / "robot" / "other.model"),  # the only *.model left
     ]
@@ -302,6 +305,11 @@ def test_missing_tokenizer_is_one_line_that_says_what_where_and_how(tmp_path):
     assert "gs://big_vision/paligemma_tokenizer.model" in message  # where it comes from
     assert "google/paligemma-3b-pt-224" in message
     assert "policy.tokenizer" in message  # how to point at it
+    # The tokenizer a LeRobot preprocessor names goes into the hint.
+    with pytest.raises(CheckpointError, match="'acme/tok', the tokenizer the checkpoint's preprocessor"):
+        find_tokenizer(ckpt, named="acme/tok")
+    with pytest.raises(CheckpointError, match=r"policy\.tokenizer '.*'acme/tok'"):
+        find_tokenizer(ckpt, tmp_path / "missing", named="acme/tok")
     _touch(ckpt / "a.model")
     _touch(ckpt / "b.model")
     with pytest.raises(CheckpointError, match=r"several other \*\.model files.*'a\.model', 'b\.model'"):

@@ -47,3 +47,19 @@ def test_bench_runs_an_artifact_against_its_checkpoint(tiny_checkpoint, tmp_path
 def test_bench_artifacts_need_their_checkpoint(tmp_path, capsys):
     assert cli.main(["bench", "--artifacts", str(tmp_path)]) == 2
     assert "--artifacts" in capsys.readouterr().err
+
+
+def test_bench_steps_default_to_the_checkpoints(tmp_path, capsys):
+    from vla_ros.tools.make_tiny import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "pi0-tiny", seed=0, dims=14, layout="lerobot")
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "num_inference_steps": 3}))
+    report = _bench(tmp_path, "--checkpoint", str(checkpoint))
+    # Both sides run LeRobot's 3 steps: same fp32 actions (10 on one side would differ).
+    assert report["info"]["steps"] == 3 and report["results"]["max_abs_diff"] <= 1e-4
+    assert "3 Euler steps" in capsys.readouterr().out
+    assert _bench(tmp_path, "--checkpoint", str(checkpoint), "--steps", "4")["info"]["steps"] == 4
+    assert _bench(tmp_path, "--config", "pi0-tiny")["info"]["steps"] == 10
+    assert cli.main(["bench", "--config", "pi0-tiny", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err

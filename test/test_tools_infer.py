@@ -79,3 +79,35 @@ def test_infer_reports_bad_input_in_one_line(tmp_path, tiny_checkpoint):
     assert "Traceback" not in result.stderr
     result = _cli("infer", "--checkpoint", tmp_path / "nowhere", "--obs", tmp_path / "obs.npz", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_infer_steps_default_to_the_checkpoints(tmp_path):
+    import argparse
+    import json
+
+    from vla_ros.tools import cli
+    from vla_ros.tools.infer import policy_options
+    from vla_ros.tools.make_tiny import make_tiny_checkpoint
+
+    args = argparse.Namespace(device="cpu", precision="fp32", engine="reference", suffix="auto", steps=None)
+    assert policy_options(args).num_steps is None
+    assert policy_options(args, num_steps=4).num_steps == 4  # an override wins, no duplicate keyword
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt", "pi0-tiny", seed=1, dims=7, layout="lerobot")
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "num_inference_steps": 3}))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    state = rng.normal(size=7).astype(np.float32)
+    noise = rng.standard_normal((50, 32)).astype(np.float32)
+    np.savez(tmp_path / "obs.npz", base_0_rgb=base, state=state, prompt="open the drawer")
+    np.save(tmp_path / "noise.npy", noise)
+    out = tmp_path / "actions.npy"
+    command = ["infer", "--checkpoint", str(ckpt), "--obs", str(tmp_path / "obs.npz"), "--noise",
+               str(tmp_path / "noise.npy"), "--out", str(out), "--device", "cpu", "--precision", "fp32"]
+    assert cli.main(command) == 0
+    obs = RawObservation({"base_0_rgb": base}, state, "open the drawer")
+    for steps, same in ((3, True), (10, False)):
+        options = PolicyOptions(device="cpu", precision="fp32", engine="reference", num_steps=steps)
+        expected = Policy.from_checkpoint(ckpt, options)
+        close = np.allclose(np.load(out), expected.infer(obs, noise=noise).actions, atol=1e-5)
+        assert close == same, steps

@@ -19,12 +19,17 @@ import numpy as np
 from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 from vla_ros.model.config import PolicyConfig
+from vla_ros.model.lerobot_layout import (
+    read_lerobot_config,
+    read_processors,
+    relative_mask,
+    to_absolute_actions,
+)
 from vla_ros.observation.image import prepare_images, RESIZE_METHODS
 from vla_ros.observation.normalize import (
     find_norm_stats,
     load_norm_stats,
     NORM_CONVENTIONS,
-    NORM_MODES,
     Normalizer,
     pad_to_dim,
 )
@@ -43,6 +48,7 @@ SOURCES = ("openpi", "lerobot")
 IMAGE_RESIZES = ("auto", *RESIZE_METHODS)
 NORMALIZATIONS = ("auto", *NORM_CONVENTIONS)
 PROMPT_STYLE_CHOICES = ("auto", *PROMPT_STYLES)
+# Euler steps of a checkpoint that does not say (openpi's; LeRobot's num_inference_steps default too).
 DEFAULT_NUM_STEPS = 10
 
 
@@ -50,8 +56,9 @@ DEFAULT_NUM_STEPS = 10
 class PolicyOptions:
     """How to run a checkpoint. Every field is a YAML key under `policy:`.
 
-    num_steps None means the checkpoint's own (LeRobot's num_inference_steps),
-    else 10. tokenizer: a tokenizer file or directory (None: beside the
+    num_steps None (the default) means the checkpoint's own (LeRobot's
+    num_inference_steps, else 10); `Policy.from_checkpoint` resolves it
+    (`resolve_num_steps`). tokenizer: a tokenizer file or directory (None: beside the
     checkpoint). image_resize, normalization, prompt_style: "auto" follows the
     checkpoint's provenance (`Provenance`); "openpi" / "lerobot" force one.
     """
@@ -60,7 +67,7 @@ class PolicyOptions:
     precision: str = "auto"
     engine: str = "auto"
     suffix: str = "auto"
-    num_steps: int | None = DEFAULT_NUM_STEPS
+    num_steps: int | None = None
     robot_transform: str = "identity"
     asset_id: str | None = None
     action_dims: int | None = None
@@ -122,7 +129,11 @@ class Provenance:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ConfigError("provenance", f"got {self.source!r}, expected one of {list(SOURCES)}")
+            # Not a parameter: the layout of the checkpoint's config.json decides it.
+            raise CheckpointError(
+                f"unknown checkpoint source {self.source!r}: vla_ros reads {list(SOURCES)} checkpoints, told "
+                "apart by their config.json (a PolicySpec from another vla_ros version?)"
+            )
         for name, choices in (
             ("image_resize", RESIZE_METHODS),
             ("prompt_style", PROMPT_STYLES),
@@ -178,31 +189,36 @@ class CheckpointMeta:
     relative_names: tuple[str, ...] | None = None
     n_action_steps: int | None = None
     num_inference_steps: int | None = None
+    lerobot_dtype: str | None = None  # LeRobot config.json `dtype` (float32 / bfloat16); None for openpi
+    tokenizer_name: str | None = None  # the tokenizer LeRobot's preprocessor names (a Hub id)
 
     @property
     def relative(self) -> bool:
         return self.relative_exclude is not None
 
     def relative_mask(self, action_dim: int) -> tuple[bool, ...]:
-        """Per action dim, whether the state is added back; () for absolute actions."""
+        """Per action dim, whether the state is added back; () for absolute actions.
+
+        The mask of fewer dims is the start of the mask of more (dims beyond
+        the action names are relative), so one mask of the model's width serves
+        every robot.
+        """
         if not self.relative:
             return ()
-        from vla_ros.model.lerobot_layout import relative_mask
-
         return relative_mask(action_dim, self.relative_exclude, self.relative_names)
 
     def slot_keys(self, num_cameras: int) -> tuple[str, ...]:
         """The key of each model slot (see `slot_keys`)."""
         return slot_keys(self.camera_sources, num_cameras)
 
-    @property
-    def empty_slots(self) -> tuple[str, ...]:
-        """The model slots LeRobot's `empty_cameras` added: never fed, always masked."""
-        return tuple(name for name in self.camera_sources if _is_empty_camera(name))
-
 
 def _is_empty_camera(name: str) -> bool:
     return name.startswith("empty_camera_")
+
+
+def empty_slots(camera_sources: Sequence[str]) -> tuple[str, ...]:
+    """The model slots LeRobot's `empty_cameras` added (named empty_camera_<i>): never fed, always masked."""
+    return tuple(name for name in camera_sources if _is_empty_camera(name))
 
 
 def slot_keys(camera_sources: Sequence[str], num_cameras: int) -> tuple[str, ...]:
@@ -248,6 +264,8 @@ class PolicySpec:
     normalization: str = ""  # modes and formulas, e.g. "state zscore, actions zscore (lerobot formulas)"
     relative_action_dims: tuple[int, ...] = ()  # action dims predicted relative to the state (made absolute)
     n_action_steps: int | None = None  # LeRobot: actions of a chunk it executes before the next inference
+    # LeRobot config.json's dtype, the precision LeRobot runs it in (shown only: policy.precision picks ours).
+    lerobot_dtype: str | None = None
 
     @property
     def image_resize(self) -> str:
@@ -261,7 +279,7 @@ class PolicySpec:
     @property
     def empty_camera_slots(self) -> tuple[str, ...]:
         """Slots LeRobot's `empty_cameras` added (named empty_camera_<i>): never fed, always masked."""
-        return tuple(name for name in self.camera_sources if _is_empty_camera(name))
+        return empty_slots(self.camera_sources)
 
     def to_dict(self) -> dict[str, Any]:
         """Builtins only (lists for tuples, a dict for the provenance), for a pipe or JSON."""
@@ -313,6 +331,7 @@ def _make_spec(
         normalization=normalizer.describe(),
         relative_action_dims=tuple(i for i, relative in enumerate(mask) if relative),
         n_action_steps=meta.n_action_steps,
+        lerobot_dtype=meta.lerobot_dtype,
     )
 
 
@@ -320,31 +339,47 @@ def _make_spec(
 UNTRAINED_TAG = "vla-ros-untrained"
 
 
-def _is_untrained(directory: Path) -> bool:
-    from vla_ros.model.checkpoint import read_config_json
+def _is_untrained(config_json: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's config.json (as read) marks it untrained."""
+    tags = config_json.get("tags")
+    return config_json.get("untrained") is True or (isinstance(tags, list) and UNTRAINED_TAG in tags)
 
-    meta = read_config_json(directory)
-    tags = meta.get("tags")
-    return meta.get("untrained") is True or (isinstance(tags, list) and UNTRAINED_TAG in tags)
+
+def resolve_num_steps(options: PolicyOptions, meta: CheckpointMeta) -> PolicyOptions:
+    """`options` with num_steps None replaced by the checkpoint's (LeRobot's num_inference_steps, else 10)."""
+    if options.num_steps is not None:
+        return options
+    return dataclasses.replace(options, num_steps=meta.num_inference_steps or DEFAULT_NUM_STEPS)
+
+
+def checkpoint_num_steps(directory: str | Path) -> int:
+    """The Euler steps of a checkpoint or artifact directory: LeRobot's num_inference_steps, else 10."""
+    lerobot = read_lerobot_config(directory)
+    return lerobot.num_inference_steps if lerobot is not None else DEFAULT_NUM_STEPS
 
 
 def load_conventions(
-    directory: Path, cfg: PolicyConfig, options: PolicyOptions
+    directory: Path,
+    cfg: PolicyConfig,
+    options: PolicyOptions,
+    *,
+    config_json: Mapping[str, Any] | None = None,
 ) -> tuple[Normalizer, str, CheckpointMeta]:
     """Normalizer, statistics file(s) and CheckpointMeta of a checkpoint, in the conventions of its source.
 
     openpi layout: `assets/<id>/norm_stats.json`, z-score (pi0) or quantile
     (pi0.5). LeRobot layout: the processor files, their modes; config.json's
-    cameras, relative actions and chunk settings.
+    cameras, relative actions, chunk settings and dtype. `config_json`: the
+    directory's config.json already read (`read_config_json`), not parsed again.
     """
-    from vla_ros.model.lerobot_layout import read_lerobot_config, read_processors
-
-    lerobot = read_lerobot_config(directory)
+    lerobot = read_lerobot_config(directory, config_json)
     if lerobot is None:
         provenance = Provenance.resolve("openpi", options)
         path = find_norm_stats(directory, options.asset_id)
         stats = load_norm_stats(directory, options.asset_id)
-        normalizer = Normalizer(stats, "quantile" if cfg.pi05 else "zscore", provenance.normalization)
+        normalizer = Normalizer(
+            stats, "quantile" if cfg.pi05 else "zscore", provenance.normalization, source=path
+        )
         return normalizer, str(path), CheckpointMeta(provenance)
     provenance = Provenance.resolve("lerobot", options)
     if options.asset_id:
@@ -354,20 +389,13 @@ def load_conventions(
             "in policy_preprocessor.json / policy_postprocessor.json; leave policy.asset_id empty",
         )
     processors = read_processors(directory, lerobot)
-    if provenance.normalization == "openpi":
-        for mode in (processors.state_mode, processors.action_mode):
-            if mode not in NORM_MODES:
-                raise ConfigError(
-                    "policy.normalization",
-                    f"'openpi' has no formula for the {mode} mode of {directory}'s processor files; "
-                    "use 'auto' or 'lerobot'",
-                )
     normalizer = Normalizer(
         processors.stats,
         processors.state_mode,
         provenance.normalization,
         action_mode=processors.action_mode,
         eps=processors.eps,
+        source=processors.stats_files or directory,
     )
     meta = CheckpointMeta(
         provenance=provenance,
@@ -376,6 +404,8 @@ def load_conventions(
         relative_names=processors.action_names,
         n_action_steps=lerobot.n_action_steps,
         num_inference_steps=lerobot.num_inference_steps,
+        lerobot_dtype=lerobot.dtype,
+        tokenizer_name=processors.tokenizer_name,
     )
     if meta.relative:
         if normalizer.state_dim < normalizer.action_dim:
@@ -401,14 +431,15 @@ def read_spec(directory: str | Path, options: PolicyOptions = PolicyOptions()) -
     exactly as `Policy.from_checkpoint` does: tools check a robot against it
     before the slow load.
     """
-    from vla_ros.model.checkpoint import config_from_checkpoint
+    from vla_ros.model.checkpoint import config_from_checkpoint, read_config_json
 
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     cfg = config_from_checkpoint(directory)
-    normalizer, path, meta = load_conventions(directory, cfg, options)
-    return _make_spec(cfg, normalizer, options, directory, path, _is_untrained(directory), meta)
+    config_json = read_config_json(directory)
+    normalizer, path, meta = load_conventions(directory, cfg, options, config_json=config_json)
+    return _make_spec(cfg, normalizer, options, directory, path, _is_untrained(config_json), meta)
 
 
 def check_fits(
@@ -589,6 +620,7 @@ class Policy:
     provenance (the image resize, prompt and normalization conventions), the
     cameras its slots were trained with, LeRobot's empty camera slots and
     relative actions. The default is an openpi checkpoint with absolute actions.
+    `options.num_steps` None becomes the checkpoint's (`resolve_num_steps`).
     """
 
     def __init__(
@@ -610,10 +642,17 @@ class Policy:
         self.tokenizer = tokenizer
         self.normalizer = normalizer
         self.transform = transform or make_transform("identity")
-        self.options = options
+        self.options = resolve_num_steps(options, meta)
         self.meta = meta
         self._rng = np.random.default_rng(options.seed)
         self._origin = (checkpoint, norm_stats, untrained)
+        # What every inference needs from the meta, worked out once.
+        self._slots = meta.slot_keys(cfg.num_cameras)
+        self._empty = empty_slots(meta.camera_sources)
+        self._usable = tuple(key for key in self._slots if key not in self._empty)
+        self._present_first = meta.provenance.source == "lerobot"
+        # One mask of the model's width: the mask of a robot's dims is its start.
+        self._relative = meta.relative_mask(cfg.action_dim)
 
     @property
     def provenance(self) -> Provenance:
@@ -633,17 +672,17 @@ class Policy:
         them. The tokenizer is `options.tokenizer`, else found beside the checkpoint.
         """
         from vla_ros.engines.factory import build_engine  # torch is imported only here
-        from vla_ros.model.checkpoint import config_from_checkpoint
+        from vla_ros.model.checkpoint import config_from_checkpoint, read_config_json
 
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory {directory} does not exist")
         # Statistics, conventions and the tokenizer first: their errors come before the slow load.
         sizes = config_from_checkpoint(directory)
-        normalizer, norm_stats, meta = load_conventions(directory, sizes, options)
-        if options.num_steps is None:
-            options = dataclasses.replace(options, num_steps=meta.num_inference_steps or DEFAULT_NUM_STEPS)
-        tokenizer_path = find_tokenizer(directory, options.tokenizer)
+        config_json = read_config_json(directory)
+        normalizer, norm_stats, meta = load_conventions(directory, sizes, options, config_json=config_json)
+        options = resolve_num_steps(options, meta)
+        tokenizer_path = find_tokenizer(directory, options.tokenizer, named=meta.tokenizer_name)
         engine, cfg = build_engine(directory, options)
         tokenizer = PromptTokenizer(
             tokenizer_path, cfg.max_token_len, cfg.variant, meta.provenance.prompt_style
@@ -657,7 +696,7 @@ class Policy:
             options,
             checkpoint=directory,
             norm_stats=norm_stats,
-            untrained=_is_untrained(directory),
+            untrained=_is_untrained(config_json),
             meta=meta,
         )
 
@@ -681,10 +720,9 @@ class Policy:
         then the missing ones (masked), so a missing camera shifts the later
         ones forward, as the LeRobot model sees them.
         """
-        slots = list(self.meta.slot_keys(self.cfg.num_cameras))
-        if self.meta.provenance.source != "lerobot":
-            return slots
-        return [k for k in slots if k in images] + [k for k in slots if k not in images]
+        if not self._present_first:
+            return list(self._slots)
+        return [k for k in self._slots if k in images] + [k for k in self._slots if k not in images]
 
     def _prepare(
         self,
@@ -699,11 +737,10 @@ class Policy:
                 f"state has {state.shape[0]} dims, the model takes at most {self.cfg.action_dim}"
             )
         state, images = self.transform.inputs(state, dict(obs.images))
-        empty = self.meta.empty_slots
-        usable = [key for key in self.meta.slot_keys(self.cfg.num_cameras) if key not in empty]
+        empty, usable = self._empty, self._usable
         unused = sorted(key for key in images if key not in usable)
         if unused and self.meta.camera_sources:
-            slots = zip(self.meta.slot_keys(self.cfg.num_cameras), self.meta.camera_sources)
+            slots = zip(self._slots, self.meta.camera_sources)
             trained = ", ".join(f"{k} (= {name})" for k, name in slots if k in usable)
             also = f"; {list(empty)} were trained empty (LeRobot empty_cameras)" if empty else ""
             raise ObservationError(
@@ -715,7 +752,7 @@ class Policy:
             also = f" (or the robot names {renames} that robot_transform renames)" if renames else ""
             raise ObservationError(
                 f"observation has no usable camera: got images {sorted(obs.images)}, expected at least "
-                f"one of {usable}{also}"
+                f"one of {list(usable)}{also}"
             )
         norm_state = self.normalizer.normalize_state(state).astype(np.float32)
         method = self.meta.provenance.image_resize
@@ -770,15 +807,12 @@ class Policy:
         need it: after unnormalizing, `actions[:, :D] += state[:D] * mask`.
         """
         actions = self.normalizer.unnormalize_actions(normalized[:, :action_dims])
-        mask = self.meta.relative_mask(action_dims)
-        if mask:
+        if self._relative:
             if state is None:
                 raise ObservationError(
                     "this checkpoint predicts actions relative to the state; postprocess needs the state"
                 )
-            from vla_ros.model.lerobot_layout import to_absolute_actions
-
-            actions = to_absolute_actions(actions, state, mask)
+            actions = to_absolute_actions(actions, state, self._relative[:action_dims])
         return np.asarray(self.transform.outputs(actions), dtype=np.float32)
 
     def infer(

@@ -79,8 +79,9 @@ def read_manifest(artifact_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise CheckpointError(f"{path} is not a vla_ros export manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise CheckpointError(f"{path} is not a vla_ros export manifest (format {found!r})")
     if manifest.get("format_version", 0) > ARTIFACT_FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {manifest['format_version']}, this vla_ros reads up to "
@@ -189,23 +190,18 @@ def copy_runtime_files(
     checkpoint is copied to `tokenizer/` in the artifact, where the finder
     looks.
     """
-    from vla_ros.model.lerobot_layout import POSTPROCESSOR_FILE, PREPROCESSOR_FILE
+    from vla_ros.model.checkpoint import read_config_json
+    from vla_ros.model.lerobot_layout import POSTPROCESSOR_FILE, PREPROCESSOR_FILE, processor_files
     from vla_ros.observation.tokenizer import find_tokenizer
 
-    meta = {}
-    if (checkpoint_dir / CONFIG_FILE).is_file():
-        meta = json.loads((checkpoint_dir / CONFIG_FILE).read_text())
+    meta = read_config_json(checkpoint_dir)
     # Resolved once here, so that the artifact never needs model.safetensors to know its sizes.
     meta["vla_ros"] = cfg.to_dict()
     (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     stats = sorted(checkpoint_dir.glob(f"assets/**/{NORM_STATS_FILE}"))
     if (checkpoint_dir / NORM_STATS_FILE).is_file():
         stats.append(checkpoint_dir / NORM_STATS_FILE)
-    for pipeline in (PREPROCESSOR_FILE, POSTPROCESSOR_FILE):
-        if (checkpoint_dir / pipeline).is_file():
-            stats.append(checkpoint_dir / pipeline)
-            steps = json.loads((checkpoint_dir / pipeline).read_text()).get("steps", [])
-            stats.extend(checkpoint_dir / s["state_file"] for s in steps if s.get("state_file"))
+    stats.extend(processor_files(checkpoint_dir))  # LeRobot's, read as loading reads them
     if not stats:
         raise CheckpointError(f"no normalization statistics in {checkpoint_dir}: expected "
                               f"assets/<asset_id>/{NORM_STATS_FILE} (openpi) or {PREPROCESSOR_FILE} and "

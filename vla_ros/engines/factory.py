@@ -168,10 +168,18 @@ def _device_index(device: torch.device) -> int:
 
 
 def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
-    """Engine and model config for a checkpoint or exported artifact directory."""
+    """Engine and model config for a checkpoint or exported artifact directory.
+
+    `options.num_steps` None: the checkpoint's (`Policy.from_checkpoint` resolves it before).
+    """
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     directory = Path(directory)
+    num_steps = options.num_steps
+    if num_steps is None:
+        from vla_ros.policy import checkpoint_num_steps
+
+        num_steps = checkpoint_num_steps(directory)
     device = resolve_device(options.device)
     reference = options.engine == "reference" or options.suffix == "reference"
     artifacts = is_artifact_dir(directory)
@@ -191,7 +199,7 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
         from vla_ros.model.checkpoint import load_model
 
         model, cfg = load_model(directory, dtype=dtype, device=device)
-        return ReferenceEngine(model, options.num_steps), cfg
+        return ReferenceEngine(model, num_steps), cfg
 
     from vla_ros.engines.optimized import OptimizedEngine
     from vla_ros.engines.suffix import StaticSuffixDenoiser
@@ -227,5 +235,5 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
             device_id=_device_index(device) if device.type == "cuda" else 0,
             cpu_bf16=dtype == torch.bfloat16,
         )
-    denoiser = StaticSuffixDenoiser(model, options.num_steps, device)
+    denoiser = StaticSuffixDenoiser(model, num_steps, device)
     return OptimizedEngine(prefix, denoiser, suffix_mode), cfg

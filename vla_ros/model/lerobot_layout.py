@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from vla_ros.errors import CheckpointError, ConfigError
-from vla_ros.observation.normalize import NormStats
+from vla_ros.observation.normalize import MODE_STATS, NormStats
 from vla_ros.types import CAMERA_KEYS
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ ACTION_FEATURE = "action"
 IMAGES_PREFIX = "observation.images."
 EMPTY_CAMERA_PREFIX = "empty_camera_"
 LEROBOT_TYPES = ("pi0", "pi05")
+# The parameter precisions PI0Config / PI05Config accept (`dtype`).
+LEROBOT_DTYPES = ("float32", "bfloat16")
 # LeRobot NormalizationMode -> vla_ros Normalizer mode.
 NORM_MODES = {
     "IDENTITY": "identity",
@@ -53,7 +55,6 @@ NORM_MODES = {
     "QUANTILE10": "quantile10",
     "MIN_MAX": "minmax",
 }
-LEROBOT_MODE_NAMES = {mode: name for name, mode in NORM_MODES.items()}
 DEFAULT_NORMALIZATION = {
     "pi0": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
     "pi05": {"VISUAL": "IDENTITY", "STATE": "QUANTILES", "ACTION": "QUANTILES"},
@@ -115,6 +116,7 @@ class LeRobotConfig:
     action_feature_names: tuple[str, ...] | None
     paligemma_variant: str | None
     action_expert_variant: str | None
+    dtype: str = "float32"  # the precision LeRobot loads the parameters in (not used to pick ours)
 
     @property
     def pi05(self) -> bool:
@@ -179,7 +181,7 @@ def _normalization_mapping(path: Path, name: str, value: Any, default: Mapping[s
         raise _field_error(path, name, f"must be an object like {dict(default)}, got {value!r}")
     out = dict(default)
     for feature_type, mode in value.items():
-        if mode not in NORM_MODES:
+        if not isinstance(mode, str) or mode not in NORM_MODES:
             raise _field_error(
                 path, f"{name}.{feature_type}", f"is {mode!r}; expected one of {list(NORM_MODES)}"
             )
@@ -261,6 +263,9 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
         if value is not None and not isinstance(value, str):
             raise _field_error(path, name, f"must be a string, got {value!r}")
         variants[name] = value
+    dtype = meta.get("dtype", "float32")
+    if dtype not in LEROBOT_DTYPES:
+        raise _field_error(path, "dtype", f"is {dtype!r}; LeRobot accepts {list(LEROBOT_DTYPES)}")
     return LeRobotConfig(
         path=path,
         variant=variant,
@@ -283,16 +288,21 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
         use_relative_actions=relative,
         relative_exclude_joints=exclude or (),
         action_feature_names=_string_list(path, "action_feature_names", meta.get("action_feature_names")),
+        dtype=dtype,
         **variants,
     )
 
 
-def read_lerobot_config(directory: str | Path) -> LeRobotConfig | None:
-    """The LeRobot config of `directory`, or None when its config.json is not LeRobot's."""
+def read_lerobot_config(directory: str | Path, meta: Mapping[str, Any] | None = None) -> LeRobotConfig | None:
+    """The LeRobot config of `directory`, or None when its config.json is not LeRobot's.
+
+    `meta`: config.json already read (`read_config_json`), so it is not parsed again.
+    """
     from vla_ros.model.checkpoint import read_config_json
 
     directory = Path(directory)
-    meta = read_config_json(directory)
+    if meta is None:
+        meta = read_config_json(directory)
     if not is_lerobot_config(meta):
         return None
     return parse_lerobot_config(meta, directory / CONFIG_FILE)
@@ -364,12 +374,6 @@ class LeRobotProcessors:
     action_names: tuple[str, ...] | None
     tokenizer_name: str | None  # the preprocessor's tokenizer_processor.tokenizer_name (a Hub id)
 
-    def relative_mask(self, action_dim: int) -> tuple[bool, ...]:
-        """Per action dim, True when the model predicts it relative to the state ((): absolute actions)."""
-        if not self.relative:
-            return ()
-        return relative_mask(action_dim, self.exclude_joints, self.action_names)
-
     @property
     def stats_files(self) -> str:
         """The statistics files, state's first (one line, for messages and PolicySpec.norm_stats)."""
@@ -403,16 +407,76 @@ def _step(steps: list[dict], name: str) -> dict | None:
     return None
 
 
-def _read_stats_file(directory: Path, pipeline: Path, step: dict, feature: str) -> tuple[dict, Path | None]:
-    """{stat: array} of `feature` in the step's state_file ({} when the step or the feature has none)."""
+def _step_name(step: dict) -> str:
+    return str(step.get("registry_name") or step.get("class") or "unnamed")
+
+
+def _json_kind(value: object) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _step_config(pipeline: Path, step: dict | None) -> dict:
+    """The step's `config` object ({} for no step or no config).
+
+    Raises:
+        CheckpointError: a config that is not a JSON object, naming the file and the step.
+    """
+    if step is None:
+        return {}
+    config = step.get("config")
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{pipeline}: the {_step_name(step)} step's 'config' must be a JSON object {{...}}, "
+            f"got a JSON {_json_kind(config)}"
+        )
+    return config
+
+
+def _state_file(directory: Path, pipeline: Path, step: dict) -> Path | None:
+    """The existing file the step's `state_file` names (None when it names none)."""
     name = step.get("state_file")
     if not name:
-        return {}, None
+        return None
     if not isinstance(name, str) or Path(name).name != name:
-        raise CheckpointError(f"{pipeline}: state_file must be a file name beside it, got {name!r}")
+        raise CheckpointError(
+            f"{pipeline}: the {_step_name(step)} step's state_file must be a file name beside it, "
+            f"got {name!r}"
+        )
     path = directory / name
     if not path.is_file():
         raise CheckpointError(f"{pipeline} names state_file {name}, but {path} does not exist")
+    return path
+
+
+def processor_files(directory: str | Path) -> list[Path]:
+    """The processor files of a LeRobot directory: each pipeline JSON present and the state files it names.
+
+    Raises:
+        CheckpointError: a pipeline that is not LeRobot's JSON, or a state file
+            that is not beside it; each names the file.
+    """
+    directory = Path(directory)
+    files = []
+    for name in (PREPROCESSOR_FILE, POSTPROCESSOR_FILE):
+        pipeline = directory / name
+        if not pipeline.is_file():
+            continue
+        files.append(pipeline)
+        for step in _read_pipeline(pipeline):
+            path = _state_file(directory, pipeline, step)
+            if path is not None:
+                files.append(path)
+    return files
+
+
+def _read_stats_file(directory: Path, pipeline: Path, step: dict, feature: str) -> tuple[dict, Path | None]:
+    """{stat: array} of `feature` in the step's state_file ({} when the step or the feature has none)."""
+    path = _state_file(directory, pipeline, step)
+    if path is None:
+        return {}, None
     from safetensors import safe_open
 
     out = {}
@@ -438,16 +502,17 @@ def _norm_settings(pipeline: Path, step: dict | None) -> tuple[dict, dict, float
     """(features, norm_map, eps) of a (un)normalizer step; empty when there is none."""
     if step is None:
         return {}, {}, DEFAULT_EPS
-    config = step.get("config") or {}
+    config = _step_config(pipeline, step)
+    name = _step_name(step)
     features = config.get("features") or {}
     norm_map = config.get("norm_map") or {}
     eps = config.get("eps", DEFAULT_EPS)
     if not isinstance(features, dict) or not isinstance(norm_map, dict):
-        raise CheckpointError(f"{pipeline}: the normalizer step's features and norm_map must be objects")
+        raise CheckpointError(f"{pipeline}: the {name} step's features and norm_map must be objects")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise CheckpointError(f"{pipeline}: the normalizer step's eps must be a positive number, got {eps!r}")
+        raise CheckpointError(f"{pipeline}: the {name} step's eps must be a positive number, got {eps!r}")
     for feature_type, mode in norm_map.items():
-        if mode not in NORM_MODES:
+        if not isinstance(mode, str) or mode not in NORM_MODES:
             raise CheckpointError(
                 f"{pipeline}: norm_map.{feature_type} is {mode!r}; expected one of {list(NORM_MODES)}"
             )
@@ -457,9 +522,8 @@ def _norm_settings(pipeline: Path, step: dict | None) -> tuple[dict, dict, float
 def _mode_of(feature: str, features: dict, norm_map: dict) -> str:
     """LeRobot's mode for `feature`: its type's norm_map entry; IDENTITY when the step does not list it."""
     entry = features.get(feature)
-    if not isinstance(entry, dict):
-        return "IDENTITY"
-    return norm_map.get(entry.get("type"), "IDENTITY")
+    kind = entry.get("type") if isinstance(entry, dict) else None
+    return norm_map.get(kind, "IDENTITY") if isinstance(kind, str) else "IDENTITY"
 
 
 def _norm_stats(values: dict, path: Path | None, feature: str) -> NormStats | None:
@@ -532,8 +596,7 @@ def read_processors(directory: str | Path, config: LeRobotConfig) -> LeRobotProc
                 f"{path}: {feature} statistics have {stat.dim} dims but {config.path} declares {dim}; "
                 "they belong to different datasets"
             )
-        needed = {"MEAN_STD": ("mean", "std"), "QUANTILES": ("q01", "q99"), "QUANTILE10": ("q10", "q90"),
-                  "MIN_MAX": ("minimum", "maximum")}.get(mode, ())
+        needed = MODE_STATS[NORM_MODES[mode]]
         if not stat.has(*needed):
             lerobot_names = {field: name for name, field in _STAT_FIELDS.items()}
             present = "/".join(lerobot_names[field] for field in stat.to_json())
@@ -546,9 +609,8 @@ def read_processors(directory: str | Path, config: LeRobotConfig) -> LeRobotProc
         stats[key] = stat
 
     relative_step = _step(pre, "relative_actions_processor")
-    absolute_step = _step(post, "absolute_actions_processor")
-    relative_config = (relative_step or {}).get("config") or {}
-    relative = bool(((absolute_step or {}).get("config") or {}).get("enabled", False))
+    relative_config = _step_config(pre_path, relative_step)
+    relative = bool(_step_config(post_path, _step(post, "absolute_actions_processor")).get("enabled", False))
     if relative != config.use_relative_actions:
         log.warning(
             "%s says use_relative_actions %s but %s's absolute_actions_processor is %s; following the "
@@ -565,8 +627,7 @@ def read_processors(directory: str | Path, config: LeRobotConfig) -> LeRobotProc
         if relative_step is not None
         else config.action_feature_names
     )
-    tokenizer_step = _step(pre, "tokenizer_processor") or {}
-    tokenizer_name = (tokenizer_step.get("config") or {}).get("tokenizer_name")
+    tokenizer_name = _step_config(pre_path, _step(pre, "tokenizer_processor")).get("tokenizer_name")
     return LeRobotProcessors(
         stats=stats,
         state_mode=modes["state"],

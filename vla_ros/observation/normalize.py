@@ -29,15 +29,21 @@ import numpy as np
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 
 NormMode = Literal["zscore", "quantile", "identity", "minmax", "quantile10"]
+# The one table of which statistics (NormStats fields) each mode needs: (offset / low, scale / high).
+MODE_STATS: Mapping[str, tuple[str, ...]] = {
+    "zscore": ("mean", "std"),
+    "quantile": ("q01", "q99"),
+    "identity": (),
+    "minmax": ("minimum", "maximum"),
+    "quantile10": ("q10", "q90"),
+}
 # The modes openpi uses; "lerobot" adds the others.
-NORM_MODES: tuple[str, ...] = ("zscore", "quantile")
-LEROBOT_NORM_MODES: tuple[str, ...] = ("zscore", "quantile", "identity", "minmax", "quantile10")
+OPENPI_NORM_MODES: tuple[str, ...] = ("zscore", "quantile")
+LEROBOT_NORM_MODES: tuple[str, ...] = tuple(MODE_STATS)
 NormConvention = Literal["openpi", "lerobot"]
 NORM_CONVENTIONS: tuple[str, ...] = ("openpi", "lerobot")
 # LeRobot's NormalizerProcessorStep default (the processor files record theirs).
 LEROBOT_EPS = 1e-8
-# (low, high) statistics of the range modes.
-_RANGE_FIELDS = {"quantile": ("q01", "q99"), "quantile10": ("q10", "q90"), "minmax": ("minimum", "maximum")}
 NORM_STATS_FILE = "norm_stats.json"
 MODEL_DIM = 32
 # Same epsilon as the reference, in both directions, so unnormalize inverts normalize.
@@ -237,11 +243,15 @@ class Normalizer:
         action_mode: the actions' mode (default: `mode`); LeRobot's
             normalization_mapping may give state and actions different ones.
         eps: LeRobot's epsilon (the processor file's `eps`); "lerobot" only.
+        source: where the statistics and modes come from (a file or files),
+            for the error messages.
 
     Raises:
-        ConfigError: unknown mode or convention.
-        CheckpointError: "state"/"actions" missing, or a mode without its
-            statistics (quantile without q01/q99, ...).
+        ConfigError("policy.normalization", ...): an unknown convention, or
+            "openpi" with a mode only LeRobot has.
+        CheckpointError: "state"/"actions" missing, an unknown mode, a mode
+            without its statistics (quantile without q01/q99, ...) or an eps
+            that is not a positive number; each names `source`.
     """
 
     def __init__(
@@ -252,34 +262,42 @@ class Normalizer:
         *,
         action_mode: NormMode | None = None,
         eps: float = LEROBOT_EPS,
+        source: str | Path = "",
     ) -> None:
         if convention not in NORM_CONVENTIONS:
             raise ConfigError(
                 "policy.normalization", f"got {convention!r}; expected one of {list(NORM_CONVENTIONS)}"
             )
-        allowed = NORM_MODES if convention == "openpi" else LEROBOT_NORM_MODES
+        where = f"{source}: " if str(source) else ""
         action_mode = mode if action_mode is None else action_mode
-        for name, value in (("mode", mode), ("action_mode", action_mode)):
-            if value not in allowed:
-                raise ConfigError(
-                    name, f"got {value!r}; expected one of {list(allowed)} ({convention} convention)"
-                )
         for key, key_mode in (("state", mode), ("actions", action_mode)):
+            if key_mode not in MODE_STATS:
+                raise CheckpointError(
+                    f"{where}unknown {key} normalization mode {key_mode!r}; expected one of "
+                    f"{list(MODE_STATS)}"
+                )
+            if convention == "openpi" and key_mode not in OPENPI_NORM_MODES:
+                raise ConfigError(
+                    "policy.normalization",
+                    f"the openpi convention has no formula for the {key_mode} mode of the {key} statistics"
+                    f"{f' ({source})' if str(source) else ''}, only for {list(OPENPI_NORM_MODES)}; "
+                    "use 'auto' or 'lerobot'",
+                )
             if key not in stats:
                 raise CheckpointError(
-                    f"normalization statistics have no '{key}' entry; found {sorted(stats)}"
+                    f"{where}normalization statistics have no '{key}' entry; found {sorted(stats)}"
                 )
-            needed = _needed_stats(key_mode)
+            needed = MODE_STATS[key_mode]
             if not stats[key].has(*needed):
                 raise CheckpointError(
-                    f"{key_mode} normalization{' (pi0.5)' if key_mode == 'quantile' else ''} needs "
+                    f"{where}{key_mode} normalization{' (pi0.5)' if key_mode == 'quantile' else ''} needs "
                     f"{' and '.join(needed)}, but the '{key}' statistics have only "
                     f"{'/'.join(stats[key].to_json())}; use stats computed with "
                     f"{'quantiles' if key_mode == 'quantile' else ' and '.join(needed)} or another mode"
                     + (" (mode='zscore')" if convention == "openpi" else "")
                 )
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ConfigError("eps", f"expected a positive number, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise CheckpointError(f"{where}the normalizer eps must be a positive number, got {eps!r}")
         self._state = stats["state"]
         self._actions = stats["actions"]
         self._mode: NormMode = mode
@@ -364,12 +382,6 @@ class Normalizer:
         return self._transform(a, self._actions, self._action_mode, "actions", inverse=True)
 
 
-def _needed_stats(mode: str) -> tuple[str, ...]:
-    if mode == "zscore":
-        return ("mean", "std")
-    return _RANGE_FIELDS.get(mode, ())
-
-
 def _lerobot_transform(
     x: np.ndarray, stats: NormStats, mode: str, eps: float, n: int, inverse: bool
 ) -> np.ndarray:
@@ -380,7 +392,7 @@ def _lerobot_transform(
         if inverse:
             return x * std + mean
         return (x - mean) / (std + dtype(eps))
-    low_name, high_name = _RANGE_FIELDS[mode]
+    low_name, high_name = MODE_STATS[mode]
     low = getattr(stats, low_name)[:n].astype(dtype)
     width = getattr(stats, high_name)[:n].astype(dtype) - low
     width = np.where(width == 0, dtype(eps), width).astype(dtype)

@@ -99,8 +99,13 @@ def _tokenizer_in(directory: Path) -> Path | None:
     return None
 
 
-def find_tokenizer(directory: str | Path, override: str | os.PathLike[str] | None = None) -> Path:
+def find_tokenizer(
+    directory: str | Path, override: str | os.PathLike[str] | None = None, *, named: str | None = None
+) -> Path:
     """The tokenizer file for a checkpoint, never fetched.
+
+    `named` is the tokenizer the checkpoint names (LeRobot's
+    `tokenizer_processor.tokenizer_name`, a Hub id); only the error mentions it.
 
     Order:
 
@@ -108,10 +113,12 @@ def find_tokenizer(directory: str | Path, override: str | os.PathLike[str] | Non
        taken as it is; in a directory, the first of `paligemma_tokenizer.model`,
        `tokenizer.model`, `tokenizer.json`, then the same in its `tokenizer/`
        subdirectory. Nothing else is searched when it is set.
-    2. beside the checkpoint: the same files in `directory`, then in
-       `directory/tokenizer/`;
-    3. `paligemma_tokenizer.model` or `tokenizer.model` in `directory/assets/*/`;
-    4. the only `*.model` file in `directory` or `directory/assets/*/`.
+    2. openpi's `paligemma_tokenizer.model` in `directory`, then in
+       `directory/assets/*/` (where openpi checkpoints keep it);
+    3. beside the checkpoint: `tokenizer.model`, `tokenizer.json` in
+       `directory`, then the three files in `directory/tokenizer/`;
+    4. `tokenizer.model` in `directory/assets/*/`;
+    5. the only `*.model` file in `directory` or `directory/assets/*/`.
 
     Returns:
         a file: a SentencePiece model or a Hugging Face `tokenizer.json`, as
@@ -122,6 +129,8 @@ def find_tokenizer(directory: str | Path, override: str | os.PathLike[str] | Non
             where it was looked for, where to get it, and `policy.tokenizer`.
     """
     need = "PaliGemma's tokenizer, one of " + ", ".join(TOKENIZER_FILES)
+    if named:
+        need += f", from {named!r}, the tokenizer the checkpoint's preprocessor names"
     if override is not None and str(override) != "":
         path = Path(override).expanduser()
         if path.is_file():
@@ -137,11 +146,15 @@ def find_tokenizer(directory: str | Path, override: str | os.PathLike[str] | Non
             f" {_TOKENIZER_SOURCES}, and point policy.tokenizer at the file or its directory"
         )
     directory = Path(directory)
+    openpi = SENTENCEPIECE_FILES[0]  # paligemma_tokenizer.model
+    for candidate in (directory / openpi, *sorted(directory.glob(f"assets/*/{openpi}"))):
+        if candidate.is_file():
+            return candidate
     found = _tokenizer_in(directory)
     if found is not None:
         return found
-    for name in SENTENCEPIECE_FILES:
-        in_assets = sorted(directory.glob(f"assets/*/{name}"))
+    for name in SENTENCEPIECE_FILES[1:]:
+        in_assets = sorted(p for p in directory.glob(f"assets/*/{name}") if p.is_file())
         if in_assets:
             return in_assets[0]
     models = sorted(directory.glob("*.model")) + sorted(directory.glob("assets/*/*.model"))

@@ -96,22 +96,31 @@ def build_policies(args, tmp: Path):
     from vla_ros.model.config import get_config
     from vla_ros.observation.normalize import Normalizer
     from vla_ros.observation.tokenizer import PromptTokenizer
-    from vla_ros.policy import CheckpointMeta, load_conventions, Policy, PolicyOptions, find_tokenizer
+    from vla_ros.policy import (
+        CheckpointMeta,
+        find_tokenizer,
+        load_conventions,
+        Policy,
+        PolicyOptions,
+        resolve_num_steps,
+    )
 
     device = resolve_device(args.device)
     cfg = config_from_checkpoint(args.checkpoint) if args.checkpoint else get_config(args.config)
     dtype = resolve_dtype(args.precision, device, cfg=cfg)
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, dtype=dtype, device=device)
-        tokenizer_path = find_tokenizer(Path(args.checkpoint))
         # The checkpoint's own conventions (openpi or LeRobot statistics, resize, prompt style).
         norm, _, meta = load_conventions(Path(args.checkpoint), cfg, PolicyOptions(seed=0))
+        tokenizer_path = find_tokenizer(Path(args.checkpoint), named=meta.tokenizer_name)
     else:
         tokenizer_path, stats = _support_files(tmp, args.dims)
         norm, meta = Normalizer(stats, "quantile" if cfg.pi05 else "zscore"), CheckpointMeta()
         model = random_model(cfg, seed=0, dtype=dtype).to(device)
+    # --steps, else the checkpoint's (LeRobot's num_inference_steps, else 10), for both sides.
+    steps = resolve_num_steps(PolicyOptions(seed=0, num_steps=args.steps), meta).num_steps
 
-    def policy(engine, options=PolicyOptions(seed=0)):
+    def policy(engine, options=PolicyOptions(seed=0, num_steps=steps)):
         tok = PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant, meta.provenance.prompt_style)
         return Policy(cfg, engine, tok, norm, None, options, meta=meta)
 
@@ -120,13 +129,13 @@ def build_policies(args, tmp: Path):
         # The deployed form: what `Policy.from_artifacts` builds, ONNX / TensorRT prefix included.
         from vla_ros.tools.infer import policy_options
 
-        options = policy_options(args, pack_weights=args.pack_weights)
+        options = policy_options(args, pack_weights=args.pack_weights, num_steps=steps)
         optimised = Policy.from_artifacts(args.artifacts, options)
     else:
         # A packed copy shares every unpacked tensor with `model`, which the baseline may reuse.
         fast = pack_for_cpu(model, suffix_mode) if args.pack_weights else model
         optimised = policy(
-            OptimizedEngine(TorchPrefixRuntime(fast), StaticSuffixDenoiser(fast, args.steps), suffix_mode)
+            OptimizedEngine(TorchPrefixRuntime(fast), StaticSuffixDenoiser(fast, steps), suffix_mode)
         )
     n_params = sum(p.numel() for p in model.parameters())
     baseline_dtype = dtype
@@ -138,9 +147,10 @@ def build_policies(args, tmp: Path):
         baseline_model, _ = load_model(args.checkpoint, dtype=baseline_dtype, device=device)
     else:
         baseline_model = random_model(cfg, seed=0, dtype=baseline_dtype).to(device)
-    baseline = policy(ReferenceEngine(baseline_model, args.steps))
+    baseline = policy(ReferenceEngine(baseline_model, steps))
     info = {
         "config": cfg.name,
+        "steps": steps,
         "params": n_params,
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -175,7 +185,7 @@ def arithmetic_bound(policy, obs, info: dict) -> dict:
 def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]]) -> None:
     print(
         f"\nvla-ros bench: {info['config']} ({info['params'] / 1e6:.1f} M params) on {info['device']}, "
-        f"{info['threads']} threads, {info['cameras']} cameras"
+        f"{info['threads']} threads, {info['cameras']} cameras, {info['steps']} Euler steps"
     )
     print(f"  optimised: {info['optimised']}")
     print(f"  baseline:  {info['baseline']}")
@@ -213,7 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--runs", type=int, default=20, help="timed inferences per engine")
     parser.add_argument("--warmup", type=int, default=3, help="untimed inferences first")
-    parser.add_argument("--steps", type=int, default=10, help="Euler steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Euler steps (default: the checkpoint's; LeRobot's or 10)"
+    )
     parser.add_argument("--dims", type=int, default=14, help="robot dims for --config")
     parser.add_argument(
         "--cameras", type=int, help="cameras present (default: all the model takes; others are masked)"
@@ -283,7 +295,7 @@ def check_counts(args: argparse.Namespace) -> None:
         raise ConfigError("--runs", f"expected at least 1 timed inference, got {args.runs}")
     if args.warmup < 0:
         raise ConfigError("--warmup", f"expected 0 or more warm-up inferences, got {args.warmup}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ConfigError("--steps", f"expected at least 1 Euler step, got {args.steps}")
     if not 0 < args.dims <= 32:
         raise ConfigError("--dims", f"expected 1..32 robot dims, got {args.dims}")

@@ -148,15 +148,15 @@ def policy_options(args: argparse.Namespace, **overrides):
     }
     if getattr(args, "tokenizer", None):
         conventions["tokenizer"] = args.tokenizer
-    return PolicyOptions(
+    values = dict(
         device=args.device,
         precision=args.precision,
         engine=args.engine,
         suffix=args.suffix,
-        num_steps=args.steps,
+        num_steps=args.steps,  # None: the checkpoint's, resolved by Policy.from_checkpoint
         seed=0,
-        **{**conventions, **overrides},
     )
+    return PolicyOptions(**{**values, **conventions, **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
