@@ -423,13 +423,23 @@ def load_conventions(
     return normalizer, processors.stats_files, meta
 
 
-def read_spec(directory: str | Path, options: PolicyOptions = PolicyOptions()) -> PolicySpec:
-    """The spec of a checkpoint or artifact directory without loading its weights.
+@dataclasses.dataclass(frozen=True)
+class _Metadata:
+    """What a checkpoint says about itself before any weight is loaded."""
 
-    Reads config.json (and, for checkpoints without vla_ros' resolved config,
-    the safetensors header) and the norm stats (LeRobot: the processor files),
-    exactly as `Policy.from_checkpoint` does: tools check a robot against it
-    before the slow load.
+    directory: Path
+    cfg: PolicyConfig
+    config_json: dict
+    normalizer: Normalizer
+    norm_stats: str
+    meta: CheckpointMeta
+
+
+def _read_metadata(directory: str | Path, options: PolicyOptions) -> _Metadata:
+    """Sizes, config.json, statistics and conventions of a checkpoint or artifact directory.
+
+    Shared by `read_spec` and `Policy.from_checkpoint`, so that both check a
+    robot against the same reading, and their errors come before the slow load.
     """
     from vla_ros.model.checkpoint import config_from_checkpoint, read_config_json
 
@@ -438,8 +448,22 @@ def read_spec(directory: str | Path, options: PolicyOptions = PolicyOptions()) -
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     cfg = config_from_checkpoint(directory)
     config_json = read_config_json(directory)
-    normalizer, path, meta = load_conventions(directory, cfg, options, config_json=config_json)
-    return _make_spec(cfg, normalizer, options, directory, path, _is_untrained(config_json), meta)
+    normalizer, norm_stats, meta = load_conventions(directory, cfg, options, config_json=config_json)
+    return _Metadata(directory, cfg, config_json, normalizer, str(norm_stats), meta)
+
+
+def read_spec(directory: str | Path, options: PolicyOptions = PolicyOptions()) -> PolicySpec:
+    """The spec of a checkpoint or artifact directory without loading its weights.
+
+    Reads config.json (and, for checkpoints without vla_ros' resolved config,
+    the safetensors header) and the norm stats (LeRobot: the processor files),
+    exactly as `Policy.from_checkpoint` does: tools check a robot against it
+    before the slow load.
+    """
+    m = _read_metadata(directory, options)
+    return _make_spec(
+        m.cfg, m.normalizer, options, m.directory, m.norm_stats, _is_untrained(m.config_json), m.meta
+    )
 
 
 def check_fits(
@@ -672,15 +696,10 @@ class Policy:
         them. The tokenizer is `options.tokenizer`, else found beside the checkpoint.
         """
         from vla_ros.engines.factory import build_engine  # torch is imported only here
-        from vla_ros.model.checkpoint import config_from_checkpoint, read_config_json
 
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise CheckpointError(f"checkpoint directory {directory} does not exist")
         # Statistics, conventions and the tokenizer first: their errors come before the slow load.
-        sizes = config_from_checkpoint(directory)
-        config_json = read_config_json(directory)
-        normalizer, norm_stats, meta = load_conventions(directory, sizes, options, config_json=config_json)
+        m = _read_metadata(directory, options)
+        directory, meta = m.directory, m.meta
         options = resolve_num_steps(options, meta)
         tokenizer_path = find_tokenizer(directory, options.tokenizer, named=meta.tokenizer_name)
         engine, cfg = build_engine(directory, options)
@@ -691,12 +710,12 @@ class Policy:
             cfg,
             engine,
             tokenizer,
-            normalizer,
+            m.normalizer,
             make_transform(options.robot_transform),
             options,
             checkpoint=directory,
-            norm_stats=norm_stats,
-            untrained=_is_untrained(config_json),
+            norm_stats=m.norm_stats,
+            untrained=_is_untrained(m.config_json),
             meta=meta,
         )
 
