@@ -30,6 +30,14 @@ class EngineError(VlaRosError, RuntimeError):
     """An inference backend could not be built or run."""
 
 
+class ActionDecodeError(EngineError):
+    """Generated action tokens do not decode to an action chunk (pi0-FAST).
+
+    An inference failure, not a crash: the caller holds the last command and
+    reports the one-line message, it never sends a made-up (e.g. all-zero) chunk.
+    """
+
+
 def check_positive_finite(parameter: str, value: float, what: str = "number") -> float:
     """Return ``value`` as a float if it is a finite number > 0.
 
