@@ -179,20 +179,12 @@ def test_config_json_that_is_not_an_object(tiny_checkpoint, tmp_path):
 # ---------------------------------------------------- runners and doubles ---
 
 
-def test_thread_runner_exposes_the_spec_for_the_node_check(tiny_checkpoint):
-    runner = make_runner("thread", tiny_checkpoint, OPTIONS)
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_runners_expose_the_spec_for_the_node_check(tiny_checkpoint, mode):
+    # The process runner gets it from the child with its "ready" message.
+    runner = make_runner(mode, tiny_checkpoint, OPTIONS, timeout=60.0)
     try:
-        assert runner.spec == read_spec(tiny_checkpoint, OPTIONS)
-        with pytest.raises(ConfigError, match="joint_names"):
-            check_config_fits(runner.spec, node_config(8))
-    finally:
-        runner.close()
-
-
-def test_process_runner_gets_the_spec_with_ready(tiny_checkpoint):
-    runner = make_runner("process", tiny_checkpoint, OPTIONS, timeout=60.0)
-    try:
-        assert isinstance(runner, ProcessRunner)
+        assert runner.mode == mode and (mode == "thread" or isinstance(runner, ProcessRunner))
         assert runner.spec == read_spec(tiny_checkpoint, OPTIONS)
         with pytest.raises(ConfigError, match="joint_names"):
             check_config_fits(runner.spec, node_config(8))

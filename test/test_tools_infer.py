@@ -18,6 +18,17 @@ def _cli(*args, check=True):
     return result
 
 
+def _write_inputs(tmp_path):
+    """obs.npz (one 160x120 camera, a 7-dim state, a prompt) and noise.npy; returns the arrays."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    state = rng.normal(size=7).astype(np.float32)
+    noise = rng.standard_normal((50, 32)).astype(np.float32)
+    np.savez(tmp_path / "obs.npz", base_0_rgb=base, state=state, prompt="open the drawer")
+    np.save(tmp_path / "noise.npy", noise)
+    return base, state, noise
+
+
 def test_make_tiny_then_infer_matches_policy(tmp_path):
     ckpt = tmp_path / "ckpt"
     _cli("make-tiny", "--config", "pi05-tiny", "--out", ckpt, "--seed", "3", "--dims", "7")
@@ -27,12 +38,7 @@ def test_make_tiny_then_infer_matches_policy(tmp_path):
         "model.safetensors",
         "tokenizer.model",
     ]
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    state = rng.normal(size=7).astype(np.float32)
-    noise = rng.standard_normal((50, 32)).astype(np.float32)
-    np.savez(tmp_path / "obs.npz", base_0_rgb=base, state=state, prompt="open the drawer")
-    np.save(tmp_path / "noise.npy", noise)
+    base, state, noise = _write_inputs(tmp_path)
     result = _cli(
         "infer",
         "--checkpoint",
@@ -95,12 +101,7 @@ def test_infer_steps_default_to_the_checkpoints(tmp_path):
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", "pi0-tiny", seed=1, dims=7, layout="lerobot")
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**config, "num_inference_steps": 3}))
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    state = rng.normal(size=7).astype(np.float32)
-    noise = rng.standard_normal((50, 32)).astype(np.float32)
-    np.savez(tmp_path / "obs.npz", base_0_rgb=base, state=state, prompt="open the drawer")
-    np.save(tmp_path / "noise.npy", noise)
+    base, state, noise = _write_inputs(tmp_path)
     out = tmp_path / "actions.npy"
     command = ["infer", "--checkpoint", str(ckpt), "--obs", str(tmp_path / "obs.npz"), "--noise",
                str(tmp_path / "noise.npy"), "--out", str(out), "--device", "cpu", "--precision", "fp32"]
