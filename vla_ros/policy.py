@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import dataclasses
 import logging
+import math
 from pathlib import Path
 import time
 from typing import Any
@@ -19,6 +20,13 @@ import numpy as np
 from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 from vla_ros.model.config import PolicyConfig
+from vla_ros.model.fast_tokenizer import (
+    ACTION_PREFIX_TEXT,
+    ActionTokenParser,
+    END_OF_ACTION_PIECE,
+    FastActionTokenizer,
+    find_fast_tokenizer,
+)
 from vla_ros.model.lerobot_layout import (
     read_lerobot_config,
     read_processors,
@@ -33,7 +41,7 @@ from vla_ros.observation.normalize import (
     Normalizer,
     pad_to_dim,
 )
-from vla_ros.observation.tokenizer import find_tokenizer, PROMPT_STYLES, PromptTokenizer
+from vla_ros.observation.tokenizer import EOS_ID, find_tokenizer, PROMPT_STYLES, PromptTokenizer
 from vla_ros.observation.transforms import make_transform, RobotTransform
 from vla_ros.types import ActionChunk, CAMERA_KEYS, RawObservation
 
@@ -61,6 +69,9 @@ class PolicyOptions:
     (`resolve_num_steps`). tokenizer: a tokenizer file or directory (None: beside the
     checkpoint). image_resize, normalization, prompt_style: "auto" follows the
     checkpoint's provenance (`Provenance`); "openpi" / "lerobot" force one.
+    max_decoding_steps None: the checkpoint's (pi0-FAST: its config's, 256 by
+    default); temperature 0 decodes greedily (decode models only);
+    action_tokenizer: the FAST tokenizer directory (None: beside the checkpoint).
     """
 
     device: str = "auto"
@@ -78,6 +89,9 @@ class PolicyOptions:
     image_resize: str = "auto"
     normalization: str = "auto"
     prompt_style: str = "auto"
+    max_decoding_steps: int | None = None
+    temperature: float = 0.0
+    action_tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -97,12 +111,23 @@ class PolicyOptions:
             isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps <= 0
         ):
             raise ConfigError("policy.num_steps", f"expected a positive integer, got {self.num_steps!r}")
+        if self.max_decoding_steps is not None and (
+            isinstance(self.max_decoding_steps, bool) or not isinstance(self.max_decoding_steps, int)
+            or self.max_decoding_steps <= 0
+        ):
+            raise ConfigError(
+                "policy.max_decoding_steps", f"expected a positive integer, got {self.max_decoding_steps!r}"
+            )
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError("policy.temperature", f"expected a number >= 0, got {self.temperature!r}")
         if self.action_dims is not None and not 0 < self.action_dims <= 32:
             raise ConfigError("policy.action_dims", f"expected 1..32, got {self.action_dims!r}")
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError("policy.num_threads", f"expected a positive integer, got {self.num_threads!r}")
-        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
-            raise ConfigError("policy.tokenizer", f"expected a path string, got {self.tokenizer!r}")
+        for name in ("tokenizer", "action_tokenizer"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"policy.{name}", f"expected a path string, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +270,7 @@ class PolicySpec:
     """
 
     config_name: str  # the model configuration (pi0, pi05, pi0-tiny, ...)
-    variant: str  # "pi0" or "pi05"
+    variant: str  # "pi0", "pi05" or "pi0fast"
     model_dim: int  # the model's state / action width; shorter vectors are zero-padded to it
     state_dim: int  # dims of the norm stats' state: the joint count the checkpoint was trained on
     action_stats_dim: int  # dims of the norm stats' actions
@@ -378,7 +403,7 @@ def load_conventions(
         path = find_norm_stats(directory, options.asset_id)
         stats = load_norm_stats(directory, options.asset_id)
         normalizer = Normalizer(
-            stats, "quantile" if cfg.pi05 else "zscore", provenance.normalization, source=path
+            stats, "quantile" if cfg.state_in_prompt else "zscore", provenance.normalization, source=path
         )
         return normalizer, str(path), CheckpointMeta(provenance)
     provenance = Provenance.resolve("lerobot", options)
@@ -660,6 +685,7 @@ class Policy:
         norm_stats: str | Path | None = None,
         untrained: bool = False,
         meta: CheckpointMeta = CheckpointMeta(),
+        action_parser: ActionTokenParser | None = None,
     ):
         self.cfg = cfg
         self.engine = engine
@@ -677,6 +703,11 @@ class Policy:
         self._present_first = meta.provenance.source == "lerobot"
         # One mask of the model's width: the mask of a robot's dims is its start.
         self._relative = meta.relative_mask(cfg.action_dim)
+        # Decode models: generated tokens -> normalized chunk; decoding stops at "|" or EOS.
+        if cfg.is_fast and action_parser is None:
+            raise ConfigError("action_parser", "a pi0-FAST policy needs its FAST action tokenizer")
+        self.action_parser = action_parser
+        self._stop_ids = () if action_parser is None else (action_parser.end_id, EOS_ID)
 
     @property
     def provenance(self) -> Provenance:
@@ -702,10 +733,11 @@ class Policy:
         directory, meta = m.directory, m.meta
         options = resolve_num_steps(options, meta)
         tokenizer_path = find_tokenizer(directory, options.tokenizer, named=meta.tokenizer_name)
-        engine, cfg = build_engine(directory, options)
+        engine, cfg = build_engine(directory, options, source=meta.provenance.source)
         tokenizer = PromptTokenizer(
             tokenizer_path, cfg.max_token_len, cfg.variant, meta.provenance.prompt_style
         )
+        parser = make_action_parser(directory, options, cfg, tokenizer, m.normalizer) if cfg.is_fast else None
         return cls(
             cfg,
             engine,
@@ -717,6 +749,7 @@ class Policy:
             norm_stats=m.norm_stats,
             untrained=_is_untrained(m.config_json),
             meta=meta,
+            action_parser=parser,
         )
 
     @classmethod
@@ -782,7 +815,7 @@ class Policy:
             model_range=method == "lerobot",
         )
         if tokens is None:
-            tokens = self.tokenizer.tokenize(obs.prompt, norm_state if self.cfg.pi05 else None)
+            tokens = self.tokenizer.tokenize(obs.prompt, norm_state if self.cfg.state_in_prompt else None)
         token_ids, token_masks = (np.asarray(t) for t in tokens)
         if token_ids.shape != (self.cfg.max_token_len,) or token_masks.shape != token_ids.shape:
             raise ObservationError(
@@ -840,7 +873,12 @@ class Policy:
         noise: np.ndarray | None = None,
         tokens: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ActionChunk:
-        """Actions (H, D) in robot units for `obs`; `tokens` bypasses the tokenizer."""
+        """Actions (H, D) in robot units for `obs`; `tokens` bypasses the tokenizer.
+
+        Decode models (pi0-FAST) ignore `noise`; their chunk carries the
+        generated token ids (`ActionChunk.tokens`), and a sequence that is not
+        a well-formed action raises ActionDecodeError.
+        """
         clock = time.perf_counter
         start = clock()
         inputs, action_dims, state = self._prepare(obs, noise, tokens)
@@ -848,6 +886,8 @@ class Policy:
         self.engine.encode_prefix(inputs)
         self.engine.synchronize()
         t_prefix = clock()
+        if self.action_parser is not None:
+            return self._decode_actions(obs, action_dims, state, start, t_pre, t_prefix)
         normalized = self.engine.denoise(inputs)
         self.engine.synchronize()
         t_suffix = clock()
@@ -861,3 +901,54 @@ class Policy:
             "total": end - start,
         }
         return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings)
+
+    def _decode_actions(self, obs, action_dims: int, state: np.ndarray, start: float, t_pre: float,
+                        t_prefix: float) -> ActionChunk:
+        clock = time.perf_counter
+        result = self.engine.decode(self._stop_ids)
+        self.engine.synchronize()
+        t_decode = clock()
+        generated = result.ids if result.stop is None else np.append(result.ids, result.stop)
+        normalized = self.action_parser.decode(generated)
+        if normalized.shape[1] < action_dims:
+            raise ObservationError(
+                f"the FAST tokenizer decodes {normalized.shape[1]} action dims, the robot takes {action_dims}"
+            )
+        actions = self.postprocess(normalized, action_dims, state)
+        end = clock()
+        timings = {
+            "preprocess": t_pre - start,
+            "prefix": t_prefix - t_pre,
+            "decode": t_decode - t_prefix,
+            "postprocess": end - t_decode,
+            "total": end - start,
+        }
+        return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings,
+                           tokens=generated.astype(np.int64))
+
+
+def make_action_parser(directory: str | Path, options: PolicyOptions, cfg: PolicyConfig,
+                       tokenizer: PromptTokenizer, normalizer: Normalizer) -> ActionTokenParser:
+    """pi0-FAST's generated-text parser: the FAST tokenizer found beside the checkpoint and the text markers.
+
+    The chunk is (H, D) with H the FAST tokenizer's time_horizon (else the
+    model's horizon) and D its action_dim (else the robot's, from the
+    statistics), as the references decode it.
+    """
+    fast_dir = find_fast_tokenizer(directory, options.action_tokenizer)
+    fast = FastActionTokenizer.load(str(fast_dir))
+    end_id = tokenizer.piece_id(END_OF_ACTION_PIECE)
+    if end_id is None:
+        raise CheckpointError(
+            f"{tokenizer.source}: no {END_OF_ACTION_PIECE!r} piece, which ends pi0-FAST's actions; "
+            "is this PaliGemma's tokenizer? (policy.tokenizer)"
+        )
+    return ActionTokenParser(
+        fast,
+        vocab_size=cfg.vocab_size,
+        skip=cfg.decode.fast_skip_tokens,
+        prefix_ids=tokenizer.encode_text(ACTION_PREFIX_TEXT),
+        end_id=end_id,
+        horizon=fast.time_horizon or cfg.action_horizon,
+        action_dim=fast.action_dim or normalizer.action_dim,
+    )

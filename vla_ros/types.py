@@ -36,9 +36,11 @@ class ActionChunk:
     actions: float32 (H, D); action k is meant for time timestamp + k * dt,
         where dt is the robot's control period of the training data.
     timestamp: the observation time the chunk was computed from.
-    timings: stage name -> seconds (preprocess, prefix, suffix, postprocess, total).
+    timings: stage name -> seconds (preprocess, prefix, suffix or decode, postprocess, total).
+    tokens: decode models (pi0-FAST): the generated token ids, the stop token included.
     """
 
     actions: np.ndarray
     timestamp: float
     timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    tokens: np.ndarray | None = None

@@ -45,6 +45,20 @@ class PolicySection:
         "Flow-matching (Euler) denoising steps; 0 = the checkpoint's (LeRobot num_inference_steps, else 10).",
         INT,
     )
+    max_decoding_steps: int = param(
+        0,
+        "Decode models (pi0-FAST): most tokens decoded per inference; 0 = the checkpoint's (256).",
+        INT,
+    )
+    temperature: float = param(
+        0.0, "Decode models (pi0-FAST): sampling temperature; 0 = greedy (the reference's default).", FLOAT
+    )
+    action_tokenizer: str = param(
+        "",
+        "Decode models (pi0-FAST): the FAST action tokenizer directory (processor_config.json, "
+        "tokenizer.json); '' = beside the checkpoint (fast_tokenizer/).",
+        STR,
+    )
     robot_transform: str = param(
         "identity",
         "Robot <-> policy conventions (joint signs, gripper units, camera names).",
@@ -121,6 +135,11 @@ class PolicySection:
             raise ConfigError(
                 "policy.num_steps", f"expected 0 (the checkpoint's) or an integer >= 1, got {self.num_steps}"
             )
+        if self.max_decoding_steps < 0:
+            raise ConfigError(
+                "policy.max_decoding_steps",
+                f"expected 0 (the checkpoint's) or an integer >= 1, got {self.max_decoding_steps}",
+            )
         if not 0 <= self.action_dims <= 32:
             raise ConfigError(
                 "policy.action_dims", f"expected 0 (all joints) or 1..32, got {self.action_dims}"
@@ -148,6 +167,9 @@ class PolicySection:
             engine=self.engine,
             suffix=self.suffix,
             num_steps=self.num_steps or None,
+            max_decoding_steps=self.max_decoding_steps or None,
+            temperature=self.temperature,
+            action_tokenizer=self.action_tokenizer or None,
             robot_transform=self.robot_transform,
             asset_id=self.asset_id or None,
             action_dims=self.action_dims or None,

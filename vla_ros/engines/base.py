@@ -1,9 +1,11 @@
 """The interface every inference engine offers to the Policy facade.
 
 An engine turns preprocessed model inputs into normalized actions. It is split
-into the two stages the runtimes optimise separately, so that the facade can
-time them: the prefix encoder (images + language -> K/V cache) and the suffix
-denoiser (Euler steps of the action expert over that cache).
+into the stages the runtimes optimise separately, so that the facade can time
+them: the prefix encoder (images + language -> K/V cache), then either the
+suffix denoiser (Euler steps of the action expert over that cache: pi0, pi0.5)
+or the autoregressive decode (the language model writes tokens after the
+prompt: pi0-FAST's action tokens).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ class ModelInputs:
 
 
 class Engine(abc.ABC):
-    """Runs the prefix encoder then the suffix denoiser."""
+    """Runs the prefix encoder, then the suffix denoiser or the decode stage."""
 
     name: str = "engine"
+    #: "denoise" (flow matching: `denoise`) or "decode" (autoregressive: `decode`).
+    stage: str = "denoise"
 
     @abc.abstractmethod
     def encode_prefix(self, inputs: ModelInputs) -> None:
@@ -45,6 +49,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def denoise(self, inputs: ModelInputs) -> np.ndarray:
         """Normalized actions (H, action_dim) from the cached prefix, starting at inputs.noise."""
+
+    def decode(self, stop_ids=(), max_new_tokens: int | None = None):
+        """Token ids after the cached prefix (a `engines.decode.DecodeResult`); decode engines only."""
+        raise NotImplementedError(f"the {self.name} engine has no decode stage")
 
     def synchronize(self) -> None:
         """Wait for queued device work, so that stage timings are real (no-op on CPU)."""

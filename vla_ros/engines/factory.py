@@ -66,10 +66,10 @@ BF16_MIN_CPU_PARAMETERS = 20_000_000
 
 
 def count_parameters(cfg: PolicyConfig) -> int:
-    from vla_ros.model.pi0 import Pi0Model
+    from vla_ros.model.checkpoint import build_model
 
     with torch.device("meta"):
-        return sum(p.numel() for p in Pi0Model(cfg).parameters())
+        return sum(p.numel() for p in build_model(cfg).parameters())
 
 
 def resolve_dtype(
@@ -99,7 +99,7 @@ def pack_for_cpu(model, suffix: str = "eager", inplace: bool = False):
     """The model with its bf16 CPU layers packed (engines/cpu_packed.py), or as it is if that can't apply."""
     from vla_ros.engines import cpu_packed
 
-    if model.compute_dtype != torch.bfloat16 or model.action_in_proj.weight.device.type != "cpu":
+    if model.compute_dtype != torch.bfloat16 or model.device.type != "cpu":
         return model
     if not cpu_packed.packing_available():
         log.info("oneDNN packed linear ops unavailable in this torch build; using plain bf16 matmuls")
@@ -167,8 +167,11 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
+def build_engine(directory: Path, options, source: str = "openpi") -> tuple[Engine, PolicyConfig]:
     """Engine and model config for a checkpoint or exported artifact directory.
+
+    `source` ("openpi" / "lerobot", the checkpoint's provenance) sets the
+    conventions of the decode stage that differ between them (see StaticDecoder).
 
     `options.num_steps` None: the checkpoint's (`Policy.from_checkpoint` resolves it before).
     """
@@ -184,11 +187,13 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
     reference = options.engine == "reference" or options.suffix == "reference"
     artifacts = is_artifact_dir(directory)
     cfg = None
-    if options.precision == "auto" and device.type == "cpu":
+    if not artifacts or (options.precision == "auto" and device.type == "cpu"):
         from vla_ros.model.checkpoint import config_from_checkpoint
 
         cfg = config_from_checkpoint(directory)
     dtype = resolve_dtype(options.precision, device, reference, cfg)
+    if cfg is not None and cfg.is_fast:
+        return _build_decode_engine(directory, options, cfg, device, dtype, reference, source)
 
     if reference:
         if artifacts:
@@ -237,3 +242,43 @@ def build_engine(directory: Path, options) -> tuple[Engine, PolicyConfig]:
         )
     denoiser = StaticSuffixDenoiser(model, num_steps, device)
     return OptimizedEngine(prefix, denoiser, suffix_mode), cfg
+
+
+# openpi's pi0-FAST decodes its first token at RoPE position prefill_len + 1, one past the
+# prompt's next free position (pi0_fast.py sample_actions); LeRobot 0.6.1 continues without a gap.
+OPENPI_DECODE_POSITION_GAP = 1
+
+
+def resolve_decode(mode: str, device: torch.device) -> str:
+    """The decode step's runtime: a replayed CUDA graph on CUDA (policy.suffix auto), else eager."""
+    if mode in ("auto", "cuda_graph") and device.type == "cuda":
+        return "cuda_graph"
+    if mode == "cuda_graph":
+        log.warning("policy.suffix 'cuda_graph' needs CUDA; running the decode step eagerly on the CPU")
+    return "eager"
+
+
+def _build_decode_engine(
+    directory: Path, options, cfg: PolicyConfig, device: torch.device, dtype, reference: bool, source: str
+):
+    """A decode engine (pi0-FAST) for a checkpoint directory: PyTorch prefix, static-cache decode."""
+    from vla_ros.engines.decode import DecodeEngine, ReferenceDecodeEngine, StaticDecoder
+    from vla_ros.model.checkpoint import load_model
+
+    max_new = options.max_decoding_steps or cfg.decode.max_decoding_steps
+    if options.engine not in ("auto", "pytorch", "reference"):
+        raise ConfigError(
+            "policy.engine", f"'{options.engine}' is not available for pi0-FAST yet; use 'auto' or 'pytorch'"
+        )
+    if options.suffix == "compiled":
+        raise ConfigError("policy.suffix", "'compiled' is not available for the decode stage; use 'auto'")
+    model, cfg = load_model(directory, dtype=dtype, device=device)
+    gap = OPENPI_DECODE_POSITION_GAP if source == "openpi" else 0
+    if reference:
+        return ReferenceDecodeEngine(model, max_new, position_gap=gap), cfg
+    if options.pack_weights:
+        model = pack_for_cpu(model, "compiled", inplace=True)  # no expert to pack
+    from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+
+    decoder = StaticDecoder(model, max_new, options.temperature, device, seed=options.seed, position_gap=gap)
+    return DecodeEngine(TorchPrefixRuntime(model), decoder, resolve_decode(options.suffix, device)), cfg

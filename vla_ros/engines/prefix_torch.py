@@ -13,22 +13,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_ros.model.pi0 import Pi0Model
-
 
 class TorchPrefixRuntime:
-    """Eager `Pi0Model.embed_prefix` in the model's own precision (bf16 on CPUs with native bf16, GPUs)."""
+    """Eager `embed_prefix` of a pi model (model/pi0.py, model/pi0_fast.py) in the model's own precision.
+
+    That is bf16 on CPUs with native bf16 and on GPUs.
+    """
 
     name = "pytorch"
 
-    def __init__(self, model: Pi0Model, compact: bool = True):
+    def __init__(self, model, compact: bool = True):
         self.model = model
         self.compact = compact
-        self.device = model.action_in_proj.weight.device
+        self.device = model.device
         self.tokens_per_camera = model.cfg.vision.num_tokens
 
     @torch.no_grad()
-    def run(self, images, image_masks, tokens, token_masks, keys, values, pad_mask) -> None:
+    def run(self, images, image_masks, tokens, token_masks, keys, values, pad_mask) -> torch.Tensor | None:
+        """Fill keys / values / pad_mask; the last prompt token's logits for decode models, else None."""
         def tensor(array, dtype=None):
             return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype)
 
@@ -41,7 +43,7 @@ class TorchPrefixRuntime:
             keys.copy_(cache.keys)
             values.copy_(cache.values)
             pad_mask.copy_(cache.pad_mask)
-            return
+            return cache.last_logits
         cams, real = image_masks[0], token_masks[0]
         cache = self.model.embed_prefix(
             images[:, cams], image_masks[:, cams], tokens[:, real], token_masks[:, real]
@@ -52,6 +54,7 @@ class TorchPrefixRuntime:
         keys.index_copy_(3, slots, cache.keys)
         values.index_copy_(3, slots, cache.values)
         pad_mask.copy_(full_pad)
+        return cache.last_logits
 
     def describe(self) -> dict:
         return {

@@ -19,7 +19,14 @@ from safetensors.torch import save_file
 import torch
 
 from vla_ros.errors import CheckpointError, ConfigError
-from vla_ros.model.config import GemmaConfig, get_config, NAMED_CONFIGS, PolicyConfig, VisionConfig
+from vla_ros.model.config import (
+    DecodeConfig,
+    GemmaConfig,
+    get_config,
+    NAMED_CONFIGS,
+    PolicyConfig,
+    VisionConfig,
+)
 from vla_ros.model.pi0 import Pi0Model
 
 log = logging.getLogger(__name__)
@@ -90,6 +97,13 @@ class _TensorFile:
         for suffix in ("_in.weight", "_in.bias", "_out.weight", "_out.bias"):
             if wrong + suffix in self.names:
                 self.names[right + suffix] = self.names.pop(wrong + suffix)
+
+    @property
+    def is_fast(self) -> bool:
+        """pi0-FAST: a PaliGemma with neither an action expert nor action projections."""
+        return "action_in_proj.weight" not in self.names and not any(
+            k.startswith("paligemma_with_expert.gemma_expert.") for k in self.names
+        )
 
     @property
     def is_pi05(self) -> bool:
@@ -173,6 +187,8 @@ def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) 
     tensors = tensors or _TensorFile(directory / WEIGHTS_FILE)
     if lerobot is not None:
         return _config_from_lerobot(lerobot, tensors, meta)
+    if tensors.is_fast:
+        return _fast_config(tensors, meta, directory / CONFIG_FILE)
     pi05 = tensors.is_pi05
     declared = meta.get("type") or meta.get("model_type")
     if declared in ("pi0", "pi05") and (declared == "pi05") != pi05:
@@ -198,6 +214,34 @@ def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) 
         action_horizon=horizon,
         action_dim=action_dim,
         max_token_len=max_len,
+    )
+
+
+def _fast_config(tensors: _TensorFile, meta: dict, path: Path) -> PolicyConfig:
+    """pi0-FAST sizes in the openpi (PyTorch-converted) layout: config.json's fields, the rest from shapes."""
+    declared = meta.get("type") or meta.get("model_type")
+    if declared in ("pi0", "pi05"):
+        raise CheckpointError(f"{path} says type {declared!r} but the weights have no action expert "
+                              "(pi0-FAST weights); fix 'type'")
+    full = get_config("pi0fast")
+    variant = meta.get("paligemma_variant")
+    prefix = _gemma_from(meta, "paligemma_variant", full.prefix) if variant else _gemma_from_shapes(
+        tensors, "paligemma.model.language_model", path)
+    decode = DecodeConfig(
+        max_decoding_steps=int(meta.get("max_decoding_steps", full.decode.max_decoding_steps)),
+        fast_skip_tokens=int(meta.get("fast_skip_tokens", full.decode.fast_skip_tokens)),
+    )
+    return PolicyConfig(
+        name=str(meta.get("name", declared or full.name)),
+        pi05=False,
+        vision=_infer_vision(tensors, meta),
+        prefix=prefix,
+        expert=None,
+        vocab_size=tensors.shape(EMBED_KEY if EMBED_KEY in tensors.names else LM_HEAD_KEY)[0],
+        action_horizon=int(meta.get("action_horizon", meta.get("chunk_size", full.action_horizon))),
+        action_dim=int(meta.get("action_dim", meta.get("max_action_dim", full.action_dim))),
+        max_token_len=int(meta.get("max_token_len", meta.get("tokenizer_max_length", full.max_token_len))),
+        decode=decode,
     )
 
 
@@ -287,6 +331,15 @@ def _config_from_lerobot(lerobot, tensors: _TensorFile, meta: dict) -> PolicyCon
     )
 
 
+def build_model(cfg: PolicyConfig):
+    """The family's network for `cfg` (no weights loaded): Pi0Model or Pi0FastModel."""
+    if cfg.is_fast:
+        from vla_ros.model.pi0_fast import Pi0FastModel
+
+        return Pi0FastModel(cfg)
+    return Pi0Model(cfg)
+
+
 def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Build the model described by `directory` and load its weights.
 
@@ -297,13 +350,20 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device
     tensors = _TensorFile(directory / WEIGHTS_FILE)
     cfg = config_from_checkpoint(directory, tensors)
     with torch.device("meta"):
-        model = Pi0Model(cfg)
+        model = build_model(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     available = set(tensors.names)
+    # A tied head is stored once, under either name; a decoding model's head stays its own
+    # tensor only when the file holds both (LeRobot pi0-FAST).
+    tied = not {EMBED_KEY, LM_HEAD_KEY} <= available
     if EMBED_KEY not in available and LM_HEAD_KEY in available:
         tensors.names[EMBED_KEY] = tensors.names[LM_HEAD_KEY]  # tied embedding
         available.add(EMBED_KEY)
-    available.discard(LM_HEAD_KEY)
+    if LM_HEAD_KEY in expected and tied:
+        tensors.names[LM_HEAD_KEY] = tensors.names[EMBED_KEY]
+        available.add(LM_HEAD_KEY)
+    elif LM_HEAD_KEY not in expected:
+        available.discard(LM_HEAD_KEY)
     missing = sorted(set(expected) - available)
     unexpected = sorted(available - set(expected))
     misshaped = sorted(
@@ -316,8 +376,13 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device
     state = {
         k: tensors.tensor(k).to(device=device, dtype=torch.float32 if dtype == torch.float32 else None)
         for k in expected
+        if not (tied and k == LM_HEAD_KEY)
     }
+    if LM_HEAD_KEY in expected and tied:
+        state[LM_HEAD_KEY] = state[EMBED_KEY]
     model.load_state_dict(state, assign=True, strict=True)
+    if LM_HEAD_KEY in expected and tied:
+        model.tie_head()
     model.float() if dtype == torch.float32 else model.to_mixed_precision(dtype)
     return model.eval().to(device), cfg
 
@@ -327,6 +392,8 @@ def save_checkpoint(model: Pi0Model, directory: str | Path, extra_config: dict |
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if getattr(model, "head_is_tied", False):
+        del state[LM_HEAD_KEY]  # stored once, as the embedding
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     meta = {"type": model.cfg.variant, "vla_ros": model.cfg.to_dict(), **(extra_config or {})}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -336,17 +403,21 @@ def save_checkpoint(model: Pi0Model, directory: str | Path, extra_config: dict |
 def random_model(
     cfg: PolicyConfig, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32
 ) -> Pi0Model:
-    """A model with reproducible random weights (norm and AdaRMS weights random too, so tests see them).
+    """A model (Pi0Model, or Pi0FastModel for pi0-FAST) with reproducible random weights.
+
+    Norm and AdaRMS weights are random too, so tests see them.
 
     Parameters are created on the meta device, given their final dtypes, then
     allocated once: a full-size pi0 in bf16 never passes through fp32 (13 GB).
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
-        model = Pi0Model(cfg)
+        model = build_model(cfg)
     if dtype != torch.float32:
         model.to_mixed_precision(dtype)
     model.to_empty(device="cpu")
+    if hasattr(model, "tie_head"):
+        model.tie_head()  # to_empty gives each name its own tensor
     with torch.no_grad():
         for name, param in model.named_parameters():
             scale = 0.1 if ("norm" in name or "embedding" in name) else std

@@ -1,4 +1,4 @@
-"""Model sizes for pi0 / pi0.5, as frozen dataclasses, plus the named configurations.
+"""Model sizes for pi0 / pi0.5 / pi0-FAST, as frozen dataclasses, plus the named configurations.
 
 Sizes follow (docs/model.md, "Architecture"). The tiny and mid configurations exist so
 that tests and benchmarks can build matching models without any download; their
@@ -61,27 +61,64 @@ class GemmaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """The autoregressive decode stage: the language model writes tokens after the prefix.
+
+    pi0-FAST decodes its action chunk as FAST tokens mapped into the top of the
+    PaliGemma vocabulary, `pg_id = vocab_size - 1 - fast_skip_tokens - fast_id`
+    (docs/model.md, "pi0-FAST action tokens"). `max_decoding_steps` sizes the
+    static K/V cache (prefix + this many new tokens).
+    """
+
+    max_decoding_steps: int = 256
+    fast_skip_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        _positive("decode.max_decoding_steps", self.max_decoding_steps)
+        if isinstance(self.fast_skip_tokens, bool) or not isinstance(self.fast_skip_tokens, int) \
+                or self.fast_skip_tokens < 0:
+            raise ConfigError(
+                "decode.fast_skip_tokens", f"expected an integer >= 0, got {self.fast_skip_tokens!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    """A whole pi0 or pi0.5 policy.
+    """A whole pi0, pi0.5 or pi0-FAST policy.
 
     pi05 selects pi0.5: AdaRMS time conditioning in the expert, no state token,
     the discretized state inside the prompt and quantile normalization.
+    `decode` set and `expert` None is pi0-FAST: no flow-matching expert, the
+    language model decodes action tokens after a prompt that carries the
+    discretized state.
     """
 
     name: str
     pi05: bool
     vision: VisionConfig
     prefix: GemmaConfig
-    expert: GemmaConfig
+    expert: GemmaConfig | None
     vocab_size: int = 257152
     action_horizon: int = 50
     action_dim: int = 32
     max_token_len: int = 48
     num_cameras: int = 3
+    decode: DecodeConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "action_horizon", "action_dim", "max_token_len", "num_cameras"):
             _positive(name, getattr(self, name))
+        if self.expert is None:
+            if self.decode is None:
+                raise ConfigError("expert", "a policy needs an action expert or a decode stage (pi0-FAST)")
+            if self.pi05:
+                raise ConfigError("pi05", "pi0.5 needs its action expert; pi0-FAST sets pi05 false")
+            if self.vocab_size <= self.decode.fast_skip_tokens + 1:
+                raise ConfigError("vocab_size", f"{self.vocab_size} leaves no room for FAST ids below the "
+                                                f"{self.decode.fast_skip_tokens} skipped ones")
+            return
+        if self.decode is not None:
+            raise ConfigError("decode", "a decode stage beside a flow-matching expert is not supported yet")
         # Both experts attend jointly, layer by layer, in one head space.
         for name in ("depth", "num_heads", "num_kv_heads", "head_dim"):
             if getattr(self.prefix, name) != getattr(self.expert, name):
@@ -93,7 +130,19 @@ class PolicyConfig:
 
     @property
     def variant(self) -> str:
+        if self.decode is not None:
+            return "pi0fast"
         return "pi05" if self.pi05 else "pi0"
+
+    @property
+    def is_fast(self) -> bool:
+        """pi0-FAST: actions are decoded as tokens, not denoised."""
+        return self.decode is not None
+
+    @property
+    def state_in_prompt(self) -> bool:
+        """The discretized state is part of the prompt (pi0.5, pi0-FAST), not a suffix token (pi0)."""
+        return self.pi05 or self.is_fast
 
     @property
     def prefix_len(self) -> int:
@@ -112,8 +161,11 @@ class PolicyConfig:
         try:
             vision = VisionConfig(**data.pop("vision"))
             prefix = GemmaConfig(**data.pop("prefix"))
-            expert = GemmaConfig(**data.pop("expert"))
-            return cls(vision=vision, prefix=prefix, expert=expert, **data)
+            expert = data.pop("expert")
+            expert = None if expert is None else GemmaConfig(**expert)
+            decode = data.pop("decode", None)
+            decode = None if decode is None else DecodeConfig(**decode)
+            return cls(vision=vision, prefix=prefix, expert=expert, decode=decode, **data)
         except (KeyError, TypeError) as exc:
             raise ConfigError("config", f"not a vla_ros policy config ({exc})") from exc
 
@@ -130,6 +182,11 @@ _MID_VISION = VisionConfig(width=384, depth=4, mlp_dim=1536, num_heads=6)
 _MID_PREFIX = GemmaConfig(width=512, depth=4, mlp_dim=2048, num_heads=8, num_kv_heads=1, head_dim=64)
 _MID_EXPERT = GemmaConfig(width=256, depth=4, mlp_dim=1024, num_heads=8, num_kv_heads=1, head_dim=64)
 
+# pi0-FAST keeps the full PaliGemma vocabulary even when tiny, so that FAST ids map into
+# the top of it exactly as with the real model.
+PALIGEMMA_VOCAB = 257152
+FAST_DECODE = DecodeConfig(max_decoding_steps=256)
+
 # Tiny vocabularies come from the tokenizer trained beside the checkpoint; 512 is
 # the default size `vla-ros make-tiny` trains.
 TINY_VOCAB = 512
@@ -144,6 +201,14 @@ NAMED_CONFIGS: dict[str, PolicyConfig] = {
     ),
     "pi05-tiny": PolicyConfig(
         "pi05-tiny", True, _TINY_VISION, _TINY_PREFIX, _TINY_EXPERT, vocab_size=TINY_VOCAB, max_token_len=200
+    ),
+    "pi0fast": PolicyConfig(
+        "pi0fast", False, _SIGLIP_SO400M, _GEMMA_2B, None, vocab_size=PALIGEMMA_VOCAB, max_token_len=200,
+        decode=FAST_DECODE,
+    ),
+    "pi0fast-tiny": PolicyConfig(
+        "pi0fast-tiny", False, _TINY_VISION, _TINY_PREFIX, None, vocab_size=PALIGEMMA_VOCAB,
+        max_token_len=200, decode=FAST_DECODE,
     ),
 }
 

@@ -318,3 +318,85 @@ class FastActionTokenizer:
         symbols = np.fromiter((ord(c) for c in text), dtype=np.int64, count=expected)
         coefficients = (symbols + self.min_token).reshape(horizon, dims) / self.scale
         return idct_time(coefficients)
+
+
+# --- where a checkpoint keeps its FAST tokenizer ------------------------------------------------
+
+FAST_TOKENIZER_DIRS = ('fast_tokenizer', 'action_tokenizer', 'assets/fast_tokenizer')
+
+
+def find_fast_tokenizer(checkpoint: str | os.PathLike, override: str | None = None):
+    """The FAST tokenizer directory: `override` (policy.action_tokenizer), else one beside the checkpoint."""
+    from pathlib import Path
+
+    if override:
+        path = Path(override).expanduser()
+        if not (path / PROCESSOR_CONFIG_FILE).is_file():
+            raise CheckpointError(f'policy.action_tokenizer {path} is not a FAST tokenizer directory '
+                                  f'(no {PROCESSOR_CONFIG_FILE})')
+        return path
+    checkpoint = Path(checkpoint)
+    for name in FAST_TOKENIZER_DIRS:
+        if (checkpoint / name / PROCESSOR_CONFIG_FILE).is_file():
+            return checkpoint / name
+    raise CheckpointError(
+        f'{checkpoint}: no FAST action tokenizer (looked for {", ".join(FAST_TOKENIZER_DIRS)}/ holding '
+        f'{PROCESSOR_CONFIG_FILE} and {TOKENIZER_FILE}); put it there or point policy.action_tokenizer at it')
+
+
+# --- generated PaliGemma tokens -> action chunk ------------------------------------------------
+
+ACTION_PREFIX_TEXT = 'Action: '
+END_OF_ACTION_PIECE = '|'
+
+
+class ActionTokenParser:
+    """The text pi0-FAST writes, ``Action: <FAST tokens>|`` (then EOS), -> a normalized chunk (H, D).
+
+    ``prefix_ids`` are the text tokenizer's ids of "Action: " and ``end_id``
+    its id of the piece "|". Unlike the references (which fall back to zeros,
+    i.e. the dataset mean after unnormalizing), every malformed sequence raises
+    ActionDecodeError naming what was wrong: no "Action: " marker, no "|"
+    marker, a text token among the action tokens, or a FAST sequence of the
+    wrong length.
+    """
+
+    def __init__(self, fast: FastActionTokenizer, *, vocab_size: int, skip: int = FAST_SKIP_TOKENS,
+                 prefix_ids: Sequence[int], end_id: int, horizon: int, action_dim: int):
+        if not prefix_ids:
+            raise ConfigError('tokenizer', f'the text tokenizer gives no ids for {ACTION_PREFIX_TEXT!r}')
+        self.fast = fast
+        self.vocab_size = int(vocab_size)
+        self.skip = int(skip)
+        self.prefix_ids = tuple(int(i) for i in prefix_ids)
+        self.end_id = int(end_id)
+        self.horizon = int(horizon)
+        self.action_dim = int(action_dim)
+
+    def action_ids(self, ids: Sequence[int]) -> np.ndarray:
+        """The FAST ids between the markers."""
+        ids = [int(i) for i in ids]
+        n = len(self.prefix_ids)
+        if tuple(ids[:n]) != self.prefix_ids:
+            raise ActionDecodeError(
+                f'the decoded tokens do not start with {ACTION_PREFIX_TEXT!r} (ids {list(self.prefix_ids)}); '
+                f'got {ids[:n]} ({len(ids)} tokens)')
+        body = ids[n:]
+        if self.end_id not in body:
+            raise ActionDecodeError(
+                f'no end-of-action marker {END_OF_ACTION_PIECE!r} (id {self.end_id}) in {len(ids)} decoded '
+                'tokens (the decoding budget ran out, or the sequence ended early)')
+        body = body[:body.index(self.end_id)]
+        return paligemma_to_fast(body, self.vocab_size, self.skip, fast_vocab_size=self.fast.num_ids)
+
+    def decode(self, ids: Sequence[int]) -> np.ndarray:
+        """Generated PaliGemma ids (stop token included or not) -> (H, D) float32 normalized actions."""
+        fast_ids = self.action_ids(ids)
+        actions = self.fast.decode(fast_ids, time_horizon=self.horizon, action_dim=self.action_dim)
+        return actions.astype(np.float32)
+
+    def encode(self, actions: np.ndarray) -> list[int]:
+        """The training target of a chunk (H, D): ``Action: <FAST ids as PaliGemma ids>|`` (no EOS)."""
+        fast_ids = self.fast.encode(actions)
+        pg_ids = fast_to_paligemma(fast_ids, self.vocab_size, self.skip).tolist()
+        return [*self.prefix_ids, *pg_ids, self.end_id]

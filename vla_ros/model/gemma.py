@@ -87,12 +87,14 @@ class GemmaStack(nn.Module):
 class KVCache:
     """Per-layer keys and values of the prefix, RoPE applied.
 
-    keys, values: (L, B, KV, P, hd); pad_mask: bool (B, P), True = real token.
+    keys, values: (L, B, KV, P, hd); pad_mask: bool (B, P), True = real token;
+    last_logits: (B, vocab) fp32 of the last real token, for models that decode after the prefix.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     pad_mask: torch.Tensor
+    last_logits: torch.Tensor | None = None
 
 
 def joint_forward(

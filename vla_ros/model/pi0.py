@@ -9,8 +9,6 @@ Module names mirror the openpi / LeRobot checkpoint keys (docs/model.md, "Checkp
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -19,30 +17,9 @@ from vla_ros.model import masks
 from vla_ros.model.config import PolicyConfig
 from vla_ros.model.gemma import GemmaStack, joint_forward, KVCache
 from vla_ros.model.layers import linear, sincos_time_embedding
-from vla_ros.model.siglip import SiglipVisionTower
+from vla_ros.model.paligemma import FP32_PARAMETER_MARKERS, PaliGemma, PaliGemmaPrefix
 
-
-class _Projector(nn.Module):
-
-    def __init__(self, vision_width: int, width: int):
-        super().__init__()
-        self.linear = nn.Linear(vision_width, width)
-
-
-class _PaliGemmaModel(nn.Module):
-
-    def __init__(self, cfg: PolicyConfig):
-        super().__init__()
-        self.vision_tower = SiglipVisionTower(cfg.vision)
-        self.multi_modal_projector = _Projector(cfg.vision.width, cfg.prefix.width)
-        self.language_model = GemmaStack(cfg.prefix, vocab_size=cfg.vocab_size)
-
-
-class _PaliGemma(nn.Module):
-
-    def __init__(self, cfg: PolicyConfig):
-        super().__init__()
-        self.model = _PaliGemmaModel(cfg)
+__all__ = ["euler_times", "FP32_PARAMETER_MARKERS", "Pi0Model"]
 
 
 class _Expert(nn.Module):
@@ -56,23 +33,8 @@ class _PaliGemmaWithExpert(nn.Module):
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
-        self.paligemma = _PaliGemma(cfg)
+        self.paligemma = PaliGemma(cfg)
         self.gemma_expert = _Expert(cfg)
-
-
-# Parameters that stay fp32 when the rest runs in bf16 (docs/model.md, "Numerics and mixed precision").
-FP32_PARAMETER_MARKERS = (
-    "vision_model.embeddings.patch_embedding",
-    "vision_model.embeddings.position_embedding",
-    "layernorm",
-    "layer_norm",
-    ".norm.",
-    "action_in_proj",
-    "action_out_proj",
-    "state_proj",
-    "action_time_mlp",
-    "time_mlp",
-)
 
 
 def euler_times(num_steps: int) -> list[float]:
@@ -82,7 +44,7 @@ def euler_times(num_steps: int) -> list[float]:
     return [1.0 - k / num_steps for k in range(num_steps)]
 
 
-class Pi0Model(nn.Module):
+class Pi0Model(PaliGemmaPrefix):
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
@@ -101,10 +63,6 @@ class Pi0Model(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------
     @property
-    def language_model(self) -> GemmaStack:
-        return self.paligemma_with_expert.paligemma.model.language_model
-
-    @property
     def expert(self) -> GemmaStack:
         return self.paligemma_with_expert.gemma_expert.model
 
@@ -112,47 +70,7 @@ class Pi0Model(nn.Module):
     def stacks(self) -> list[GemmaStack]:
         return [self.language_model, self.expert]
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        # The token embedding follows the matmul weights' precision and is never repacked.
-        return self.language_model.embed_tokens.weight.dtype
-
-    def to_mixed_precision(self, dtype: torch.dtype = torch.bfloat16) -> "Pi0Model":
-        """The reference split: big matmul weights in `dtype`, norms / embeddings / action heads fp32."""
-        for name, param in self.named_parameters():
-            keep = any(marker in name for marker in FP32_PARAMETER_MARKERS) or name.endswith("norm.weight")
-            param.data = param.data.to(torch.float32 if keep else dtype)
-        return self
-
     # -- prefix -----------------------------------------------------------------------------
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, N, H, W, 3) -> image tokens (B, N * 256, W_prefix).
-
-        uint8 images are scaled to [-1, 1] here; float images are taken as
-        already in [-1, 1] (LeRobot resizes in float and never rounds to
-        uint8, see docs/preprocessing.md, "Resize with pad").
-        """
-        batch, cams = images.shape[:2]
-        pixels = images.flatten(0, 1).permute(0, 3, 1, 2)
-        pixels = pixels.float() if pixels.is_floating_point() else pixels.float() / 255.0 * 2.0 - 1.0
-        pali = self.paligemma_with_expert.paligemma.model
-        tokens = pali.vision_tower(pixels, self.compute_dtype)
-        tokens = linear(pali.multi_modal_projector.linear, tokens).to(self.compute_dtype)
-        return tokens.reshape(batch, cams * tokens.shape[1], tokens.shape[2])
-
-    def prefix_embeddings(
-        self, images, image_masks, tokens, token_masks
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix embeddings (B, P, W) and pad mask (B, P)."""
-        image_emb = self.embed_images(images)
-        per_camera = image_emb.shape[1] // images.shape[1]
-        image_pad = image_masks.bool().repeat_interleave(per_camera, dim=1)
-        embed = self.language_model.embed_tokens
-        # Only language tokens are scaled by sqrt(width); image tokens are not.
-        lang_emb = F.embedding(tokens.long(), embed.weight) * math.sqrt(embed.weight.shape[1])
-        embs = torch.cat([image_emb, lang_emb.to(self.compute_dtype)], dim=1)
-        return embs, torch.cat([image_pad, token_masks.bool()], dim=1)
-
     def embed_prefix(self, images, image_masks, tokens, token_masks) -> KVCache:
         """images uint8 (B, N, 224, 224, 3); image_masks (B, N); tokens (B, L); token_masks (B, L)."""
         embs, pad = self.prefix_embeddings(images, image_masks, tokens, token_masks)

@@ -32,8 +32,8 @@ from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 
 _LOG = logging.getLogger(__name__)
 
-PromptFormat = Literal["pi0", "pi05"]
-PROMPT_FORMATS: tuple[str, ...] = ("pi0", "pi05")
+PromptFormat = Literal["pi0", "pi05", "pi0fast"]
+PROMPT_FORMATS: tuple[str, ...] = ("pi0", "pi05", "pi0fast")
 PromptStyle = Literal["openpi", "lerobot"]
 PROMPT_STYLES: tuple[str, ...] = ("openpi", "lerobot")
 
@@ -241,6 +241,12 @@ class PromptTokenizer:
       tokenizer step do (no trimming, '_' kept).
     - pi0.5 is BOS + tokens("Task: {cleaned text}, State: {bins};\nAction: ")
       in both styles: LeRobot copies openpi's format, cleaning included.
+    - pi0-FAST is BOS + tokens("Task: {text}, State: {bins};\n"): the model
+      writes "Action: " itself. openpi lower-cases the text, trims it and
+      turns '_' into spaces (newlines stay); LeRobot cleans it as for pi0.5
+      (no lower-casing) and appends a second BOS after the padded prompt,
+      from which it decodes: here the last of the `max_len` slots (so a
+      LeRobot checkpoint's tokenizer_max_length 200 is `max_len` 201).
 
     In every case: BOS (id 2) first, no EOS, pad id 0 up to `max_len`, and a
     longer prompt cut to its first `max_len` tokens.
@@ -336,9 +342,31 @@ class PromptTokenizer:
                 return [BOS_ID, *self._encode(prompt if prompt.endswith("\n") else prompt + "\n")]
             return [BOS_ID, *self._encode(clean_prompt(prompt)), *self._encode("\n")]
         if state is None:
-            raise ObservationError("pi0.5 prompts embed the normalized state; got state=None")
+            raise ObservationError(f"{self._fmt} prompts embed the normalized state; got state=None")
         bins = " ".join(str(int(b)) for b in discretize_state(state))
+        if self._fmt == "pi0fast":
+            if self._style == "lerobot":
+                text = clean_prompt(prompt)
+            else:  # openpi's FASTTokenizer: lower-cased, '_' -> space, newlines kept
+                text = prompt.lower().strip().replace("_", " ")
+            return [BOS_ID, *self._encode(f"Task: {text}, State: {bins};\n")]
         return [BOS_ID, *self._encode(f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: ")]
+
+    @property
+    def appends_bos(self) -> bool:
+        """LeRobot's pi0-FAST: a second BOS after the padded prompt, in the last slot."""
+        return self._fmt == "pi0fast" and self._style == "lerobot"
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of `text` alone (no BOS / EOS), as the model would write it."""
+        return self._encode(text)
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of the vocabulary piece spelled exactly `piece` (e.g. "|"), None if there is none."""
+        if self._sp is not None:
+            index = int(self._sp.piece_to_id(piece))
+            return None if index == self._sp.unk_id() and piece != self._sp.id_to_piece(index) else index
+        return self._hf.token_to_id(piece)
 
     def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize and pad to `max_len`.
@@ -356,19 +384,22 @@ class PromptTokenizer:
             reference implementation.
         """
         ids = self.encode_ids(prompt, state)
-        if len(ids) > self._max_len:
+        budget = self._max_len - 1 if self.appends_bos else self._max_len
+        if len(ids) > budget:
             if len(ids) not in self._warned_lengths:
                 self._warned_lengths.add(len(ids))
                 _LOG.warning(
                     "prompt is %d tokens, more than max_len=%d: truncating (the model sees a cut prompt)",
                     len(ids),
-                    self._max_len,
+                    budget,
                 )
-            ids = ids[: self._max_len]
+            ids = ids[:budget]
         tokens = np.full((self._max_len,), PAD_ID, dtype=np.int32)
         tokens[: len(ids)] = ids
         mask = np.zeros((self._max_len,), dtype=bool)
         mask[: len(ids)] = True
+        if self.appends_bos:
+            tokens[-1], mask[-1] = BOS_ID, True
         return tokens, mask
 
     def decode(self, tokens: Iterable[int]) -> str:

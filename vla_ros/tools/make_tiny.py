@@ -6,6 +6,12 @@ config.json, assets/<id>/norm_stats.json, a SentencePiece tokenizer), or with
 `--layout lerobot` like a LeRobot policy directory (LeRobot's config.json,
 `model.`-prefixed weights, processor files with the statistics; the
 tokenizer is still written beside it, which LeRobot's directories lack).
+
+pi0-FAST configurations (`pi0fast-tiny`) keep PaliGemma's full vocabulary
+(257,152 rows, so FAST ids land where the real model puts them) and also get a
+FAST action tokenizer in `fast_tokenizer/` (processor_config.json and
+tokenizer.json, the published format), trained with a BPE vocabulary of 256 on
+synthetic smooth trajectories of the robot's dimensions.
 """
 
 from __future__ import annotations
@@ -19,6 +25,31 @@ import numpy as np
 DEFAULT_ASSET_ID = "robot"
 TOKENIZER_FILE = "tokenizer.model"
 LAYOUTS = ("openpi", "lerobot")
+FAST_TOKENIZER_DIR = "fast_tokenizer"
+TINY_FAST_VOCAB = 256
+# Text the stand-in tokenizer must spell with pieces of its own: what pi0-FAST writes around its actions.
+FAST_TEXT = ("Action: |", "Action: ", "|", "Task: pick up the cube, State: 12 200 7;\n")
+
+
+def smooth_trajectories(count: int, horizon: int, dims: int, seed: int) -> np.ndarray:
+    """`count` normalized chunks (horizon, dims): a few low-frequency sines per joint, within +-0.8."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
+    chunks = np.zeros((count, horizon, dims))
+    for _ in range(3):
+        amp = rng.uniform(0.0, 0.25, (count, 1, dims))
+        freq = rng.uniform(0.2, 2.0, (count, 1, dims))
+        phase = rng.uniform(0.0, 2 * np.pi, (count, 1, dims))
+        chunks += amp * np.sin(2 * np.pi * freq * t + phase)
+    return np.clip(chunks + rng.uniform(-0.05, 0.05, (count, 1, dims)), -0.8, 0.8)
+
+
+def make_fast_tokenizer(out: Path, horizon: int, dims: int, seed: int, vocab_size: int = TINY_FAST_VOCAB):
+    """Train and write the tiny FAST tokenizer (the real file formats) to `out`."""
+    from vla_ros.model.fast_tokenizer import FastActionTokenizer
+
+    chunks = smooth_trajectories(256, horizon, dims, seed)
+    return FastActionTokenizer.train(chunks, vocab_size=vocab_size, directory=str(out))
 
 
 def make_norm_stats(dims: int, seed: int) -> dict:
@@ -86,10 +117,16 @@ def make_tiny_checkpoint(
     _prepare_out(out, force)
     cfg = get_config(config)  # an unknown name fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer_path = train_tokenizer(out / TOKENIZER_FILE)
-    cfg = dataclasses.replace(
-        cfg, vocab_size=PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant).vocab_size
-    )
+    if cfg.is_fast:
+        if layout == "lerobot":
+            raise ConfigError("--layout", "pi0-FAST checkpoints are written in the openpi layout only")
+        train_tokenizer(out / TOKENIZER_FILE, extra_text=FAST_TEXT)
+        make_fast_tokenizer(out / FAST_TOKENIZER_DIR, cfg.action_horizon, dims, seed)
+    else:
+        tokenizer_path = train_tokenizer(out / TOKENIZER_FILE)
+        cfg = dataclasses.replace(
+            cfg, vocab_size=PromptTokenizer(tokenizer_path, cfg.max_token_len, cfg.variant).vocab_size
+        )
     model = random_model(cfg, seed=seed)
     if layout == "lerobot":
         from vla_ros.model.lerobot_layout import save_lerobot_layout
@@ -104,7 +141,8 @@ def make_tiny_checkpoint(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", default="pi0-tiny", help="named config (pi0-tiny, pi05-tiny, pi0-mid, pi05-mid)"
+        "--config", default="pi0-tiny",
+        help="named config (pi0-tiny, pi05-tiny, pi0fast-tiny, pi0-mid, pi05-mid)"
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and statistics")
