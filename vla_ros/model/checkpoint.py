@@ -277,6 +277,8 @@ def _config_from_lerobot(lerobot, tensors: _TensorFile, meta: dict) -> PolicyCon
     """Sizes of a LeRobot policy directory: config.json's fields, the rest from the weight shapes."""
     path = lerobot.path
     weights = path.parent / WEIGHTS_FILE
+    if lerobot.is_fast or tensors.is_fast:
+        return _config_from_lerobot_fast(lerobot, tensors, meta)
     pi05 = tensors.is_pi05
     if lerobot.pi05 != pi05:
         raise CheckpointError(
@@ -338,6 +340,45 @@ def build_model(cfg: PolicyConfig):
 
         return Pi0FastModel(cfg)
     return Pi0Model(cfg)
+
+
+def _config_from_lerobot_fast(lerobot, tensors: _TensorFile, meta: dict) -> PolicyConfig:
+    """Sizes of a LeRobot pi0-FAST directory (PI0FastPytorch: a PaliGemma, no expert).
+
+    LeRobot appends a BOS after the `tokenizer_max_length` padded prompt slots
+    and decodes from it; vla_ros counts it as one more prompt slot.
+    """
+    path = lerobot.path
+    weights = path.parent / WEIGHTS_FILE
+    if lerobot.is_fast != tensors.is_fast:
+        found = "pi0-FAST weights (no action expert)" if tensors.is_fast else "weights with an action expert"
+        raise CheckpointError(f"{path} says type {lerobot.variant!r} but {weights} holds {found}; fix 'type'")
+    vision = _infer_vision(tensors, meta)
+    if vision.image_size != lerobot.image_resolution[0]:
+        raise CheckpointError(
+            f"{path}: image_resolution {list(lerobot.image_resolution)} but the vision weights in {weights} "
+            f"are for {vision.image_size} px; fix image_resolution"
+        )
+    prefix = _gemma_from_shapes(tensors, "paligemma.model.language_model", path)
+    vocab = tensors.shape(EMBED_KEY if EMBED_KEY in tensors.names else LM_HEAD_KEY)[0]
+    name = next(
+        (named.name for named in NAMED_CONFIGS.values()
+         if named.is_fast and (named.vision, named.prefix) == (vision, prefix)),
+        "pi0fast",
+    )
+    return PolicyConfig(
+        name=name,
+        pi05=False,
+        vision=vision,
+        prefix=prefix,
+        expert=None,
+        vocab_size=vocab,
+        action_horizon=lerobot.chunk_size,
+        action_dim=lerobot.max_action_dim,
+        max_token_len=lerobot.tokenizer_max_length + 1,
+        num_cameras=len(lerobot.cameras),
+        decode=DecodeConfig(lerobot.max_decoding_steps, lerobot.fast_skip_tokens),
+    )
 
 
 def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):

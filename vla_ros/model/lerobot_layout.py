@@ -44,7 +44,7 @@ STATE_FEATURE = "observation.state"
 ACTION_FEATURE = "action"
 IMAGES_PREFIX = "observation.images."
 EMPTY_CAMERA_PREFIX = "empty_camera_"
-LEROBOT_TYPES = ("pi0", "pi05")
+LEROBOT_TYPES = ("pi0", "pi05", "pi0_fast")
 # The parameter precisions PI0Config / PI05Config accept (`dtype`).
 LEROBOT_DTYPES = ("float32", "bfloat16")
 # LeRobot NormalizationMode -> vla_ros Normalizer mode.
@@ -58,6 +58,7 @@ NORM_MODES = {
 DEFAULT_NORMALIZATION = {
     "pi0": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
     "pi05": {"VISUAL": "IDENTITY", "STATE": "QUANTILES", "ACTION": "QUANTILES"},
+    "pi0_fast": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
 }
 DEFAULT_EXCLUDE_JOINTS = ("gripper",)
 DEFAULT_EPS = 1e-8
@@ -77,7 +78,7 @@ LEROBOT_TOKENIZER = "google/paligemma-3b-pt-224"
 
 
 def is_lerobot_config(meta: Mapping[str, Any]) -> bool:
-    """Whether a config.json dict is LeRobot's pi0 / pi0.5 config (a `type` and LeRobot's feature fields)."""
+    """Whether a config.json dict is LeRobot's pi0 / pi0.5 / pi0-FAST config (a `type` and feature fields)."""
     return meta.get("type") in LEROBOT_TYPES and any(
         key in meta for key in ("input_features", "output_features", "normalization_mapping")
     )
@@ -117,10 +118,19 @@ class LeRobotConfig:
     paligemma_variant: str | None
     action_expert_variant: str | None
     dtype: str = "float32"  # the precision LeRobot loads the parameters in (not used to pick ours)
+    # pi0-FAST (PI0FastConfig) only:
+    max_decoding_steps: int = 256
+    fast_skip_tokens: int = 128
+    temperature: float = 0.0
+    action_tokenizer_name: str | None = None
 
     @property
     def pi05(self) -> bool:
         return self.variant == "pi05"
+
+    @property
+    def is_fast(self) -> bool:
+        return self.variant == "pi0_fast"
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -275,7 +285,7 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
         max_action_dim=_int_field(meta, path, "max_action_dim", 32),
         num_inference_steps=_int_field(meta, path, "num_inference_steps", 10),
         tokenizer_max_length=_int_field(
-            meta, path, "tokenizer_max_length", 200 if variant == "pi05" else 48, minimum=2
+            meta, path, "tokenizer_max_length", 48 if variant == "pi0" else 200, minimum=2
         ),
         image_resolution=(resolution[0], resolution[1]),
         empty_cameras=empty,
@@ -290,7 +300,24 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
         action_feature_names=_string_list(path, "action_feature_names", meta.get("action_feature_names")),
         dtype=dtype,
         **variants,
+        **(_fast_fields(meta, path) if variant == "pi0_fast" else {}),
     )
+
+
+def _fast_fields(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """PI0FastConfig's decode fields, validated."""
+    temperature = meta.get("temperature", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise _field_error(path, "temperature", f"must be a number >= 0, got {temperature!r}")
+    name = meta.get("action_tokenizer_name")
+    if name is not None and not isinstance(name, str):
+        raise _field_error(path, "action_tokenizer_name", f"must be a string, got {name!r}")
+    return {
+        "max_decoding_steps": _int_field(meta, path, "max_decoding_steps", 256),
+        "fast_skip_tokens": _int_field(meta, path, "fast_skip_tokens", 128, minimum=0),
+        "temperature": float(temperature),
+        "action_tokenizer_name": name,
+    }
 
 
 def read_lerobot_config(directory: str | Path, meta: Mapping[str, Any] | None = None) -> LeRobotConfig | None:
