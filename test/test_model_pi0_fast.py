@@ -158,7 +158,8 @@ def test_pi0fast_configs():
     for name in ("pi0fast", "pi0fast-tiny"):
         cfg = get_config(name)
         assert cfg.is_fast and cfg.variant == "pi0fast" and cfg.expert is None and cfg.state_in_prompt
-        assert (cfg.vocab_size, cfg.max_token_len, cfg.action_horizon, cfg.action_dim) == (257152, 200, 50, 32)
+        sizes = (cfg.vocab_size, cfg.max_token_len, cfg.action_horizon, cfg.action_dim)
+        assert sizes == (257152, 200, 50, 32)
         assert cfg.decode.max_decoding_steps == 256 and cfg.decode.fast_skip_tokens == 128
         assert PolicyConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     tiny, pi0 = get_config("pi0fast-tiny"), get_config("pi0-tiny")
