@@ -91,3 +91,17 @@ def test_a_checkpoint_without_a_tokenizer_gets_a_fill_for_policy_tokenizer(tmp_p
     params["output"]["trajectory_topic"] = "/arm/joint_trajectory"
     with pytest.raises(ConfigError, match=r"'policy.tokenizer': still the placeholder"):
         NodeConfig.from_dict(params)
+
+
+def test_inspect_a_fast_checkpoint_names_its_action_tokenizer(tiny_fast_checkpoint, tmp_path, capsys):
+    import shutil
+
+    assert main(["inspect", str(tiny_fast_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "family:      pi0fast (pi0fast-tiny)" in out
+    assert "no action expert: decodes FAST action tokens, at most 256" in out
+    assert f"FAST tokenizer {tiny_fast_checkpoint / 'fast_tokenizer'} (BPE vocabulary 256" in out
+    copy = tmp_path / "ck"
+    shutil.copytree(tiny_fast_checkpoint, copy, ignore=shutil.ignore_patterns("fast_tokenizer"))
+    assert main(["inspect", str(copy)]) == 0
+    assert "action text: MISSING:" in capsys.readouterr().out

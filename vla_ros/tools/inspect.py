@@ -68,8 +68,10 @@ def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tup
         f"checkpoint:  {directory}",
         f"family:      {spec.variant} ({spec.config_name}); provenance: {provenance}",
         f"sizes:       vision {cfg.vision.width} x {cfg.vision.depth} layers at {cfg.vision.image_size} px; "
-        f"prefix {cfg.prefix.width} x {cfg.prefix.depth}; action expert {cfg.expert.width} x "
-        f"{cfg.expert.depth}; vocabulary {cfg.vocab_size}",
+        f"prefix {cfg.prefix.width} x {cfg.prefix.depth}; "
+        + (f"action expert {cfg.expert.width} x {cfg.expert.depth}" if cfg.expert is not None else
+           f"no action expert: decodes FAST action tokens, at most {cfg.decode.max_decoding_steps}")
+        + f"; vocabulary {cfg.vocab_size}",
         "cameras:     " + ", ".join(
             f"slot {i} {key}"
             + (" (trained empty: never fed)" if key in empty else "")
@@ -81,6 +83,8 @@ def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tup
         f"norm stats:  {spec.norm_stats or '?'}" + (f" ({spec.normalization})" if spec.normalization else ""),
         f"prompt:      {spec.max_token_len} tokens; tokenizer: {tokenizer_line}",
     ]
+    if cfg.is_fast:
+        lines.append("action text: " + _fast_tokenizer_line(directory, options))
     relative = spec.relative_action_dims
     if relative:
         lines.append(f"relative:    actions relative to the state for dims {list(relative)} (made absolute)")
@@ -91,6 +95,20 @@ def describe(directory: Path, options: Any, tokenizer_override: str = "") -> tup
     if spec.untrained:
         lines.append("WARNING:     untrained (`vla-ros make-tiny`): random actions; never on a real robot")
     return spec, lines, tokenizer
+
+
+def _fast_tokenizer_line(directory: Path, options: Any) -> str:
+    from vla_ros.errors import CheckpointError
+    from vla_ros.model.fast_tokenizer import FastActionTokenizer, find_fast_tokenizer
+
+    try:
+        path = find_fast_tokenizer(directory, getattr(options, "action_tokenizer", None))
+        fast = FastActionTokenizer.load(str(path))
+    except CheckpointError as exc:
+        return f"MISSING: {exc}"
+    shape = f"{fast.time_horizon or '?'} x {fast.action_dim or '?'}"
+    return (f"'Action: ' + FAST tokens + '|'; FAST tokenizer {path} (BPE vocabulary {fast.num_ids}, "
+            f"scale {fast.scale:g}, chunk {shape})")
 
 
 def starter_yaml(directory: Path, spec: Any, tokenizer: Path | None) -> str:
