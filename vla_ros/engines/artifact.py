@@ -1,10 +1,14 @@
 """The artifact directory `vla-ros export` writes and the onnx engine loads: layout, manifest, suffix weights.
 
     prefix.onnx (+ prefix.onnx.data)  images + prompt -> per-layer K/V, static shapes, batch 1
-    suffix.safetensors                only the weights the suffix denoiser needs (fp32)
+                                      (decode models: + last_logits of the last prompt token)
+    suffix.safetensors                pi0 / pi0.5: only the weights the suffix denoiser needs (fp32)
+    decode.safetensors                pi0-FAST: the language model the decode stage steps (fp32):
+                                      layers, final norm, token embedding, lm_head when untied
     config.json, assets/<id>/norm_stats.json, <tokenizer>.model   copied from the checkpoint
+    fast_tokenizer/                   pi0-FAST: the FAST action tokenizer, copied from the checkpoint
     prefix.engine                     (--tensorrt) serialized TensorRT engine for the exporting GPU
-    manifest.json                     config, graph IO, precision, exporter, tool versions,
+    manifest.json                     variant, config, graph IO, precision, exporter, tool versions,
                                       sha256 of every file, the validation errors
 
 The manifest is written last, so a directory with one is a complete export.
@@ -28,6 +32,7 @@ MANIFEST_FILE = "manifest.json"
 GRAPH_FILE = "prefix.onnx"
 GRAPH_DATA_FILE = GRAPH_FILE + ".data"
 SUFFIX_FILE = "suffix.safetensors"
+DECODE_FILE = "decode.safetensors"
 ENGINE_FILE = "prefix.engine"
 CONFIG_FILE = "config.json"
 NORM_STATS_FILE = "norm_stats.json"
@@ -48,9 +53,19 @@ SUFFIX_KEY_PREFIXES = (
 )
 
 
+# Weights the decode stage of a decode model (pi0-FAST) reads: the language model and its head.
+LANGUAGE_MODEL_PREFIX = "paligemma_with_expert.paligemma.model.language_model."
+LM_HEAD_KEY = "paligemma_with_expert.paligemma.lm_head.weight"
+
+
 def is_suffix_key(name: str) -> bool:
     """True for a state-dict key the suffix denoiser needs (action expert, action heads, time MLPs)."""
     return name.startswith(SUFFIX_KEY_PREFIXES)
+
+
+def is_decode_key(name: str) -> bool:
+    """True for a state-dict key the decode stage needs (language model layers, norm, embedding, head)."""
+    return name.startswith(LANGUAGE_MODEL_PREFIX) or name == LM_HEAD_KEY
 
 
 def sha256_file(path: Path, progress=None) -> str:
@@ -128,6 +143,62 @@ def load_suffix_model(
         model = Pi0Model(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if is_suffix_key(k)}
     state = load_file(str(path))
+    _check_state(path, cfg, state, expected)
+    device = torch.device(device)
+    model.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()},
+                          strict=False, assign=True)
+    if dtype != torch.float32:
+        model.to_mixed_precision(dtype)  # casts the meta prefix too: compute_dtype stays right
+    return model.eval(), cfg
+
+
+def load_decode_model(
+    artifact_dir: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
+    """A Pi0FastModel whose language model (and head) hold the artifact's weights; vision stays on `meta`.
+
+    The decode stage's counterpart of `load_suffix_model`: `embed_text`,
+    `language_model` and `logits` work (all a StaticDecoder uses), the prefix
+    does not (the artifact's graph runs it). A decode.safetensors without
+    lm_head.weight means the head is tied to the token embedding, as in the
+    checkpoint it came from. dtype float32 keeps everything fp32; bfloat16 /
+    float16 give the reference mixed-precision split. Tensors are created on
+    `device`; do not call `.to()` on the model (meta tensors cannot be copied).
+    """
+    from safetensors.torch import load_file
+
+    from vla_ros.model.pi0_fast import Pi0FastModel
+
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    cfg = PolicyConfig.from_dict(manifest["config"])
+    if not cfg.is_fast:
+        raise CheckpointError(f"{artifact_dir} holds a {cfg.variant} export, which has no decode stage")
+    path = artifact_dir / ((manifest.get("decode") or {}).get("file") or DECODE_FILE)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no {path.name} in {artifact_dir} (the language model the decode stage runs): re-export the "
+            "checkpoint with `vla-ros export`"
+        )
+    with torch.device("meta"):
+        model = Pi0FastModel(cfg)
+    state = load_file(str(path))
+    tied = LM_HEAD_KEY not in state
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
+                if is_decode_key(k) and not (tied and k == LM_HEAD_KEY)}
+    _check_state(path, cfg, state, expected)
+    device = torch.device(device)
+    model.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()},
+                          strict=False, assign=True)
+    if tied:
+        model.tie_head()
+    if dtype != torch.float32:
+        model.to_mixed_precision(dtype)  # casts the meta vision tower too: compute_dtype stays right
+    return model.eval(), cfg
+
+
+def _check_state(path: Path, cfg: PolicyConfig, state: dict, expected: dict) -> None:
+    """CheckpointError naming missing, unexpected and mis-shaped tensors of a weights file."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(f"{k}: {tuple(state[k].shape)} vs {expected[k]}" for k in set(expected) & set(state)
@@ -139,12 +210,6 @@ def load_suffix_model(
         raise CheckpointError(
             f"{path} does not fit the {cfg.name} config in the manifest ({details}); re-export"
         )
-    device = torch.device(device)
-    model.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()},
-                          strict=False, assign=True)
-    if dtype != torch.float32:
-        model.to_mixed_precision(dtype)  # casts the meta prefix too: compute_dtype stays right
-    return model.eval(), cfg
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -179,8 +244,30 @@ def save_suffix(state: dict[str, torch.Tensor], out_dir: Path) -> dict:
             "parameters": int(sum(v.numel() for v in state.values()))}
 
 
+def decode_state(model) -> dict[str, torch.Tensor]:
+    """Lossless copies of the decode stage's weights (take them before any cast).
+
+    The language model's layers, final norm and token embedding, and lm_head
+    only when it is its own tensor: a tied head is stored once, as the embedding.
+    """
+    tied = model.head_is_tied
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
+            if is_decode_key(k) and not (tied and k == LM_HEAD_KEY)}
+
+
+def save_decode(state: dict[str, torch.Tensor], out_dir: Path) -> dict:
+    """Write decode.safetensors; returns its manifest entry."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(out_dir / DECODE_FILE), metadata={"format": "pt"})
+    return {"file": DECODE_FILE, "dtype": "float32", "tensors": len(state),
+            "parameters": int(sum(v.numel() for v in state.values())),
+            "lm_head": "untied" if LM_HEAD_KEY in state else "tied to the token embedding"}
+
+
 def copy_runtime_files(
-    checkpoint_dir: Path, out_dir: Path, cfg: PolicyConfig, tokenizer: str | Path | None = None
+    checkpoint_dir: Path, out_dir: Path, cfg: PolicyConfig, tokenizer: str | Path | None = None,
+    action_tokenizer: str | Path | None = None,
 ) -> list[str]:
     """config.json (with the resolved vla_ros config), statistics and tokenizer, same relative paths.
 
@@ -188,7 +275,9 @@ def copy_runtime_files(
     directory's processor files (the two pipelines' JSON and the safetensors
     files their steps name). `tokenizer` (policy.tokenizer) outside the
     checkpoint is copied to `tokenizer/` in the artifact, where the finder
-    looks.
+    looks. pi0-FAST also gets its FAST action tokenizer directory, found as
+    the policy finds it (`action_tokenizer`: policy.action_tokenizer); one
+    outside the checkpoint lands in `fast_tokenizer/`.
     """
     from vla_ros.model.checkpoint import read_config_json
     from vla_ros.model.lerobot_layout import POSTPROCESSOR_FILE, PREPROCESSOR_FILE, processor_files
@@ -213,11 +302,25 @@ def copy_runtime_files(
         targets.append((source, source.resolve().relative_to(checkpoint_dir.resolve())))
     else:
         targets.append((source, Path("tokenizer") / source.name))
+    if cfg.is_fast:
+        targets.extend(_fast_tokenizer_files(checkpoint_dir, action_tokenizer))
     for path, relative in targets:
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, out_dir / relative)
         copied.append(relative.as_posix())
     return copied
+
+
+def _fast_tokenizer_files(checkpoint_dir: Path, override: str | Path | None) -> list[tuple[Path, Path]]:
+    """(file, path in the artifact) for each file of the FAST tokenizer directory."""
+    from vla_ros.model.fast_tokenizer import FAST_TOKENIZER_DIRS, find_fast_tokenizer
+
+    source = Path(find_fast_tokenizer(checkpoint_dir, str(override) if override else None)).resolve()
+    if source.is_relative_to(checkpoint_dir.resolve()):
+        into = source.relative_to(checkpoint_dir.resolve())
+    else:
+        into = Path(FAST_TOKENIZER_DIRS[0])
+    return [(path, into / path.relative_to(source)) for path in sorted(source.rglob("*")) if path.is_file()]
 
 
 def hash_files(out_dir: Path, disable: bool | None = False) -> dict[str, dict]:

@@ -15,6 +15,9 @@ Defaults (`auto`):
   GPU, never its TensorRT provider unless asked for; OpenVINO's provider on a
   CPU where onnxruntime-openvino is installed);
 - suffix: a replayed CUDA graph on CUDA, eager static buffers on the CPU;
+- decode (pi0-FAST): the same prefix choice (an artifact's graph also gives
+  the first logits, written into the decoder's buffer), then the static-cache
+  decode step, a replayed CUDA graph on CUDA, eager on the CPU;
 - weights: bf16 models on the CPU are packed for oneDNN (engines/cpu_packed.py).
 """
 
@@ -192,6 +195,8 @@ def build_engine(directory: Path, options, source: str = "openpi") -> tuple[Engi
 
         cfg = config_from_checkpoint(directory)
     dtype = resolve_dtype(options.precision, device, reference, cfg)
+    if cfg is None and artifacts:
+        cfg = config_from_manifest(directory)  # the family decides the stages; the manifest says which
     if cfg is not None and cfg.is_fast:
         return _build_decode_engine(directory, options, cfg, device, dtype, reference, source)
 
@@ -225,21 +230,8 @@ def build_engine(directory: Path, options, source: str = "openpi") -> tuple[Engi
         from vla_ros.engines.prefix_torch import TorchPrefixRuntime
 
         prefix = TorchPrefixRuntime(model)
-    elif prefix_engine == "tensorrt":
-        from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
-
-        prefix = TensorRTPrefixRuntime(directory, device_id=_device_index(device))
     else:
-        from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
-
-        providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
-        prefix = OnnxPrefixRuntime(
-            directory,
-            providers=providers,
-            num_threads=options.num_threads,
-            device_id=_device_index(device) if device.type == "cuda" else 0,
-            cpu_bf16=dtype == torch.bfloat16,
-        )
+        prefix = _artifact_prefix(prefix_engine, directory, options, device, dtype)
     denoiser = StaticSuffixDenoiser(model, num_steps, device)
     return OptimizedEngine(prefix, denoiser, suffix_mode), cfg
 
@@ -258,27 +250,74 @@ def resolve_decode(mode: str, device: torch.device) -> str:
     return "eager"
 
 
+def config_from_manifest(directory: Path) -> PolicyConfig:
+    """The model config an artifact directory was exported with."""
+    from vla_ros.engines.artifact import read_manifest
+
+    return PolicyConfig.from_dict(read_manifest(directory)["config"])
+
+
 def _build_decode_engine(
     directory: Path, options, cfg: PolicyConfig, device: torch.device, dtype, reference: bool, source: str
 ):
-    """A decode engine (pi0-FAST) for a checkpoint directory: PyTorch prefix, static-cache decode."""
+    """A decode engine (pi0-FAST): a prefix runtime filling a static-cache decoder.
+
+    For a checkpoint directory the prefix is PyTorch (or the reference engine);
+    for an exported artifact it is the artifact's TensorRT engine or its ONNX
+    graph under onnxruntime (`resolve_prefix_engine`), the graph's last_logits
+    bound to the decoder's first_logits, and the decoder steps the language
+    model loaded from the artifact's decode.safetensors.
+    """
     from vla_ros.engines.decode import DecodeEngine, ReferenceDecodeEngine, StaticDecoder
-    from vla_ros.model.checkpoint import load_model
 
     max_new = options.max_decoding_steps or cfg.decode.max_decoding_steps
-    if options.engine not in ("auto", "pytorch", "reference"):
-        raise ConfigError(
-            "policy.engine", f"'{options.engine}' is not available for pi0-FAST yet; use 'auto' or 'pytorch'"
-        )
     if options.suffix == "compiled":
         raise ConfigError("policy.suffix", "'compiled' is not available for the decode stage; use 'auto'")
-    model, cfg = load_model(directory, dtype=dtype, device=device)
     gap = OPENPI_DECODE_POSITION_GAP if source == "openpi" else 0
     if reference:
+        if is_artifact_dir(directory):
+            raise ConfigError(
+                "policy.engine", "'reference' needs a checkpoint directory, not an exported artifact"
+            )
+        from vla_ros.model.checkpoint import load_model
+
+        model, cfg = load_model(directory, dtype=dtype, device=device)
         return ReferenceDecodeEngine(model, max_new, position_gap=gap), cfg
+    prefix_engine = resolve_prefix_engine(options.engine, directory, device)
+    if prefix_engine == "pytorch":
+        from vla_ros.model.checkpoint import load_model
+
+        model, cfg = load_model(directory, dtype=dtype, device=device)
+    else:
+        from vla_ros.engines.artifact import load_decode_model
+
+        model, cfg = load_decode_model(directory, dtype=dtype, device=device)
     if options.pack_weights:
         model = pack_for_cpu(model, "compiled", inplace=True)  # no expert to pack
-    from vla_ros.engines.prefix_torch import TorchPrefixRuntime
-
     decoder = StaticDecoder(model, max_new, options.temperature, device, seed=options.seed, position_gap=gap)
-    return DecodeEngine(TorchPrefixRuntime(model), decoder, resolve_decode(options.suffix, device)), cfg
+    if prefix_engine == "pytorch":
+        from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+
+        prefix = TorchPrefixRuntime(model)
+    else:
+        prefix = _artifact_prefix(prefix_engine, directory, options, device, dtype)
+        prefix.bind_logits(decoder.first_logits)  # written by address where the runtime can
+    return DecodeEngine(prefix, decoder, resolve_decode(options.suffix, device)), cfg
+
+
+def _artifact_prefix(prefix_engine: str, directory: Path, options, device: torch.device, dtype):
+    """The artifact's prefix runtime: its TensorRT engine ('tensorrt') or its ONNX graph ('onnx')."""
+    if prefix_engine == "tensorrt":
+        from vla_ros.engines.prefix_tensorrt import TensorRTPrefixRuntime
+
+        return TensorRTPrefixRuntime(directory, device_id=_device_index(device))
+    from vla_ros.engines.prefix_onnx import OnnxPrefixRuntime
+
+    providers = "auto" if device.type == "cuda" else cpu_onnx_providers()
+    return OnnxPrefixRuntime(
+        directory,
+        providers=providers,
+        num_threads=options.num_threads,
+        device_id=_device_index(device) if device.type == "cuda" else 0,
+        cpu_bf16=dtype == torch.bfloat16,
+    )

@@ -1,5 +1,9 @@
 """`vla-ros export`: the prefix encoder to ONNX, checked against PyTorch, written as an artifact directory.
 
+pi0 / pi0.5 artifacts carry the suffix denoiser's weights beside the graph;
+pi0-FAST ones the language model its decode stage steps, and a graph that also
+outputs the logits of the last prompt token (prefix_graph.DecodePrefixEncoder).
+
 Export follows the TensorRT samples' split (create_onnx / build_engine / infer):
 this module creates the graph and drives the export; artifact.py owns the
 directory's layout and manifest, onnx_validate.py the check against PyTorch,
@@ -23,7 +27,7 @@ from torch import nn
 from vla_ros.engines import artifact, prefix_tensorrt
 from vla_ros.engines.artifact import ENGINE_FILE, GRAPH_DATA_FILE, GRAPH_FILE
 from vla_ros.engines.onnx_validate import validate_graph
-from vla_ros.engines.prefix_graph import INPUT_NAMES, output_names, PrefixEncoder, validation_inputs
+from vla_ros.engines.prefix_graph import graph_output_names, INPUT_NAMES, make_encoder, validation_inputs
 from vla_ros.errors import CheckpointError, ConfigError, EngineError
 from vla_ros.model.pi0 import Pi0Model
 
@@ -74,6 +78,8 @@ class ExportOptions:
     seed: int = 0
     overwrite: bool = False
     tokenizer: str | None = None  # a tokenizer outside the checkpoint (policy.tokenizer), copied in
+    # pi0-FAST: a FAST action tokenizer directory outside the checkpoint (policy.action_tokenizer), copied in
+    action_tokenizer: str | None = None
     # The graph's image input: float32 in [-1, 1] (LeRobot checkpoints, whose resize is float and
     # never rounded) or uint8 (openpi's). export_artifact sets it from the checkpoint's provenance.
     float_images: bool = False
@@ -145,8 +151,8 @@ def _remove_graph(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
-def _output_names(module: PrefixEncoder) -> list[str]:
-    return list(output_names(module.model.cfg.prefix.depth))
+def _output_names(module: nn.Module) -> list[str]:
+    return list(graph_output_names(module.model.cfg))
 
 
 def _export_dynamo(module: nn.Module, args: tuple, path: Path, opset: int, external: bool) -> None:
@@ -185,8 +191,11 @@ def _export_torchscript(module: nn.Module, args: tuple, path: Path, opset: int, 
 def export_graph(
     model: Pi0Model, path: Path, options: ExportOptions, external: bool
 ) -> tuple[str, str | None]:
-    """Write `model`'s prefix encoder to `path`; returns (exporter used, why dynamo was not used)."""
-    module = PrefixEncoder(model).eval()
+    """Write `model`'s prefix encoder to `path`; returns (exporter used, why dynamo was not used).
+
+    `model` is a Pi0Model, or a Pi0FastModel whose graph also outputs last_logits.
+    """
+    module = make_encoder(model).eval()
     inputs = validation_inputs(model.cfg, options.seed, options.float_images)
     args = tuple(inputs[name] for name in INPUT_NAMES)
     reason = None
@@ -384,7 +393,8 @@ def export_artifact(
 
         options = dataclasses.replace(options, float_images=read_lerobot_config(checkpoint_dir) is not None)
         model, cfg = load_model(checkpoint_dir, dtype=torch.float32)
-        suffix_state = artifact.suffix_state(model)
+        # What runs after the prefix: the suffix denoiser's weights, or the decode stage's language model.
+        stage_state = artifact.decode_state(model) if cfg.is_fast else artifact.suffix_state(model)
         if options.precision != "fp32":
             model.to_mixed_precision(options.dtype)
         prefix_bytes = sum(
@@ -399,6 +409,8 @@ def export_artifact(
         graph = out_dir / GRAPH_FILE
         exporter, fallback_reason = export_graph(model, graph, options, external)
         routed = route_layer_outputs(graph)
+        if cfg.is_fast:
+            routed = cfg.prefix.depth  # DecodePrefixEncoder returns each layer's own K/V: nothing to reroute
         bar.update()
 
         step("check")
@@ -419,8 +431,15 @@ def export_artifact(
         bar.update()
 
         step("copy")
-        suffix = artifact.save_suffix(suffix_state, out_dir)
-        copied = artifact.copy_runtime_files(checkpoint_dir, out_dir, cfg, options.tokenizer)
+        suffix = decode = None
+        if cfg.is_fast:
+            decode = artifact.save_decode(stage_state, out_dir)
+        else:
+            suffix = artifact.save_suffix(stage_state, out_dir)
+        del stage_state
+        copied = artifact.copy_runtime_files(
+            checkpoint_dir, out_dir, cfg, options.tokenizer, options.action_tokenizer
+        )
         bar.update()
 
         engine = None
@@ -437,6 +456,9 @@ def export_artifact(
 
     return artifact.write_manifest(out_dir, {
         "source_checkpoint": str(checkpoint_dir.resolve()),
+        # The family: pi0 / pi05 (prefix + flow-matching suffix) or pi0fast (prefix + decode stage).
+        "variant": cfg.variant,
+        "stages": ["prefix", "decode"] if cfg.is_fast else ["prefix", "suffix"],
         "config": cfg.to_dict(),
         "precision": options.precision,
         "graph": {
@@ -451,6 +473,7 @@ def export_artifact(
             "outputs": outputs,
         },
         "suffix": suffix,
+        "decode": decode,
         "runtime_files": copied,
         **prefix_tensorrt.manifest_entries(options.precision, options.workspace_gib, engine),
         "versions": _versions(),

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-from vla_ros.engines.prefix_graph import INPUT_NAMES, ONNX_ELEMENT_TYPES, ort_type_to_torch, validation_inputs
+from vla_ros.engines.prefix_graph import (
+    INPUT_NAMES,
+    LAST_LOGITS,
+    ONNX_ELEMENT_TYPES,
+    ort_type_to_torch,
+    validation_inputs,
+)
 from vla_ros.errors import EngineError
 from vla_ros.model.pi0 import Pi0Model
 
@@ -62,7 +68,9 @@ def validate_graph(
 ) -> dict:
     """Compare onnxruntime's K/V with PyTorch's on random inputs (a masked camera, a padded prompt).
 
-    Raises EngineError beyond `max_error` * max(1, max |reference|) or on any pad-mask
+    Decode models (pi0-FAST) also compare last_logits, the logits of the last
+    real prompt token, with `Pi0FastModel.embed_prefix`'s. Raises EngineError
+    beyond `max_error` * max(1, max |reference|) or on any pad-mask
     difference; returns the report stored in the manifest.
     """
     import onnxruntime as ort
@@ -71,7 +79,7 @@ def validate_graph(
     with torch.no_grad():
         ref = model.embed_prefix(**inputs)
     report = {
-        "reference": f"PyTorch Pi0Model.embed_prefix ({precision}, cpu)",
+        "reference": f"PyTorch {type(model).__name__}.embed_prefix ({precision}, cpu)",
         "inputs": {
             "seed": seed,
             "masked_cameras": [i for i, m in enumerate(inputs["image_masks"][0].tolist()) if not m],
@@ -95,13 +103,20 @@ def validate_graph(
         binding.bind_output(spec.name, "cpu", 0, ONNX_ELEMENT_TYPES[dtype], list(spec.shape),
                             outputs[spec.name].data_ptr())
     session.run_with_iobinding(binding)
-    keys, values = (_error_stats(_stacked(outputs, name), reference)
-                    for name, reference in (("keys", ref.keys), ("values", ref.values)))
+    compared = {name: _error_stats(_stacked(outputs, name), reference)
+                for name, reference in (("keys", ref.keys), ("values", ref.values))}
+    if ref.last_logits is not None:
+        if LAST_LOGITS not in outputs:
+            raise EngineError(f"the exported graph {path} has no {LAST_LOGITS} output, which the decode "
+                              "stage starts from")
+        compared[LAST_LOGITS] = _error_stats(outputs[LAST_LOGITS], ref.last_logits.reshape(1, -1))
+        compared[LAST_LOGITS]["argmax_equal"] = bool(
+            int(outputs[LAST_LOGITS].argmax()) == int(ref.last_logits.reshape(-1).argmax())
+        )
     pad_equal = bool(torch.equal(outputs["pad_mask"], ref.pad_mask))
-    report.update(provider=provider, keys=keys, values=values, pad_mask_equal=pad_equal,
-                  onnxruntime=ort.__version__)
+    report.update(provider=provider, **compared, pad_mask_equal=pad_equal, onnxruntime=ort.__version__)
     failed = [f"{name} max abs error {stats['max_abs']:.3g} > {max_error * max(1.0, stats['max_ref']):.3g}"
-              for name, stats in (("keys", keys), ("values", values))
+              for name, stats in compared.items()
               if not stats["max_abs"] <= max_error * max(1.0, stats["max_ref"])]
     if not pad_equal:
         failed.append("pad_mask differs")

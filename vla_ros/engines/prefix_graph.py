@@ -13,6 +13,15 @@ a stacked (L, 1, KV, P, hd) output can only be written elsewhere and copied.
 Each layer's prefix part (1, KV, P, hd) is contiguous when KV == 1, which holds
 for every pi0 / pi0.5 Gemma (multi-query attention): there a per-layer output
 is bound to it and the runtime writes the suffix's K/V by address, no copy.
+
+Decode models (pi0-FAST) have one more output, `last_logits` (1, vocab) fp32:
+the logits of the last real prompt token, from which the decode stage picks its
+first token. `DecodePrefixEncoder` computes the last layer's attention, MLP,
+final norm and LM head for that one gathered token only (the cache needs every
+token's K/V, the logits one token's hidden state), which keeps the graph and
+its work small: the head alone over all P tokens would be P x vocab outputs.
+The runtimes bind `last_logits` by address to the decode stage's
+`first_logits` buffer where they can (`logits_target`).
 """
 
 from __future__ import annotations
@@ -22,18 +31,31 @@ import torch
 from torch import nn
 
 from vla_ros.errors import EngineError
+from vla_ros.model import masks
 from vla_ros.model.config import PolicyConfig
+from vla_ros.model.gemma import KVCache
+from vla_ros.model.layers import apply_rope, attention, attention_bias, gated_residual, linear, rope_cos_sin
 from vla_ros.model.pi0 import Pi0Model
 
 INPUT_NAMES = ("images", "image_masks", "tokens", "token_masks")
 PAD_MASK = "pad_mask"
+LAST_LOGITS = "last_logits"  # decode models only: (1, vocab) fp32 of the last real prompt token
 # Artifacts exported before the per-layer outputs: still run, through one copy per output.
 STACKED_OUTPUT_NAMES = ("keys", "values", PAD_MASK)
 
 
-def output_names(depth: int) -> tuple[str, ...]:
-    """The graph's outputs for a `depth`-layer prefix: keys_0 .. keys_{L-1}, values_0 .., pad_mask."""
-    return (*(f"keys_{i}" for i in range(depth)), *(f"values_{i}" for i in range(depth)), PAD_MASK)
+def output_names(depth: int, logits: bool = False) -> tuple[str, ...]:
+    """The graph's outputs for a `depth`-layer prefix: keys_0 .. keys_{L-1}, values_0 .., pad_mask.
+
+    `logits` (decode models): last_logits after them.
+    """
+    names = (*(f"keys_{i}" for i in range(depth)), *(f"values_{i}" for i in range(depth)), PAD_MASK)
+    return (*names, LAST_LOGITS) if logits else names
+
+
+def graph_output_names(cfg: PolicyConfig) -> tuple[str, ...]:
+    """The outputs the prefix graph of `cfg` has (pi0 / pi0.5: K/V and pad mask; pi0-FAST: + last_logits)."""
+    return output_names(cfg.prefix.depth, logits=cfg.is_fast)
 
 
 ONNX_ELEMENT_TYPES = {  # onnx.TensorProto.DataType values, as IO binding takes them
@@ -80,16 +102,45 @@ def stage_inputs(buffers: dict[str, torch.Tensor], values, cfg: PolicyConfig) ->
         buffer.copy_(source.reshape(buffer.shape))
 
 
-def check_graph_io(source, inputs, outputs, depth: int, remedy: str) -> None:
-    """EngineError unless a graph / engine has INPUT_NAMES and the per-layer (or older stacked) outputs."""
+def check_graph_io(source, inputs, outputs, depth: int, remedy: str, logits: bool = False) -> None:
+    """EngineError unless a graph / engine has INPUT_NAMES and the per-layer (or older stacked) outputs.
+
+    `logits`: a decode model's graph, which must also have last_logits (there is no older form).
+    """
     outputs = set(outputs)
-    accepted = (set(output_names(depth)), set(STACKED_OUTPUT_NAMES))
+    accepted = [set(output_names(depth, logits))] + ([] if logits else [set(STACKED_OUTPUT_NAMES)])
     if set(inputs) == set(INPUT_NAMES) and outputs in accepted:
         return
     raise EngineError(
         f"{source} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected "
-        f"{list(INPUT_NAMES)} -> keys_0..keys_{depth - 1}, values_0..values_{depth - 1}, pad_mask: {remedy}"
+        f"{list(INPUT_NAMES)} -> keys_0..keys_{depth - 1}, values_0..values_{depth - 1}, pad_mask"
+        f"{', ' + LAST_LOGITS if logits else ''}: {remedy}"
     )
+
+
+def split_logits(outputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """(the K/V and pad-mask outputs, the last_logits output or None) of a runtime's output tensors."""
+    kv = {name: tensor for name, tensor in outputs.items() if name != LAST_LOGITS}
+    return kv, outputs.get(LAST_LOGITS)
+
+
+def logits_target(own: torch.Tensor, target: torch.Tensor | None, alignment: int = 1) -> torch.Tensor:
+    """Where a runtime writes last_logits: `target` (the decode stage's first_logits) where it can bind it.
+
+    That is when `target` has the output's shape (batch and vocab), device and
+    dtype, is one dense block and its address is a multiple of `alignment` bytes;
+    otherwise the runtime's own tensor `own`, which `run` returns for the caller to copy.
+    """
+    if target is None:
+        return own
+    if target.numel() != own.numel():
+        raise EngineError(
+            f"the logits buffer has shape {tuple(target.shape)}; the prefix writes {tuple(own.shape)} "
+            "(is the artifact from a model with another vocabulary?)"
+        )
+    direct = (target.device == own.device and target.dtype == own.dtype and target.is_contiguous()
+              and target.data_ptr() % alignment == 0)
+    return target.view(own.shape) if direct else own
 
 
 def kv_shape(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
@@ -180,6 +231,82 @@ class PrefixEncoder(nn.Module):
     def forward(self, images, image_masks, tokens, token_masks):
         cache = self.model.embed_prefix(images, image_masks, tokens, token_masks)
         return (*cache.keys.unbind(0), *cache.values.unbind(0), cache.pad_mask)
+
+
+def _row(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """x with only entry index[b] (index (B,)) kept along `dim` of each batch row b: size 1 there."""
+    shape = [1] * x.dim()
+    shape[0] = index.shape[0]
+    gather = index.view(shape).expand(*x.shape[:dim], 1, *x.shape[dim + 1:])
+    return torch.gather(x, dim, gather)
+
+
+class DecodePrefixEncoder(nn.Module):
+    """The prefix of a decode model (pi0-FAST) with plain tensor outputs: K/V, pad mask, last logits.
+
+    Same inputs as PrefixEncoder; outputs keys_0 .. keys_{L-1}, values_0 ..
+    values_{L-1} (1, KV, P, hd each, the model's compute dtype), pad_mask bool
+    (1, P) and last_logits fp32 (1, vocab): `Pi0FastModel.embed_prefix`
+    computed so that the last layer runs its K/V over all tokens but its query,
+    attention output, MLP, the final norm and the LM head over the last real
+    prompt token only (gathered by index, so the graph has no data-dependent
+    shapes). The head is a matmul with the (vocab, W) weight as it is stored,
+    never transposed, so a tied head shares the embedding's initializer.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, image_masks, tokens, token_masks):
+        from vla_ros.model.pi0_fast import last_real_index
+
+        model = self.model
+        lm = model.language_model
+        embs, pad = model.prefix_embeddings(images, image_masks, tokens, token_masks)
+        mask = attention_bias(masks.attention_mask(pad, torch.zeros_like(pad)))
+        positions = masks.prefix_positions(pad)
+        cos, sin = rope_cos_sin(positions, lm.cfg.head_dim)
+        last = last_real_index(pad)
+        hidden = embs
+        keys, values = [], []
+        for index, layer in enumerate(lm.layers):
+            attn = layer.self_attn
+            normed, gate = layer.input_layernorm(hidden)
+            if index < len(lm.layers) - 1:
+                q, k, v = attn.qkv(normed)
+                k = apply_rope(k, cos, sin)
+                out = attention(apply_rope(q, cos, sin), k, v, mask)
+                hidden = gated_residual(hidden, linear(attn.o_proj, out).to(hidden.dtype), gate)
+                normed, gate = layer.post_attention_layernorm(hidden)
+                hidden = gated_residual(hidden, layer.mlp(normed).to(hidden.dtype), gate)
+            else:  # K/V of every token; everything after them for the last real token only
+                k, v = attn.kv(normed)
+                k = apply_rope(k, cos, sin)
+                q = attn.project(_row(normed, last), attn.cfg.num_heads, attn.q_proj)
+                q_cos, q_sin = rope_cos_sin(_row(positions, last), lm.cfg.head_dim)
+                out = attention(apply_rope(q, q_cos, q_sin), k, v, _row(mask, last))
+                hidden = _row(hidden, last)
+                hidden = gated_residual(hidden, linear(attn.o_proj, out).to(hidden.dtype), gate)
+                normed, gate = layer.post_attention_layernorm(hidden)
+                hidden = gated_residual(hidden, layer.mlp(normed).to(hidden.dtype), gate)
+            keys.append(k)
+            values.append(v)
+        final, _ = lm.norm(hidden)  # (B, 1, W)
+        weight = model.lm_head.weight  # (vocab, W)
+        logits = torch.matmul(weight, final.to(weight.dtype).transpose(1, 2))  # (B, vocab, 1)
+        return (*keys, *values, pad, logits[..., 0].float())
+
+
+def make_encoder(model) -> nn.Module:
+    """The module traced for `model`'s graph: DecodePrefixEncoder for decode models, else PrefixEncoder."""
+    return DecodePrefixEncoder(model) if model.cfg.is_fast else PrefixEncoder(model)
+
+
+def reference_prefix(model, inputs: dict[str, torch.Tensor]) -> KVCache:
+    """PyTorch's `embed_prefix` (last_logits set for decode models): what validation compares against."""
+    with torch.no_grad():
+        return model.embed_prefix(**inputs)
 
 
 def validation_inputs(

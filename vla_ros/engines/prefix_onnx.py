@@ -9,6 +9,9 @@ buffers (prefix_graph.output_regions): where the region is one dense block of
 the graph's dtype on the session's device (the suffix's static cache, one KV
 head) onnxruntime writes the suffix's K/V by address and nothing is copied;
 `copied_outputs` names the outputs that went through a copy in the last run.
+A decode model's graph also outputs `last_logits`: bound by address to the
+buffer `bind_logits` names (the decode stage's `first_logits`) where it can be,
+else written to the runtime's own tensor, which `run` returns for the caller to copy.
 
 On a GPU the session runs on one dedicated CUDA stream (cuda_stream.py), handed
 to the CUDA provider as `user_compute_stream` (onnxruntime 1.17+), and each run
@@ -46,10 +49,13 @@ from vla_ros.engines.cuda_stream import dedicated_stream, running_on, stream_han
 from vla_ros.engines.prefix_graph import (
     check_graph_io,
     kv_shape,
+    LAST_LOGITS,
+    logits_target,
     ONNX_ELEMENT_TYPES,
     ort_type_to_torch,
     output_regions,
     output_targets,
+    split_logits,
     stage_inputs,
     staging_reason,
 )
@@ -247,7 +253,9 @@ class OnnxPrefixRuntime:
             for spec in self._session.get_outputs()
         }
         check_graph_io(self.graph_path, self._inputs, self._outputs, self.cfg.prefix.depth,
-                       "re-export with `vla-ros export`")
+                       "re-export with `vla-ros export`", logits=self.cfg.is_fast)
+        self._kv_outputs, self._logits_output = split_logits(self._outputs)
+        self.logits_buffer: torch.Tensor | None = None
         self._binding = self._session.io_binding()
         for name, tensor in self._inputs.items():
             self._bind(name, tensor, output=False)
@@ -291,6 +299,17 @@ class OnnxPrefixRuntime:
         return {name: tuple(t.shape) for name, t in self._outputs.items()}
 
     @property
+    def has_logits(self) -> bool:
+        """Whether the graph outputs last_logits (decode models)."""
+        return self._logits_output is not None
+
+    def bind_logits(self, buffer: torch.Tensor | None) -> None:
+        """Where `run` writes last_logits from now on (the decode stage's first_logits); None: return them."""
+        if buffer is not None and not self.has_logits:
+            raise EngineError(f"{self.graph_path} has no {LAST_LOGITS} output (not a decode model's graph)")
+        self.logits_buffer = buffer
+
+    @property
     def kv_shape(self) -> tuple[int, ...]:
         """(L, 1, KV, P, hd): the keys / values buffers `run` fills."""
         return kv_shape(self.output_shapes)
@@ -311,8 +330,15 @@ class OnnxPrefixRuntime:
                 torch.zeros(self.output_shapes["pad_mask"], dtype=torch.bool, device=device))
 
     def run(self, images, image_masks, tokens, token_masks,
-            keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor) -> None:
+            keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor,
+            logits: torch.Tensor | None = None) -> torch.Tensor | None:
         """Encode one observation into keys, values (layers, 1, KV, P, hd) and pad_mask (1, P), in place.
+
+        Decode models: last_logits (1, vocab) fp32 goes to `logits` (default: the
+        `bind_logits` buffer) by address where that buffer is dense fp32 on the
+        session's device, and run returns None; otherwise run returns the
+        runtime's own last_logits tensor (valid until the next run) to copy.
+        Graphs without last_logits return None.
 
         Inputs are numpy arrays or torch tensors, batched (1, ...) or not: images uint8
         (N, 224, 224, 3), image_masks bool (N,), tokens int (L,), token_masks bool (L,).
@@ -323,8 +349,14 @@ class OnnxPrefixRuntime:
         On a GPU the work is queued on `self.stream`, ordered after the caller's
         current stream and before its later work, without a host synchronisation.
         """
-        regions = output_regions(self._outputs, keys, values, pad_mask)
-        bound, staged = output_targets(self._outputs, regions)
+        regions = output_regions(self._kv_outputs, keys, values, pad_mask)
+        bound, staged = output_targets(self._kv_outputs, regions)
+        returned = None
+        if self._logits_output is not None:
+            target = self.logits_buffer if logits is None else logits
+            bound[LAST_LOGITS] = logits_target(self._logits_output, target)
+            if bound[LAST_LOGITS] is self._logits_output:
+                returned = self._logits_output
         for name, tensor in bound.items():
             key = (tensor.data_ptr(), tensor.dtype, tensor.device)
             if self._bound_outputs.get(name) != key:
@@ -343,6 +375,7 @@ class OnnxPrefixRuntime:
             self._session.run_with_iobinding(self._binding, self._run_options)
             for target, own in staged:
                 target.copy_(own)
+        return returned
 
     def describe(self) -> dict:
         return {
@@ -358,4 +391,6 @@ class OnnxPrefixRuntime:
             "engine_cache": str(self.engine_cache_dir) if self.engine_cache_dir else None,
             "cuda_stream": "dedicated" if self._ort_stream else ("onnxruntime's" if self.stream else None),
             "copied_outputs": len(self.copied_outputs),
+            **({"logits_by_address": logits_target(self._logits_output, self.logits_buffer)
+                is not self._logits_output} if self.has_logits else {}),
         }

@@ -33,8 +33,11 @@ from vla_ros.engines.cuda_stream import dedicated_stream, running_on, stream_han
 from vla_ros.engines.prefix_graph import (
     check_graph_io,
     kv_shape,
+    LAST_LOGITS,
+    logits_target,
     output_regions,
     output_targets,
+    split_logits,
     stage_inputs,
     staging_reason,
 )
@@ -266,6 +269,9 @@ class TensorRTPrefixRuntime:
     synchronisations), ordered after the caller's current stream and before its
     later work, so the suffix that follows needs no host synchronisation.
     device_id selects the GPU; the engine is checked against that device.
+    A decode model's engine also writes last_logits: into the `bind_logits`
+    buffer (the decode stage's first_logits) where its address, device and
+    dtype allow, else into the runtime's own tensor, which `run` returns.
     """
 
     name = "tensorrt"
@@ -305,7 +311,10 @@ class TensorRTPrefixRuntime:
                 (self._inputs if is_input else self._outputs)[name] = tensor
                 self._context.set_tensor_address(name, tensor.data_ptr())
         check_graph_io(path, self._inputs, self._outputs, self.cfg.prefix.depth,
-                       "re-export with `vla-ros export --tensorrt`")
+                       "re-export with `vla-ros export --tensorrt`", logits=self.cfg.is_fast)
+        self._kv_outputs, self._logits_output = split_logits(self._outputs)
+        self.logits_buffer: torch.Tensor | None = None
+        self._engine_file = path
         self._addresses = {name: t.data_ptr() for name, t in self._outputs.items()}
         self._said_staging = False
         self.copied_outputs: tuple[str, ...] = ()
@@ -322,11 +331,29 @@ class TensorRTPrefixRuntime:
         """(L, 1, KV, P, hd): the keys / values buffers `run` fills."""
         return kv_shape(self.output_shapes)
 
+    @property
+    def has_logits(self) -> bool:
+        """Whether the engine outputs last_logits (decode models)."""
+        return self._logits_output is not None
+
+    def bind_logits(self, buffer: torch.Tensor | None) -> None:
+        """Where `run` writes last_logits from now on (the decode stage's first_logits); None: return them."""
+        if buffer is not None and not self.has_logits:
+            raise EngineError(f"{self._engine_file} has no {LAST_LOGITS} output (not a decode model's)")
+        self.logits_buffer = buffer
+
     def run(self, images, image_masks, tokens, token_masks,
-            keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor) -> None:
-        """Same contract as OnnxPrefixRuntime.run: K/V and pad mask written in place."""
-        regions = output_regions(self._outputs, keys, values, pad_mask)
-        bound, staged = output_targets(self._outputs, regions, TENSOR_ALIGNMENT)
+            keys: torch.Tensor, values: torch.Tensor, pad_mask: torch.Tensor,
+            logits: torch.Tensor | None = None) -> torch.Tensor | None:
+        """As OnnxPrefixRuntime.run: K/V and pad mask written in place; last_logits bound or returned."""
+        regions = output_regions(self._kv_outputs, keys, values, pad_mask)
+        bound, staged = output_targets(self._kv_outputs, regions, TENSOR_ALIGNMENT)
+        returned = None
+        if self._logits_output is not None:
+            target = self.logits_buffer if logits is None else logits
+            bound[LAST_LOGITS] = logits_target(self._logits_output, target, TENSOR_ALIGNMENT)
+            if bound[LAST_LOGITS] is self._logits_output:
+                returned = self._logits_output
         for name, tensor in bound.items():
             if self._addresses[name] != tensor.data_ptr():
                 self._context.set_tensor_address(name, tensor.data_ptr())
@@ -343,6 +370,7 @@ class TensorRTPrefixRuntime:
                 raise EngineError("TensorRT failed to enqueue prefix.engine (see the TensorRT log above)")
             for target, own in staged:
                 target.copy_(own)
+        return returned
 
     def describe(self) -> dict:
         return {
@@ -352,4 +380,6 @@ class TensorRTPrefixRuntime:
             "engine_file": str(self.artifact_dir / "prefix.engine"),
             "cuda_stream": "dedicated" if stream_handle(self.stream) else "default",
             "copied_outputs": len(self.copied_outputs),
+            **({"logits_by_address": logits_target(self._logits_output, self.logits_buffer, TENSOR_ALIGNMENT)
+                is not self._logits_output} if self.has_logits else {}),
         }

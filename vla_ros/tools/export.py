@@ -1,9 +1,10 @@
-"""`vla-ros export`: a checkpoint -> a deployable artifact directory (ONNX prefix + suffix weights).
+"""`vla-ros export`: a checkpoint -> a deployable artifact directory (ONNX prefix + suffix or decode weights).
 
-The artifact holds prefix.onnx (validated against PyTorch), suffix.safetensors,
-config.json, the norm stats, the tokenizer and manifest.json; with --tensorrt also
-a serialized TensorRT engine for this GPU. See vla_ros/engines/onnx_export.py and
-artifact.py.
+The artifact holds prefix.onnx (validated against PyTorch), suffix.safetensors
+(pi0 / pi0.5) or decode.safetensors and the FAST tokenizer (pi0-FAST, whose
+graph also gives the logits of the last prompt token), config.json, the norm
+stats, the tokenizer and manifest.json; with --tensorrt also a serialized
+TensorRT engine for this GPU. See vla_ros/engines/onnx_export.py and artifact.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or newer (default 18)")
     parser.add_argument("--tokenizer", default="",
                         help="tokenizer file or directory when it is not beside the checkpoint (LeRobot's)")
+    parser.add_argument("--action-tokenizer", default="",
+                        help="pi0-FAST: the FAST tokenizer directory when it is not beside the checkpoint")
     parser.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"),
                         help="auto tries torch.onnx's dynamo exporter and falls back to TorchScript")
     parser.add_argument("--tensorrt", action="store_true",
@@ -32,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
                         help="weights in prefix.onnx.data (auto: when the prefix is 1 GiB or more)")
     parser.add_argument("--tolerance", type=float,
-                        help="max K/V error vs PyTorch, relative to max(1, max |K/V|) "
+                        help="max K/V (pi0-FAST: and logits) error vs PyTorch, relative to max(1, max |K/V|) "
                              "(default fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     parser.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch check")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
@@ -84,6 +87,14 @@ def export_into(checkpoint: Path, out: Path, options, progress: bool | None = No
     return manifest
 
 
+def _logits_summary(validation: dict) -> str:
+    """The last_logits part of the validation line (decode models), else nothing."""
+    logits = validation.get("last_logits")
+    if not logits:
+        return ""
+    return f"last logits max abs {logits['max_abs']:.2e} (rel {logits['max_rel']:.2e}), "
+
+
 def run(args: argparse.Namespace) -> int:
     import time
 
@@ -101,13 +112,15 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         tokenizer=args.tokenizer or None,
+        action_tokenizer=args.action_tokenizer or None,
     )
     start = time.perf_counter()
     manifest = export_into(args.checkpoint, args.out, options, progress=None)
     graph, validation = manifest["graph"], manifest["validation"]
     reason = graph["exporter_fallback_reason"]
     fallback = f" (not dynamo: {reason})" if reason else ""
-    print(f"exported {manifest['config']['name']} ({manifest['precision']}) to {args.out} "
+    print(f"exported {manifest['config']['name']} ({manifest['variant']}, {manifest['precision']}) "
+          f"to {args.out} "
           f"in {time.perf_counter() - start:.1f} s: {graph['exporter']} exporter{fallback}, "
           f"opset {graph['opset']}")
     for name, entry in manifest["files"].items():
@@ -118,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
               f"keys max abs {validation['keys']['max_abs']:.2e} (rel {validation['keys']['max_rel']:.2e}), "
               f"values max abs {validation['values']['max_abs']:.2e} "
               f"(rel {validation['values']['max_rel']:.2e}), "
-              f"pad mask equal; tolerance {validation['tolerance']['max_error']:g}")
+              f"{_logits_summary(validation)}pad mask equal; "
+              f"tolerance {validation['tolerance']['max_error']:g}")
     else:
         print(f"validation skipped: {validation['reason']}")
     if manifest["tensorrt_engine"]:
