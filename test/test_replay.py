@@ -141,6 +141,32 @@ def test_offline_replay_is_reproducible(setup, tiny_checkpoint, tmp_path, capsys
     assert metrics['info']['seed'] == 7
 
 
+def test_offline_replay_holds_on_failed_decodes(setup, tmp_path, capsys):
+    """pi0-FAST through the same YAML: an untrained model's tokens never decode, so every inference fails."""
+    from vla_ros.tools.make_tiny import make_tiny_checkpoint
+
+    _, _, bag = setup
+    checkpoint = make_tiny_checkpoint(tmp_path / 'ckpt', 'pi0fast-tiny', seed=0, dims=len(JOINTS))
+    config = write_config(tmp_path / 'robot.yaml', **{'policy.max_decoding_steps': 4})
+    out = tmp_path / 'out'
+    rc, stdout, _ = _replay([bag, '--config', config, '--checkpoint', checkpoint, '--out', out,
+                             '--duration', '1.0'], capsys)
+    assert rc == 0
+    files, _ = _outputs(out)
+    metrics = json.loads(files['metrics.json'].read_text())
+    counts, info = metrics['counts'], metrics['info']
+    assert counts['inference_failures'] >= 1 and counts['chunks'] == 0
+    assert counts['trajectories'] >= int(RATE) - 3 and counts['holds'] == counts['trajectories']
+    assert info['inference_failure_kinds'] == {'ActionDecodeError': counts['inference_failures']}
+    # policy.max_decoding_steps from the YAML bounds the decode.
+    assert info['last_inference_failure'].startswith('ActionDecodeError: ') and '(4 tokens)' in info[
+        'last_inference_failure']
+    assert 'ActionDecodeError' in info['controller']['final_message']
+    assert f"inference failures by kind: ActionDecodeError {counts['inference_failures']}; last: " in stdout
+    with files['commands.csv'].open() as f:
+        assert {row[2] for row in list(csv.reader(f))[1:]} == {'1'}  # every command a hold
+
+
 def test_restamp_shifts_header_stamps():
     from sensor_msgs.msg import JointState
 

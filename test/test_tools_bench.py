@@ -63,3 +63,59 @@ def test_bench_steps_default_to_the_checkpoints(tmp_path, capsys):
     assert _bench(tmp_path, "--config", "pi0-tiny")["info"]["steps"] == 10
     assert cli.main(["bench", "--config", "pi0-tiny", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+DECODE_STAGES = {"preprocess", "prefix", "decode", "per_token", "total"}
+
+
+def test_bench_decode_model_against_the_concatenating_cache(tmp_path, capsys):
+    report = _bench(tmp_path, "--config", "pi0fast-tiny", "--decode-tokens", "6")
+    info, results = report["info"], report["results"]
+    assert info["decode_tokens"] == 6 and info["optimised"]["max_new_tokens"] == 6
+    assert info["baseline"]["decode"] == "concatenating cache"
+    for side in ("optimised", "baseline"):
+        assert set(results[side]) == DECODE_STAGES
+        for stage in DECODE_STAGES:
+            p = results[side][stage]
+            assert 0 < p["p50"] <= p["p90"] <= p["p99"]
+        # 6 tokens: the first from the prefix's logits, then 5 steps.
+        assert results[side]["per_token"]["p50"] == pytest.approx(results[side]["decode"]["p50"] / 5)
+    # Random weights, no early stop: both sides decode all 6, and in fp32 the same greedy ids.
+    assert results["tokens"] == {"optimised": 6, "baseline": 6} and results["ids_agree"] == 6
+    speedup = results["baseline"]["per_token"]["p50"] / results["optimised"]["per_token"]["p50"]
+    assert results["per_token_speedup"] == pytest.approx(speedup)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["decode per token not slower than the concatenating cache"]["detail"] == f"{speedup:.2f}x"
+    roofline = info["roofline"]
+    step = roofline["per_token"]
+    assert step["bound_s"] == max(step["compute_bound_s"], step["memory_bound_s"]) > 0
+    assert roofline["bound_s"] == pytest.approx(roofline["prefix_bound_s"] + 5 * step["bound_s"])
+    printed = capsys.readouterr().out
+    assert "per token" in printed and "optimised vs baseline per token" in printed
+    assert printed.count("of that bound") == 2
+
+
+@pytest.mark.parametrize("args, parameter", [
+    (["--decode-tokens", "1"], "--decode-tokens"),
+    (["--steps", "3"], "--steps"),
+    (["--suffix", "compiled"], "--suffix"),
+])
+def test_bench_decode_model_refuses_what_it_cannot_measure(args, parameter, capsys):
+    assert cli.main(["bench", "--config", "pi0fast-tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert parameter in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_decode_model_runs_an_artifact_against_its_checkpoint(tmp_path):
+    from vla_ros.tools.make_tiny import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "pi0fast-tiny", seed=0, dims=14)
+    artifact = tmp_path / "artifact"
+    export_artifact(checkpoint, artifact, ExportOptions(precision="fp32"))
+    report = _bench(tmp_path, "--checkpoint", str(checkpoint), "--artifacts", str(artifact),
+                    "--decode-tokens", "4")
+    info, results = report["info"], report["results"]
+    assert info["optimised"]["prefix"] == "onnxruntime" and info["optimised"]["max_new_tokens"] == 4
+    assert info["baseline"]["engine"] == "reference"
+    # fp32 ONNX prefix (its first logits too) + static cache vs the PyTorch reference: the same greedy ids.
+    assert results["tokens"] == {"optimised": 4, "baseline": 4} and results["ids_agree"] == 4

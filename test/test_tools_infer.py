@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from vla_ros.policy import Policy, PolicyOptions
 from vla_ros.types import RawObservation
@@ -112,3 +113,89 @@ def test_infer_steps_default_to_the_checkpoints(tmp_path):
         expected = Policy.from_checkpoint(ckpt, options)
         close = np.allclose(np.load(out), expected.infer(obs, noise=noise).actions, atol=1e-5)
         assert close == same, steps
+
+
+@pytest.fixture(scope="module")
+def fast_checkpoint(tmp_path_factory):
+    """An untrained pi0fast-tiny checkpoint: its greedy tokens never decode to an action chunk."""
+    from vla_ros.tools.make_tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("pi0fast_tiny"), "pi0fast-tiny", seed=0, dims=7)
+
+
+def _infer_fast(checkpoint, tmp_path, *flags):
+    from vla_ros.tools import cli
+
+    return cli.main(["infer", "--checkpoint", str(checkpoint), "--obs", str(tmp_path / "obs.npz"),
+                     "--max-decoding-steps", "5", *map(str, flags)])
+
+
+def test_infer_decode_failure_writes_the_tokens_and_exits_1(fast_checkpoint, tmp_path, capsys, monkeypatch):
+    from vla_ros.model.fast_tokenizer import ActionTokenParser
+    from vla_ros.model.pi0_fast import EOS_ID
+
+    base, state, _ = _write_inputs(tmp_path)
+    tokens_out, actions_out = tmp_path / "tokens.npy", tmp_path / "actions.npy"
+    assert _infer_fast(fast_checkpoint, tmp_path, "--tokens-out", tokens_out, "--out", actions_out) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and "inference failed: ActionDecodeError" in lines[0], captured.err
+    assert str(tokens_out) in lines[0]
+    assert not actions_out.exists()  # no made-up actions
+    ids = np.load(tokens_out)
+    assert ids.dtype == np.int64 and 1 <= len(ids) <= 5
+    # infer runs the reference engine (concatenating cache): the static-cache engine generates the same.
+    policy = Policy.from_checkpoint(
+        fast_checkpoint, PolicyOptions(engine="auto", precision="fp32", max_decoding_steps=5)
+    )
+    inputs, _ = policy.preprocess(RawObservation({"base_0_rgb": base}, state, "open the drawer"))
+    policy.engine.encode_prefix(inputs)
+    result = policy.engine.decode((policy.action_parser.end_id, EOS_ID))
+    expected = result.ids if result.stop is None else np.append(result.ids, result.stop)
+    np.testing.assert_array_equal(ids, expected)
+
+    # Tokens that do decode (here: a stand-in FAST parser) give actions, and the same tokens.
+    monkeypatch.setattr(ActionTokenParser, "decode", lambda self, ids: np.full((50, 7), 0.25, np.float32))
+    tokens_out.unlink()
+    assert _infer_fast(fast_checkpoint, tmp_path, "--tokens-out", tokens_out, "--out", actions_out) == 0
+    out = capsys.readouterr().out
+    assert f"generated {len(ids)} tokens" in out and "decode" in out and f"wrote {tokens_out}" in out
+    np.testing.assert_array_equal(np.load(tokens_out), ids)
+    assert np.load(actions_out).shape == (50, 7)
+
+
+def test_infer_temperature_samples_reproducibly(fast_checkpoint, tmp_path, capsys):
+    _write_inputs(tmp_path)
+
+    def tokens(name, *flags):
+        out = tmp_path / f"{name}.npy"
+        assert _infer_fast(fast_checkpoint, tmp_path, "--engine", "auto", "--tokens-out", out, *flags) == 1
+        return np.load(out)
+
+    greedy, sampled = tokens("greedy"), tokens("sampled", "--temperature", "1.0")
+    assert not np.array_equal(greedy, sampled)
+    np.testing.assert_array_equal(tokens("again", "--temperature", "1.0"), sampled)  # seeded
+
+
+@pytest.mark.parametrize("model, flags, parameter", [
+    ("fast", ["--noise", "noise.npy"], "--noise"),
+    ("fast", ["--steps", "3"], "--steps"),
+    ("fast", ["--temperature", "0.5"], "--temperature"),  # the default reference engine is greedy
+    ("fast", ["--temperature", "-1"], "--temperature"),
+    ("fast", ["--max-decoding-steps", "0"], "--max-decoding-steps"),
+    ("pi0", ["--tokens-out", "tokens.npy"], "--tokens-out"),
+    ("pi0", ["--max-decoding-steps", "4"], "--max-decoding-steps"),
+])
+def test_infer_refuses_flags_the_model_has_no_use_for(
+    model, flags, parameter, fast_checkpoint, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    from vla_ros.tools import cli
+
+    monkeypatch.chdir(tmp_path)
+    _write_inputs(tmp_path)
+    np.save(tmp_path / "noise.npy", np.zeros((50, 32), np.float32))
+    checkpoint = fast_checkpoint if model == "fast" else tiny_checkpoint
+    assert cli.main(["infer", "--checkpoint", str(checkpoint), "--obs", "obs.npz", *flags]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and parameter in err, err
+    assert not (tmp_path / "tokens.npy").exists()

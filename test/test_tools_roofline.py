@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vla_ros.model import layers
 from vla_ros.model.checkpoint import random_model
 from vla_ros.model.config import get_config
-from vla_ros.tools.roofline import inference_flops, matmul_peak_flops
+from vla_ros.tools.roofline import inference_flops, matmul_peak_flops, memory_bandwidth
 
 
 @pytest.mark.parametrize("name", ["pi0-tiny", "pi05-tiny"])
@@ -44,3 +44,58 @@ def test_full_size_arithmetic():
 def test_matmul_peak_is_a_rate():
     fp32 = matmul_peak_flops(torch.float32, "cpu", packed=False, seconds=0.05)
     assert 1e9 < fp32 < 1e14  # FLOP/s, not seconds or GFLOP
+    assert 1e8 < memory_bandwidth("cpu", megabytes=32, seconds=0.05) < 1e13  # bytes/s
+
+
+def test_pi0fast_flop_count_matches_torch_flop_counter(monkeypatch):
+    """Prefix (every layer in full + the LM head on the last token) and each decoded token, exactly."""
+    from vla_ros.tools.roofline import decode_step_flops
+
+    monkeypatch.setattr(layers, "use_fused_attention", lambda q: False)
+    cfg = get_config("pi0fast-tiny")
+    model = random_model(cfg)
+    images = torch.randint(0, 256, (1, 3, 224, 224, 3), dtype=torch.uint8)
+    inputs = (
+        images[:, :2],
+        torch.ones(1, 2, dtype=torch.bool),
+        torch.randint(1, cfg.vocab_size, (1, 11)),
+        torch.ones(1, 11, dtype=torch.bool),
+    )
+    tokens = 6
+    with torch.no_grad(), FlopCounterMode(display=False) as prefix_counter:
+        model.prefix(*inputs)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ids, _ = model.generate(*inputs, max_new_tokens=tokens, stop_ids=())
+    assert ids.shape == (1, tokens)  # the first from the prefix's logits, then 5 decode steps
+    expected = inference_flops(cfg, cameras=2, prompt_tokens=11, decode_tokens=tokens)
+    assert expected["suffix"] == 0 and expected["total"] == expected["prefix"] + expected["decode"]
+    assert expected["prefix"] == prefix_counter.get_total_flops()
+    assert expected["decode"] == counter.get_total_flops() - prefix_counter.get_total_flops()
+    # One step's keys: the prefix, the tokens before it and itself; the cache grows by one per step.
+    p = 2 * cfg.vision.num_tokens + 11
+    assert expected["decode"] == sum(decode_step_flops(cfg, p + i) for i in range(1, tokens))
+    pi0 = inference_flops(get_config("pi0-tiny"), cameras=2, prompt_tokens=11, decode_tokens=9)
+    assert pi0["decode"] == 0
+
+
+def test_decode_step_reads_the_language_model_and_head():
+    from vla_ros.tools.roofline import decode_step_bytes, decode_weight_count
+
+    cfg = get_config("pi0fast-tiny")
+    model = random_model(cfg)
+    lm = model.language_model
+    read = [*lm.layers.parameters(), *lm.norm.parameters(), model.lm_head.weight]
+    assert decode_weight_count(cfg) == sum(p.numel() for p in read)
+    g = cfg.prefix
+    cache_row = g.depth * 2 * g.num_kv_heads * g.head_dim  # K and V of one token, every layer
+    assert decode_step_bytes(cfg, 11, 2) - decode_step_bytes(cfg, 10, 2) == 2 * cache_row
+
+
+def test_full_size_pi0fast_arithmetic():
+    from vla_ros.tools.roofline import decode_step_flops
+
+    cfg = get_config("pi0fast")
+    # Gemma 2B: ~1.98 B layer weights plus the 0.53 B-row LM head, two FLOPs each, plus attention.
+    assert 5.0e9 < decode_step_flops(cfg, 1000) < 5.3e9
+    flops = inference_flops(cfg, cameras=3, prompt_tokens=60, decode_tokens=64)
+    assert 3.9e12 < flops["prefix"] < 4.3e12 and 0.31e12 < flops["decode"] < 0.34e12

@@ -5,6 +5,15 @@ at least one; an absent key is a missing camera), state (float32 [D], finite)
 and either prompt (str) or tokenized_prompt + tokenized_prompt_mask (used
 as-is; for pi0.5 they already carry the state). Any other key is an error
 (OBS_SCHEMA, shown by `vla-ros infer --help`).
+
+Decode models (pi0-FAST) write their chunk as tokens: `--max-decoding-steps`
+caps them, `--temperature` samples instead of the greedy default, and
+`--tokens-out` saves the generated ids (stop token included). Tokens that do
+not decode to an action chunk (ActionDecodeError) print one line and exit 1,
+after `--tokens-out` is written, so that what the model wrote can be looked at;
+no actions are written then. `--noise` and `--steps` belong to flow-matching
+models (pi0, pi0.5) and are refused for a decode model, as the decode-only
+flags are for a flow-matching one.
 """
 
 from __future__ import annotations
@@ -86,10 +95,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--obs", required=True, type=Path, help="observation .npz (keys below)")
     parser.add_argument(
-        "--noise", type=Path, help="initial noise .npy of shape [action_horizon, 32] ([50, 32] for pi0)"
+        "--noise",
+        type=Path,
+        help="initial noise .npy of shape [action_horizon, 32] ([50, 32] for pi0); flow-matching models "
+        "only: pi0-FAST decodes tokens, takes no noise and refuses it",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="Euler steps (default: the checkpoint's; LeRobot's or 10)"
+        "--steps",
+        type=int,
+        default=None,
+        help="Euler steps (default: the checkpoint's; LeRobot's or 10); flow-matching models only",
+    )
+    parser.add_argument(
+        "--max-decoding-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="decode models (pi0-FAST): most tokens generated (default: the checkpoint's, 256)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="decode models: sampling temperature (default 0: greedy); sampling needs --engine auto "
+        "or pytorch (the reference engine decodes greedily)",
+    )
+    parser.add_argument(
+        "--tokens-out",
+        type=Path,
+        metavar="TOKENS.npy",
+        help="decode models: write the generated token ids here (int64, stop token included), also "
+        "when they do not decode to actions",
     )
     parser.add_argument("--out", type=Path, help="write the actions [50, D] here (.npy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -159,25 +195,95 @@ def policy_options(args: argparse.Namespace, **overrides):
     return PolicyOptions(**{**values, **conventions, **overrides})
 
 
+def _npy_path(path: Path) -> Path:
+    """Where np.save writes `path` (it appends .npy to other names)."""
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    from vla_ros.tools.file_modes import make_readable
+
+    path = _npy_path(path)
+    np.save(path, array)
+    make_readable(path)
+    return path
+
+
+def check_model_flags(args: argparse.Namespace, variant: str) -> None:
+    """Refuse, in one line, flags the checkpoint's kind of model has no use for (before the slow load)."""
+    if variant == "pi0fast":
+        if args.noise:
+            raise ConfigError(
+                "--noise", "pi0-FAST decodes its actions as tokens and takes no noise; drop --noise "
+                "(--temperature samples)"
+            )
+        if args.steps is not None:
+            raise ConfigError(
+                "--steps", "pi0-FAST decodes its actions as tokens and has no Euler steps; "
+                "use --max-decoding-steps"
+            )
+        if args.temperature > 0 and args.engine == "reference":
+            raise ConfigError(
+                "--temperature", "the reference engine decodes greedily; add --engine auto to sample"
+            )
+        return
+    for flag, given in (
+        ("--max-decoding-steps", args.max_decoding_steps is not None),
+        ("--temperature", args.temperature != 0.0),
+        ("--tokens-out", args.tokens_out is not None),
+    ):
+        if given:
+            raise ConfigError(
+                flag, f"{args.checkpoint} is a flow-matching model ({variant}); it generates no tokens"
+            )
+
+
+class _LastDecode:
+    """The policy's engine, keeping its last DecodeResult: the tokens of an inference that failed."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.result = None
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def decode(self, *args, **kwargs):
+        self.result = self._engine.decode(*args, **kwargs)
+        return self.result
+
+
 def run(args: argparse.Namespace) -> int:
+    import math
     import sys
 
+    from vla_ros.errors import ActionDecodeError, VlaRosError
     from vla_ros.policy import check_fits, Policy, read_spec
-    from vla_ros.tools.file_modes import make_readable
 
     obs, tokens = load_observation(args.obs)
     if args.noise and not args.noise.is_file():
         raise ObservationError(f"noise file {args.noise} does not exist")
-    noise = np.load(args.noise, allow_pickle=False) if args.noise else None
     if args.steps is not None and args.steps < 1:
         raise ConfigError("--steps", f"expected at least 1 Euler step, got {args.steps}")
+    if args.max_decoding_steps is not None and args.max_decoding_steps < 1:
+        raise ConfigError("--max-decoding-steps", f"expected at least 1 token, got {args.max_decoding_steps}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError("--temperature", f"expected a number >= 0 (0: greedy), got {args.temperature}")
     if args.action_dims is not None and not 0 < args.action_dims <= 32:
         raise ConfigError("--action-dims", f"expected 1..32, got {args.action_dims}")
-    options = policy_options(args, action_dims=args.action_dims)
+    options = policy_options(
+        args,
+        action_dims=args.action_dims,
+        max_decoding_steps=args.max_decoding_steps,
+        temperature=args.temperature,
+    )
     # Before the (slow) load: the observation must fit the checkpoint.
+    spec = read_spec(args.checkpoint, options)
+    check_model_flags(args, spec.variant)
+    noise = np.load(args.noise, allow_pickle=False) if args.noise else None
     dims = len(obs.state)
     warnings = check_fits(
-        read_spec(args.checkpoint, options),
+        spec,
         dims,
         options.action_dims,
         joints_from="--obs",
@@ -189,14 +295,36 @@ def run(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     policy = Policy.from_checkpoint(args.checkpoint, options)
-    chunk = policy.infer(obs, noise=noise, tokens=tokens)
+    decodes = policy.engine = _LastDecode(policy.engine)
+    try:
+        chunk = policy.infer(obs, noise=noise, tokens=tokens)
+    except VlaRosError as exc:
+        # What the model generated is worth a look whatever went wrong after it.
+        written = ""
+        result = decodes.result
+        if args.tokens_out and result is not None:
+            ids = result.ids if result.stop is None else np.append(result.ids, result.stop)
+            path = _save(args.tokens_out, ids.astype(np.int64))
+            written = f"wrote the {len(ids)} generated token ids to {path}"
+        if not isinstance(exc, ActionDecodeError):
+            if written:
+                print(written)
+            raise  # vla-ros prints it in one line, exit 2
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        also = f"; {written}" if written else ""
+        print(f"vla-ros infer: inference failed: {type(exc).__name__}: {message}{also}", file=sys.stderr)
+        return 1
     actions = chunk.actions
     if args.out:
-        out = args.out if args.out.suffix == ".npy" else args.out.with_name(args.out.name + ".npy")
-        np.save(out, actions)
-        make_readable(out)
+        out = _save(args.out, actions)
+    if args.tokens_out:
+        tokens_path = _save(args.tokens_out, chunk.tokens.astype(np.int64))
     timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in chunk.timings.items())
     print(f"actions {actions.shape} range [{actions.min():.4f}, {actions.max():.4f}]  ({timing})")
+    if chunk.tokens is not None:
+        print(f"generated {len(chunk.tokens)} tokens (stop token included)")
     if args.out:
         print(f"wrote {out}")
+    if args.tokens_out:
+        print(f"wrote {tokens_path}")
     return 0

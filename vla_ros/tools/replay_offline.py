@@ -8,6 +8,11 @@ and a chunk arrives `latency` after its request (fixed: --latency-ms;
 measured: the inference's own wall-clock time). With a fixed latency the
 result is a function of the bag, the config, the checkpoint and --seed (the
 seed of the policy's noise): two runs give identical outputs.
+
+An inference that raises a VlaRosError (a pi0-FAST decode whose tokens are no
+action chunk: ActionDecodeError) is a failed inference, as in the node: the
+controller holds, the replay goes on, and the report counts the failures by
+kind with the last message.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class OfflineReplay:
         self.latencies: list[float] = []
         self.compute: list[float] = []  # measured wall-clock seconds per inference (not in the outputs)
         self.failures = 0
+        self.failure_kinds: dict[str, int] = {}  # exception name -> count
+        self.last_failure = ''
         self.trajectory_topic = self.config.output.trajectory_topic or '/joint_trajectory'
         self.sheet: Any = None  # ModelInputSheet, set by run()
 
@@ -140,6 +147,9 @@ class OfflineReplay:
         self.pending = None
         if isinstance(result, str):
             self.failures += 1
+            kind = result.split(':', 1)[0]
+            self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
+            self.last_failure = result
             self.controller.on_inference_failed(result, arrival, request)
         else:
             self.latencies.append(arrival - request.observation.timestamp)
@@ -216,6 +226,9 @@ class OfflineReplay:
         record.skipped_actions = int(status.values.get('chunks.skipped_actions', 0))
         record.latencies = list(self.latencies)
         record.inference_failures = self.failures
+        if self.failures:
+            record.info['inference_failure_kinds'] = dict(sorted(self.failure_kinds.items()))
+            record.info['last_inference_failure'] = self.last_failure
         record.info['controller'] = {
             'final_state': status.values.get('state'),
             'final_message': status.message,

@@ -261,6 +261,11 @@ def summary_table(metrics: dict[str, Any]) -> str:
         f"p99 {_fmt(latency['p99'], '.1f')} ms "
         f"({latency['source']}{', %d chunks' % latency['count'] if latency['count'] else ''})",
     ]
+    kinds = metrics.get('info', {}).get('inference_failure_kinds')
+    if kinds:
+        last = ' '.join(str(metrics['info'].get('last_inference_failure', '')).split())
+        lines.append(f"  inference failures by kind: {', '.join(f'{k} {n}' for k, n in kinds.items())}; "
+                     f"last: {last}")
     live = metrics.get('info', {}).get('live')
     if live:
         period = live['receive_period_ms']

@@ -1,9 +1,16 @@
-"""The arithmetic a pi0 inference needs, and what this machine's matmuls can do: a latency bound.
+"""The arithmetic a pi inference needs, and what this machine can do: a latency bound.
 
 `vla-ros bench` prints the bound beside its measurements, so that a target
 like "3 s at full size" can be judged against the hardware it runs on: the
 figure is the matmul FLOPs of one inference divided by the peak of a large
 matmul measured here, now, in the engine's precision.
+
+Decode models (pi0-FAST) also write tokens one at a time after the prefix. A
+decode step is one token through the language model (attending to the cache
+so far) and the LM head over the whole vocabulary: a few FLOPs per weight, so
+at batch 1 it is bound by reading the weights, not by matmul throughput. Its
+bound is the roofline max(FLOPs / matmul peak, bytes read / memory bandwidth),
+both measured here.
 """
 
 from __future__ import annotations
@@ -22,11 +29,38 @@ def _gemma_layer(cfg: GemmaConfig, tokens: int, keys: int, kv_only: bool = False
     return 2.0 * tokens * (projections + attention)
 
 
-def inference_flops(cfg: PolicyConfig, cameras: int, prompt_tokens: int, num_steps: int = 10) -> dict:
-    """Matmul / convolution FLOPs of one inference: {'prefix', 'suffix', 'total'}.
+def lm_head_flops(cfg: PolicyConfig, tokens: int = 1) -> float:
+    """The LM head (final-normed hidden -> logits over the vocabulary) for `tokens` rows."""
+    return 2.0 * tokens * cfg.prefix.width * cfg.vocab_size
+
+
+def decode_step_flops(cfg: PolicyConfig, keys: int) -> float:
+    """One decoded token: every LM layer over it, attending to `keys` keys (cache + itself), and the head."""
+    return cfg.prefix.depth * _gemma_layer(cfg.prefix, 1, keys) + lm_head_flops(cfg)
+
+
+def decode_flops(cfg: PolicyConfig, prefix_tokens: int, tokens: int) -> float:
+    """Producing `tokens` tokens after a prefix of `prefix_tokens`: `tokens - 1` decode steps.
+
+    The first token comes from the prefix's logits (counted in the prefix);
+    step i (1-based) feeds token i, which attends to the prefix, the i - 1
+    tokens before it and itself.
+    """
+    return sum(decode_step_flops(cfg, prefix_tokens + i) for i in range(1, tokens))
+
+
+def inference_flops(
+    cfg: PolicyConfig, cameras: int, prompt_tokens: int, num_steps: int = 10, decode_tokens: int = 0
+) -> dict:
+    """Matmul / convolution FLOPs of one inference: {'prefix', 'suffix', 'decode', 'total'}.
 
     cameras and prompt_tokens are what the compacting PyTorch prefix encodes
     (masked cameras and prompt padding dropped). Elementwise work is left out.
+    pi0 / pi0.5: the prefix builds the cache (its last layer only K/V), the
+    suffix runs `num_steps` denoising steps; 'decode' is 0. pi0-FAST: the
+    prefix runs every layer in full (as Pi0FastModel.prefix does, although only
+    the last token's output is used) and the LM head on the last token; 'decode'
+    is `decode_tokens` tokens (decode_flops); 'suffix' is 0.
     """
     v = cfg.vision
     t = v.num_tokens
@@ -35,6 +69,10 @@ def inference_flops(cfg: PolicyConfig, cameras: int, prompt_tokens: int, num_ste
     projector = 2.0 * t * v.width * cfg.prefix.width
     vision = cameras * (v.depth * vision_layer + patch + projector)
     p = cameras * t + prompt_tokens
+    if cfg.is_fast:
+        prefix = vision + cfg.prefix.depth * _gemma_layer(cfg.prefix, p, p) + lm_head_flops(cfg)
+        decode = decode_flops(cfg, p, decode_tokens) if decode_tokens else 0.0
+        return {"prefix": prefix, "suffix": 0.0, "decode": decode, "total": prefix + decode}
     language = (cfg.prefix.depth - 1) * _gemma_layer(cfg.prefix, p, p) + _gemma_layer(
         cfg.prefix, p, p, kv_only=True
     )
@@ -46,7 +84,62 @@ def inference_flops(cfg: PolicyConfig, cameras: int, prompt_tokens: int, num_ste
     step = e.depth * _gemma_layer(e, s, p + s) + heads
     prefix = vision + language
     suffix = num_steps * step
-    return {"prefix": prefix, "suffix": suffix, "total": prefix + suffix}
+    return {"prefix": prefix, "suffix": suffix, "decode": 0.0, "total": prefix + suffix}
+
+
+def decode_weight_count(cfg: PolicyConfig) -> int:
+    """Parameters a decode step reads: every LM layer (norms included), the final norm and the LM head."""
+    g = cfg.prefix
+    q_width, kv_width = g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim
+    layer = g.width * (q_width + 2 * kv_width) + q_width * g.width + 3 * g.width * g.mlp_dim + 2 * g.width
+    return g.depth * layer + g.width + cfg.vocab_size * g.width
+
+
+def decode_step_bytes(cfg: PolicyConfig, keys: int, element_size: int) -> float:
+    """Bytes one decode step must read at least: its weights and the K/V of `keys` cached tokens."""
+    g = cfg.prefix
+    cache = g.depth * 2 * g.num_kv_heads * g.head_dim * keys
+    return float(element_size * (decode_weight_count(cfg) + cache))
+
+
+def decode_bound(cfg: PolicyConfig, prefix_tokens: int, tokens: int, element_size: int, peak_flops: float,
+                 bandwidth: float) -> dict:
+    """Per decode step, averaged over the `tokens - 1` steps of an inference: FLOPs, bytes and bounds (s)."""
+    steps = max(tokens - 1, 1)
+    flops = decode_flops(cfg, prefix_tokens, tokens) / steps
+    mean_keys = prefix_tokens + (steps + 1) / 2  # keys of the average step
+    nbytes = decode_step_bytes(cfg, round(mean_keys), element_size)
+    compute_s, memory_s = flops / peak_flops, nbytes / bandwidth
+    return {
+        "step_flops": flops,
+        "step_bytes": nbytes,
+        "compute_bound_s": compute_s,
+        "memory_bound_s": memory_s,
+        "bound_s": max(compute_s, memory_s),
+        "bandwidth": bandwidth,
+    }
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _best_time(fn, device, seconds: float) -> float:
+    fn()
+    _synchronize(device)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        now = time.perf_counter()
+        best = min(best, now - start)
+        if now >= deadline:
+            return best
 
 
 def matmul_peak_flops(dtype, device, packed: bool, seconds: float = 0.5) -> float:
@@ -70,20 +163,14 @@ def matmul_peak_flops(dtype, device, packed: bool, seconds: float = 0.5) -> floa
         def product():
             return F.linear(x, weight)
 
-    def synchronize():
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+    return 2.0 * rows * inner * outer / _best_time(product, device, seconds)
 
-    product()
-    synchronize()
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while True:
-        start = time.perf_counter()
-        product()
-        synchronize()
-        now = time.perf_counter()
-        best = min(best, now - start)
-        if now >= deadline:
-            break
-    return 2.0 * rows * inner * outer / best
+
+def memory_bandwidth(device, megabytes: int = 256, seconds: float = 0.3) -> float:
+    """Bytes/s of a large device-memory copy here (read + write counted), best of a few runs."""
+    import torch
+
+    count = megabytes * 2**20 // 4
+    source = torch.ones(count, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    return 2.0 * source.nbytes / _best_time(lambda: target.copy_(source), device, seconds)
