@@ -145,6 +145,10 @@ def test_temperature_sampling_in_the_static_step_is_seeded(model):
     assert runs[0].tolist() == runs[1].tolist()
     greedy = _static(model, inputs).generate(max_new_tokens=16).ids
     assert runs[0].tolist() != greedy.tolist()
+    cache, first = model.prefix(*inputs)  # the reference engine samples too, seeded the same way
+    concat = [ConcatCacheDecoder(model, 16, temperature=1.0, seed=7).generate(cache, first).ids
+              for _ in range(2)]
+    assert concat[0].tolist() == concat[1].tolist() != greedy.tolist()
 
 
 def test_last_real_index():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vla_ros.engines.base import Engine, ModelInputs
-from vla_ros.errors import CheckpointError, ConfigError, ObservationError
+from vla_ros.errors import ActionDecodeError, CheckpointError, ConfigError, ObservationError
 from vla_ros.model.config import PolicyConfig
 from vla_ros.model.fast_tokenizer import (
     ACTION_PREFIX_TEXT,
@@ -909,7 +909,11 @@ class Policy:
         self.engine.synchronize()
         t_decode = clock()
         generated = result.ids if result.stop is None else np.append(result.ids, result.stop)
-        normalized = self.action_parser.decode(generated)
+        try:
+            normalized = self.action_parser.decode(generated)
+        except ActionDecodeError as exc:
+            exc.tokens = generated.astype(np.int64)  # what was generated, for logs and `infer --tokens-out`
+            raise
         if normalized.shape[1] < action_dims:
             raise ObservationError(
                 f"the FAST tokenizer decodes {normalized.shape[1]} action dims, the robot takes {action_dims}"

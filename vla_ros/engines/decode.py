@@ -230,12 +230,28 @@ class CudaGraphDecodeStep:
 
 
 class ConcatCacheDecoder:
-    """The straightforward decode: the cache grows by concatenation every token (bench baseline)."""
+    """The straightforward decode: the cache grows by concatenation every token (bench baseline).
 
-    def __init__(self, model, max_new_tokens: int, position_gap: int = 0):
+    Samples like StaticDecoder (`temperature` > 0: Gumbel-max with a generator
+    seeded by `seed`), so the reference engine honours policy.temperature too.
+    """
+
+    def __init__(self, model, max_new_tokens: int, position_gap: int = 0, temperature: float = 0.0,
+                 seed: int | None = None):
         self.model = model
         self.max_new_tokens = int(max_new_tokens)
         self.position_gap = int(position_gap)
+        self.temperature = float(temperature)
+        self.generator = None
+        if self.temperature > 0.0:
+            self.generator = torch.Generator(device=model.device)
+            if seed is not None:
+                self.generator.manual_seed(seed)
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature > 0.0:
+            return gumbel_choice(logits, self.temperature, self.generator)
+        return logits.argmax(dim=-1)
 
     @torch.no_grad()
     def generate(self, cache: KVCache, first_logits: torch.Tensor, stop_ids=(),
@@ -243,13 +259,13 @@ class ConcatCacheDecoder:
         budget = _budget(self.max_new_tokens, max_new_tokens)
         stop_ids = frozenset(int(s) for s in stop_ids)
         position = cache.pad_mask.sum(dim=1) + self.position_gap
-        token = first_logits.reshape(1, -1).argmax(dim=-1)
+        token = self.choose(first_logits.reshape(1, -1))
         ids = [int(token)]
         for step in range(1, budget):
             if ids[-1] in stop_ids:
                 break
             logits, cache = self.model.decode_step(cache, token, position + step - 1)
-            token = logits.argmax(dim=-1)
+            token = self.choose(logits)
             ids.append(int(token))
         return _cut_at_stop(np.asarray(ids, dtype=np.int64), stop_ids)
 
@@ -334,10 +350,11 @@ class ReferenceDecodeEngine(Engine):
     name = "reference"
     stage = "decode"
 
-    def __init__(self, model, max_new_tokens: int, position_gap: int = 0):
+    def __init__(self, model, max_new_tokens: int, position_gap: int = 0, temperature: float = 0.0,
+                 seed: int | None = None):
         self.model = model
         self.device = model.device
-        self.decoder = ConcatCacheDecoder(model, max_new_tokens, position_gap)
+        self.decoder = ConcatCacheDecoder(model, max_new_tokens, position_gap, temperature, seed)
         self._prefix = None
 
     @torch.no_grad()

@@ -282,7 +282,7 @@ def _build_decode_engine(
         from vla_ros.model.checkpoint import load_model
 
         model, cfg = load_model(directory, dtype=dtype, device=device)
-        return ReferenceDecodeEngine(model, max_new, position_gap=gap), cfg
+        return ReferenceDecodeEngine(model, max_new, gap, options.temperature, options.seed), cfg
     prefix_engine = resolve_prefix_engine(options.engine, directory, device)
     if prefix_engine == "pytorch":
         from vla_ros.model.checkpoint import load_model

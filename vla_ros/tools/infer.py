@@ -117,8 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--temperature",
         type=float,
         default=0.0,
-        help="decode models: sampling temperature (default 0: greedy); sampling needs --engine auto "
-        "or pytorch (the reference engine decodes greedily)",
+        help="decode models: sampling temperature (default 0: greedy); seeded by --seed",
     )
     parser.add_argument(
         "--tokens-out",
@@ -221,10 +220,6 @@ def check_model_flags(args: argparse.Namespace, variant: str) -> None:
             raise ConfigError(
                 "--steps", "pi0-FAST decodes its actions as tokens and has no Euler steps; "
                 "use --max-decoding-steps"
-            )
-        if args.temperature > 0 and args.engine == "reference":
-            raise ConfigError(
-                "--temperature", "the reference engine decodes greedily; add --engine auto to sample"
             )
         return
     for flag, given in (
