@@ -96,6 +96,7 @@ def test_full_size_pi0fast_arithmetic():
 
     cfg = get_config("pi0fast")
     # Gemma 2B: ~1.98 B layer weights plus the 0.53 B-row LM head, two FLOPs each, plus attention.
+    # The prefix runs its last layer past the K/V for the last prompt token only (prefix_parts).
     assert 5.0e9 < decode_step_flops(cfg, 1000) < 5.3e9
     flops = inference_flops(cfg, cameras=3, prompt_tokens=60, decode_tokens=64)
-    assert 3.9e12 < flops["prefix"] < 4.3e12 and 0.31e12 < flops["decode"] < 0.34e12
+    assert 3.7e12 < flops["prefix"] < 4.0e12 and 0.31e12 < flops["decode"] < 0.34e12

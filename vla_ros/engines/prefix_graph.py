@@ -31,10 +31,8 @@ import torch
 from torch import nn
 
 from vla_ros.errors import EngineError
-from vla_ros.model import masks
 from vla_ros.model.config import PolicyConfig
 from vla_ros.model.gemma import KVCache
-from vla_ros.model.layers import apply_rope, attention, attention_bias, gated_residual, linear, rope_cos_sin
 from vla_ros.model.pi0 import Pi0Model
 
 INPUT_NAMES = ("images", "image_masks", "tokens", "token_masks")
@@ -233,21 +231,13 @@ class PrefixEncoder(nn.Module):
         return (*cache.keys.unbind(0), *cache.values.unbind(0), cache.pad_mask)
 
 
-def _row(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """x with only entry index[b] (index (B,)) kept along `dim` of each batch row b: size 1 there."""
-    shape = [1] * x.dim()
-    shape[0] = index.shape[0]
-    gather = index.view(shape).expand(*x.shape[:dim], 1, *x.shape[dim + 1:])
-    return torch.gather(x, dim, gather)
-
-
 class DecodePrefixEncoder(nn.Module):
     """The prefix of a decode model (pi0-FAST) with plain tensor outputs: K/V, pad mask, last logits.
 
     Same inputs as PrefixEncoder; outputs keys_0 .. keys_{L-1}, values_0 ..
     values_{L-1} (1, KV, P, hd each, the model's compute dtype), pad_mask bool
-    (1, P) and last_logits fp32 (1, vocab): `Pi0FastModel.embed_prefix`
-    computed so that the last layer runs its K/V over all tokens but its query,
+    (1, P) and last_logits fp32 (1, vocab): `Pi0FastModel.prefix_parts`, which
+    runs the last layer's K/V over all tokens but its query,
     attention output, MLP, the final norm and the LM head over the last real
     prompt token only (gathered by index, so the graph has no data-dependent
     shapes). The head is a matmul with the (vocab, W) weight as it is stored,
@@ -259,43 +249,8 @@ class DecodePrefixEncoder(nn.Module):
         self.model = model
 
     def forward(self, images, image_masks, tokens, token_masks):
-        from vla_ros.model.pi0_fast import last_real_index
-
-        model = self.model
-        lm = model.language_model
-        embs, pad = model.prefix_embeddings(images, image_masks, tokens, token_masks)
-        mask = attention_bias(masks.attention_mask(pad, torch.zeros_like(pad)))
-        positions = masks.prefix_positions(pad)
-        cos, sin = rope_cos_sin(positions, lm.cfg.head_dim)
-        last = last_real_index(pad)
-        hidden = embs
-        keys, values = [], []
-        for index, layer in enumerate(lm.layers):
-            attn = layer.self_attn
-            normed, gate = layer.input_layernorm(hidden)
-            if index < len(lm.layers) - 1:
-                q, k, v = attn.qkv(normed)
-                k = apply_rope(k, cos, sin)
-                out = attention(apply_rope(q, cos, sin), k, v, mask)
-                hidden = gated_residual(hidden, linear(attn.o_proj, out).to(hidden.dtype), gate)
-                normed, gate = layer.post_attention_layernorm(hidden)
-                hidden = gated_residual(hidden, layer.mlp(normed).to(hidden.dtype), gate)
-            else:  # K/V of every token; everything after them for the last real token only
-                k, v = attn.kv(normed)
-                k = apply_rope(k, cos, sin)
-                q = attn.project(_row(normed, last), attn.cfg.num_heads, attn.q_proj)
-                q_cos, q_sin = rope_cos_sin(_row(positions, last), lm.cfg.head_dim)
-                out = attention(apply_rope(q, q_cos, q_sin), k, v, _row(mask, last))
-                hidden = _row(hidden, last)
-                hidden = gated_residual(hidden, linear(attn.o_proj, out).to(hidden.dtype), gate)
-                normed, gate = layer.post_attention_layernorm(hidden)
-                hidden = gated_residual(hidden, layer.mlp(normed).to(hidden.dtype), gate)
-            keys.append(k)
-            values.append(v)
-        final, _ = lm.norm(hidden)  # (B, 1, W)
-        weight = model.lm_head.weight  # (vocab, W)
-        logits = torch.matmul(weight, final.to(weight.dtype).transpose(1, 2))  # (B, vocab, 1)
-        return (*keys, *values, pad, logits[..., 0].float())
+        keys, values, pad, logits = self.model.prefix_parts(images, image_masks, tokens, token_masks)
+        return (*keys, *values, pad, logits)
 
 
 def make_encoder(model) -> nn.Module:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from vla_ros.model import masks
 from vla_ros.model.config import PolicyConfig
 from vla_ros.model.gemma import GemmaStack, joint_forward, KVCache
+from vla_ros.model.layers import apply_rope, attention, attention_bias, linear, rope_cos_sin
 from vla_ros.model.paligemma import PaliGemma, PaliGemmaPrefix
 
 EOS_ID = 1
@@ -68,23 +69,52 @@ class Pi0FastModel(PaliGemmaPrefix):
         return F.linear(hidden.to(weight.dtype), weight).float()
 
     # -- prefix -----------------------------------------------------------------------------
-    def prefix(self, images, image_masks, tokens, token_masks, token_ar=None) -> tuple[KVCache, torch.Tensor]:
-        """The prompt's K/V cache and the logits (B, vocab) of its last real token.
+    def prefix_parts(self, images, image_masks, tokens, token_masks):
+        """Per-layer keys and values (lists of (B, KV, P, hd)), the pad mask and the last token's logits.
 
-        The prefix attends bidirectionally (a prefix LM) unless `token_ar`
-        (B, L) marks tokens that start a causal block, as in masks.attention_mask.
+        The prefix attends bidirectionally (a prefix LM). Only the last real
+        prompt token's output is ever read, so the last layer computes its K/V
+        over every token but its query, attention output, MLP, the final norm
+        and the head for that one token, gathered by index (no data-dependent
+        shapes: the ONNX graph of engines/prefix_graph.py traces this). The
+        head multiplies the (vocab, W) weight as stored, never transposed.
         """
+        lm = self.language_model
         embs, pad = self.prefix_embeddings(images, image_masks, tokens, token_masks)
-        ar = torch.zeros_like(pad)
-        if token_ar is not None:
-            ar[:, -token_ar.shape[1]:] = token_ar.bool()
-        outputs, kv = joint_forward(
-            self.stacks, [embs], [None], masks.attention_mask(pad, ar), masks.prefix_positions(pad),
-            collect_kv=True,
-        )
+        mask = attention_bias(masks.attention_mask(pad, torch.zeros_like(pad)))
+        positions = masks.prefix_positions(pad)
+        cos, sin = rope_cos_sin(positions, lm.cfg.head_dim)
         last = last_real_index(pad)
-        hidden = outputs[0][torch.arange(pad.shape[0], device=pad.device), last]
-        return KVCache(keys=kv[0], values=kv[1], pad_mask=pad), self.logits(hidden)
+        hidden = embs
+        keys, values = [], []
+        for index, layer in enumerate(lm.layers):
+            attn = layer.self_attn
+            normed, _ = layer.input_layernorm(hidden)
+            if index < len(lm.layers) - 1:
+                q, k, v = attn.qkv(normed)
+                k = apply_rope(k, cos, sin)
+                out = attention(apply_rope(q, cos, sin), k, v, mask)
+            else:  # K/V of every token; everything after them for the last real token only
+                k, v = attn.kv(normed)
+                k = apply_rope(k, cos, sin)
+                q = attn.project(_row(normed, last), attn.cfg.num_heads, attn.q_proj)
+                q_cos, q_sin = rope_cos_sin(_row(positions, last), lm.cfg.head_dim)
+                out = attention(apply_rope(q, q_cos, q_sin), k, v, _row(mask, last))
+                hidden = _row(hidden, last)
+            hidden = hidden + linear(attn.o_proj, out).to(hidden.dtype)
+            normed, _ = layer.post_attention_layernorm(hidden)
+            hidden = hidden + layer.mlp(normed).to(hidden.dtype)
+            keys.append(k)
+            values.append(v)
+        final, _ = lm.norm(hidden)  # (B, 1, W)
+        weight = self.lm_head.weight  # (vocab, W)
+        logits = torch.matmul(weight, final.to(weight.dtype).transpose(1, 2))  # (B, vocab, 1)
+        return keys, values, pad, logits[..., 0].float()
+
+    def prefix(self, images, image_masks, tokens, token_masks) -> tuple[KVCache, torch.Tensor]:
+        """The prompt's K/V cache (L, B, KV, P, hd) and the logits (B, vocab) of its last real token."""
+        keys, values, pad, logits = self.prefix_parts(images, image_masks, tokens, token_masks)
+        return KVCache(keys=torch.stack(keys), values=torch.stack(values), pad_mask=pad), logits
 
     def embed_prefix(self, images, image_masks, tokens, token_masks) -> KVCache:
         """The prefix runtimes' entry point: the cache with `last_logits` set."""
@@ -157,6 +187,14 @@ class Pi0FastModel(PaliGemmaPrefix):
             if batch == 1 and int(token) in stop_ids:
                 break
         return torch.stack(ids, dim=1), history
+
+
+def _row(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b]] along dim 1, kept as a length-1 axis: (B, T, ...) -> (B, 1, ...)."""
+    shape = [1] * x.dim()
+    shape[0] = index.shape[0]
+    gather = index.view(shape).expand(x.shape[0], 1, *x.shape[2:])
+    return torch.gather(x, 1, gather)
 
 
 def last_real_index(pad: torch.Tensor) -> torch.Tensor:
