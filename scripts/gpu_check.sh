@@ -14,7 +14,9 @@
 #     to hand the K/V over by address (0 copies);
 #   - full-size pi0 and pi0.5 when the GPU has the memory: suffix eager vs CUDA
 #     graph (their prefix export and engine build do not fit the budget);
-#   - pi05-tiny: suffix eager vs CUDA graph.
+#   - pi05-tiny: suffix eager vs CUDA graph;
+#   - pi0fast-tiny (and full-size pi0fast when it fits): the decode step eager
+#     vs replayed as a CUDA graph, time per token.
 # Without CUDA it says so, lists the checks and exits 0; without the `tensorrt`
 # module the TensorRT rows are SKIP with the reason. It never downloads anything
 # (the GPU machine has no internet) and uses .venv/bin/python when present,
@@ -117,6 +119,23 @@ suffix_pair() {
     fi
 }
 
+# decode_pair CONFIG RUNS WARMUP LIMIT MIN: the decode step eager and as a CUDA graph, per token.
+decode_pair() {
+    local cfg=$1 runs=$2 warmup=$3 limit=$4 min=$5 dir="$WORK/$1" ran=0
+    [ "$MODE" = run ] && mkdir -p "$dir"
+    local bench=(bench --config "$cfg" --device cuda --runs "$runs" --warmup "$warmup" --decode-tokens 64)
+    check "$cfg decode eager" bench "$limit" "$min" "$dir/decode_eager.json" "" -- \
+        "${VLA[@]}" "${bench[@]}" --suffix eager --json "$dir/decode_eager.json" && ran=$((ran + 1))
+    check "$cfg decode cuda_graph" bench "$limit" "$min" "$dir/decode_graph.json" "" -- \
+        "${VLA[@]}" "${bench[@]}" --suffix cuda_graph --json "$dir/decode_graph.json" && ran=$((ran + 1))
+    [ "$MODE" = run ] || return 0
+    if ((ran == 2)); then
+        row "$cfg decode cuda_graph vs eager" compare PASS "$dir/decode_graph.json,$dir/decode_eager.json" ""
+    else
+        row "$cfg decode cuda_graph vs eager" compare SKIP "" "one side did not run (see its row)"
+    fi
+}
+
 # artifact_checks CONFIG LIMIT: checkpoint, bf16 exports, prefix benchmarks through both runtimes.
 artifact_checks() {
     local cfg=$1 limit=$2 dir="$WORK/$1"
@@ -155,7 +174,7 @@ artifact_checks() {
 plan() {
     check "GPU-only tests" pytest 300 60 "$WORK/gpu_tests.xml" "" -- \
         "$PY" -m pytest test/test_engines_onnx.py test/test_engines_suffix.py test/test_engines_pipeline.py \
-        test/test_engines_gpu_paths.py -k "(gpu or cuda or tensorrt) and not gpu_check" \
+        test/test_engines_gpu_paths.py test/test_export_fast.py -k "(gpu or cuda or tensorrt) and not gpu_check" \
         -p no:cacheprovider -q -rs --junitxml="$WORK/gpu_tests.xml"
     artifact_checks pi0-tiny 120
     suffix_pair pi0-tiny 20 3 120 30
@@ -175,6 +194,13 @@ plan() {
             "a full-size export and engine build do not fit the budget: vla-ros export --tensorrt, then bench --artifacts"
     done
     suffix_pair pi05-tiny 20 3 120 30
+    decode_pair pi0fast-tiny 10 2 120 30
+    if [ -n "$FULL_REASON" ]; then
+        skip "pi0fast decode eager" bench "$FULL_REASON"
+        skip "pi0fast decode cuda_graph" bench "$FULL_REASON"
+    else
+        decode_pair pi0fast 3 1 180 90
+    fi
 }
 
 # -- what this machine has --------------------------------------------------------------------------

@@ -64,13 +64,16 @@ def bench_row(name: str, result: str, path: str, note: str, expect: str) -> tupl
     if payload is None:
         return name, "FAIL" if result != "SKIP" else "SKIP", "", note or f"no benchmark figures in {path}"
     medians = payload["results"]["optimised"]
-    figure = ", ".join(f"{stage} p50 {_ms(medians[stage]['p50'])}" for stage in ("prefix", "suffix", "total"))
+    stages = ("prefix", _second_stage(medians), "total")
+    figure = ", ".join(f"{stage} p50 {_ms(medians[stage]['p50'])}" for stage in stages)
     info = payload["info"]["optimised"]
     prefix = info.get("prefix", "?")
     providers = info.get("prefix_providers")
     copies = info.get("prefix_copied_outputs")
     details = [f"prefix {prefix}" + (f" ({providers[0]})" if providers else ""),
-               f"suffix {info.get('suffix', '?')}", f"{info.get('cuda_stream') or 'no'} CUDA stream"]
+               f"suffix {info.get('suffix', '?')}" if "suffix" in medians
+               else f"decode {info.get('decode', '?')}",
+               f"{info.get('cuda_stream') or 'no'} CUDA stream"]
     if copies is not None:
         details.append(f"{copies} K/V copies")
     if note:
@@ -85,16 +88,22 @@ def bench_row(name: str, result: str, path: str, note: str, expect: str) -> tupl
     return name, result, figure, "; ".join(details)
 
 
+def _second_stage(medians: dict) -> str:
+    """What follows the prefix: the suffix (flow matching) or, for decode models, the time per token."""
+    return "suffix" if "suffix" in medians else "per_token"
+
+
 def compare_row(name: str, result: str, path: str, note: str) -> tuple[str, str, str, str]:
     graph_path, _, eager_path = path.partition(",")
     graph, eager = _load(graph_path), _load(eager_path)
     if result == "SKIP" or graph is None or eager is None:
         missing = note or "a side of the comparison did not run"
         return name, "SKIP" if result == "SKIP" else "FAIL", "", missing
-    fast = graph["results"]["optimised"]["suffix"]["p50"]
-    slow = eager["results"]["optimised"]["suffix"]["p50"]
+    stage = _second_stage(graph["results"]["optimised"])
+    fast = graph["results"]["optimised"][stage]["p50"]
+    slow = eager["results"]["optimised"][stage]["p50"]
     ratio = slow / fast if fast > 0 else float("inf")
-    figure = f"suffix p50 graph {_ms(fast)} vs eager {_ms(slow)}: {ratio:.2f}x"
+    figure = f"{stage} p50 graph {_ms(fast)} vs eager {_ms(slow)}: {ratio:.2f}x"
     ok = ratio >= 1.0 - NOISE_MARGIN
     note = note or ("" if ok else "the CUDA graph is slower than eager")
     return name, "PASS" if ok else "FAIL", figure, note

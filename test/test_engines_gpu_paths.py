@@ -342,7 +342,7 @@ def test_gpu_check_without_cuda_lists_its_checks_and_exits_0(tmp_path):
     # What it would run on a GPU machine: the GPU tests, tiny / mid / full sizes, both prefix runtimes,
     # eager vs graph suffix.
     for expected in ("GPU-only tests", "pi0-tiny", "pi0-mid", "pi0 ", "pi05 ", "onnxruntime",
-                     "TensorRT", "suffix eager", "suffix cuda_graph"):
+                     "TensorRT", "suffix eager", "suffix cuda_graph", "pi0fast-tiny decode cuda_graph"):
         assert expected in out, expected
     assert "| PASS" not in out and not (tmp_path / "work").exists()  # nothing ran, nothing written
 
@@ -359,6 +359,13 @@ def test_gpu_check_report_makes_one_row_per_check(tmp_path):
     eager["results"]["optimised"]["suffix"]["p50"] = 0.003
     (tmp_path / "graph.json").write_text(json.dumps(bench))
     (tmp_path / "eager.json").write_text(json.dumps(eager))
+    decode = {"info": {"optimised": {"prefix": "pytorch", "decode": "cuda_graph"}},
+              "results": {"optimised": {stage: {"p50": value} for stage, value in
+                                        (("prefix", 0.002), ("per_token", 0.0005), ("total", 0.04))}}}
+    decode_eager = json.loads(json.dumps(decode))
+    decode_eager["results"]["optimised"]["per_token"]["p50"] = 0.001
+    (tmp_path / "decode_graph.json").write_text(json.dumps(decode))
+    (tmp_path / "decode_eager.json").write_text(json.dumps(decode_eager))
     (tmp_path / "tests.xml").write_text(
         '<testsuites><testsuite name="pytest">'
         '<testcase classname="test.test_engines_onnx" name="test_cuda_provider_parity" time="1.5"/>'
@@ -376,6 +383,10 @@ def test_gpu_check_report_makes_one_row_per_check(tmp_path):
         "\t".join(["pi0-tiny cuda_graph vs eager", "compare", "PASS",
                    f"{tmp_path / 'graph.json'},{tmp_path / 'eager.json'}", ""]),
         "\t".join(["pi0-tiny prefix TensorRT", "plain", "SKIP", "", "no tensorrt module"]),
+        "\t".join(["pi0fast-tiny decode cuda_graph", "bench", "PASS",
+                   str(tmp_path / "decode_graph.json"), ""]),
+        "\t".join(["pi0fast-tiny decode cuda_graph vs eager", "compare", "PASS",
+                   f"{tmp_path / 'decode_graph.json'},{tmp_path / 'decode_eager.json'}", ""]),
     ]) + "\n")
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check_report.py"), str(rows)],
                             capture_output=True, text=True, timeout=60)
@@ -393,4 +404,8 @@ def test_gpu_check_report_makes_one_row_per_check(tmp_path):
     ratio = row["pi0-tiny cuda_graph vs eager"]
     assert ratio[0] == "PASS" and "3.00x" in ratio[1]
     assert row["pi0-tiny prefix TensorRT"] == ["SKIP", "", "no tensorrt module"]
+    decode = row["pi0fast-tiny decode cuda_graph"]
+    assert decode[0] == "PASS" and "per_token p50 0.50 ms" in decode[1] and "decode cuda_graph" in decode[2]
+    ratio = row["pi0fast-tiny decode cuda_graph vs eager"][1]
+    assert "per_token p50 graph 0.50 ms vs eager 1.00 ms: 2.00x" in ratio
     assert "1 FAIL" in result.stdout
