@@ -175,6 +175,7 @@ def test_infer_temperature_samples_reproducibly(fast_checkpoint, tmp_path, capsy
     greedy, sampled = tokens("greedy"), tokens("sampled", "--temperature", "1.0")
     assert not np.array_equal(greedy, sampled)
     np.testing.assert_array_equal(tokens("again", "--temperature", "1.0"), sampled)  # seeded
+    assert not np.array_equal(tokens("other", "--temperature", "1.0", "--seed", "1"), sampled)
 
 
 @pytest.mark.parametrize("model, flags, parameter", [

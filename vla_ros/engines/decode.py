@@ -62,6 +62,16 @@ def _budget(size: int, asked: int | None) -> int:
     return size if asked is None else min(int(asked), size)
 
 
+def _generator(device, seed: int | None) -> torch.Generator:
+    """A sampler's generator: seeded, or from fresh entropy when `seed` is None (policy.seed -1)."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def gumbel_choice(logits: torch.Tensor, temperature: torch.Tensor | float, generator=None) -> torch.Tensor:
     """A sample of softmax(logits / temperature) (B, V) -> (B,), as argmax(logits / T + Gumbel noise).
 
@@ -123,9 +133,7 @@ class StaticDecoder(nn.Module):
         buffer("logits", 1, cfg.vocab_size, dtype=torch.float32)  # the last step's
         self.generator = None
         if self.temperature > 0.0 and device.type == "cpu":
-            self.generator = torch.Generator(device=device)
-            if seed is not None:
-                self.generator.manual_seed(seed)
+            self.generator = _generator(device, seed)
 
     @property
     def prefix_keys(self) -> torch.Tensor:
@@ -242,11 +250,7 @@ class ConcatCacheDecoder:
         self.max_new_tokens = int(max_new_tokens)
         self.position_gap = int(position_gap)
         self.temperature = float(temperature)
-        self.generator = None
-        if self.temperature > 0.0:
-            self.generator = torch.Generator(device=model.device)
-            if seed is not None:
-                self.generator.manual_seed(seed)
+        self.generator = _generator(model.device, seed) if self.temperature > 0.0 else None
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.temperature > 0.0:

@@ -120,6 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode models: sampling temperature (default 0: greedy); seeded by --seed",
     )
     parser.add_argument(
+        "--seed", type=int, default=0, help="decode models: seed of the sampler (default 0: reruns repeat)"
+    )
+    parser.add_argument(
         "--tokens-out",
         type=Path,
         metavar="TOKENS.npy",
@@ -271,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
         action_dims=args.action_dims,
         max_decoding_steps=args.max_decoding_steps,
         temperature=args.temperature,
+        seed=args.seed,
     )
     # Before the (slow) load: the observation must fit the checkpoint.
     spec = read_spec(args.checkpoint, options)
