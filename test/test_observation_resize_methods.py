@@ -275,8 +275,11 @@ def test_lerobot_resize_feeds_torch_a_channels_last_view_without_copying(monkeyp
 
 # --- both -----------------------------------------------------------------------------------------------
 
+# The pi0-family methods centre the frame; "smolvla" puts it in the corner (test_smolvla_pads_left_and_top).
+CENTRED_METHODS = ("openpi", "lerobot")
 
-@pytest.mark.parametrize("method", RESIZE_METHODS)
+
+@pytest.mark.parametrize("method", CENTRED_METHODS)
 @pytest.mark.parametrize("shape", list(SIZES))
 def test_padding_placement_is_exact(method, shape):
     top, rows, left, cols = SIZES[shape]
@@ -293,7 +296,7 @@ def test_padding_placement_is_exact(method, shape):
     assert (batch[0][inside] >= 10 / 255 * 2 - 1 - 1e-6).all()
 
 
-@pytest.mark.parametrize("method", RESIZE_METHODS)
+@pytest.mark.parametrize("method", CENTRED_METHODS)
 def test_non_square_target_and_odd_padding(method):
     # 201x333 -> 100x150: ratio = max(333/150, 201/100) = 2.22 -> 90 rows (int(90.5)) x 150;
     # 10 rows of padding, 5 + 5. 333x201 -> 151x100: ratio = max(201/100, 333/151) = 2.205 -> 151 x 91,
@@ -325,7 +328,7 @@ def test_openpi_model_range_is_scaled_after_resizing():
     assert (float_batch[1] == -1.0).all()  # a missing camera is black
 
 
-@pytest.mark.parametrize("method", RESIZE_METHODS)
+@pytest.mark.parametrize("method", CENTRED_METHODS)
 def test_float_input_uses_the_same_filter(method):
     # A float32 frame in [-1, 1] goes through the same filter, clipped and padded with -1.
     frame = _frame(480, 640, seed=5)
@@ -337,7 +340,7 @@ def test_float_input_uses_the_same_filter(method):
 
 
 def test_default_method_is_openpi():
-    assert DEFAULT_RESIZE_METHOD == "openpi" and RESIZE_METHODS == ("openpi", "lerobot")
+    assert DEFAULT_RESIZE_METHOD == "openpi" and RESIZE_METHODS == ("openpi", "lerobot", "smolvla")
     frame = _frame(480, 640)
     np.testing.assert_array_equal(resize_with_pad(frame), resize_with_pad(frame, method="openpi"))
     np.testing.assert_array_equal(prepare_images({"base_0_rgb": frame})[0],
@@ -382,3 +385,17 @@ def test_unknown_method_is_a_config_error(bad):
         prepare_images({"base_0_rgb": frame}, method=bad)
     with pytest.raises(ConfigError, match="policy.image_resize"):
         prepare_images({}, method=bad)  # checked even with no camera
+
+
+def test_smolvla_pads_left_and_top():
+    # LeRobot's SmolVLA: the lerobot filter, the frame in the corner (480x640 -> 384x512).
+    frame = _frame(480, 640, seed=7)
+    smol, _ = prepare_images({"base_0_rgb": frame}, ["base_0_rgb"], 512, method="smolvla", model_range=True)
+    centred, _ = prepare_images(
+        {"base_0_rgb": frame}, ["base_0_rgb"], 512, method="lerobot", model_range=True
+    )
+    assert (smol[0, :128] == -1.0).all()
+    np.testing.assert_array_equal(smol[0, 128:], centred[0, 64:448])
+    tall = _frame(96, 70, seed=8)  # 96x70 -> 512x373: 139 columns of padding on the left
+    out = resize_with_pad(tall, 512, 512, method="smolvla")
+    assert out.dtype == np.uint8 and (out[:, :139] == 0).all() and out[:, 139:].any()

@@ -33,7 +33,7 @@ from vla_ros.model.lerobot_layout import (
     relative_mask,
     to_absolute_actions,
 )
-from vla_ros.observation.image import prepare_images, RESIZE_METHODS
+from vla_ros.observation.image import FLOAT_RESIZE_METHODS, prepare_images, RESIZE_METHODS
 from vla_ros.observation.normalize import (
     find_norm_stats,
     load_norm_stats,
@@ -137,7 +137,8 @@ class Provenance:
     source: "openpi" (openpi / vla_ros layout) or "lerobot" (a LeRobot policy
         directory).
     image_resize: the `prepare_images` method ("openpi": Pillow on uint8;
-        "lerobot": torch bilinear on [0, 1] floats).
+        "lerobot": torch bilinear on [0, 1] floats; "smolvla": the same,
+        padded left / top, which a LeRobot SmolVLA checkpoint takes).
     prompt_style: the `PromptTokenizer` style (pi0 only: openpi cleans the
         text and tokenizes the newline apart; LeRobot appends it to the raw text).
     normalization: the `Normalizer` convention (openpi: +1e-6 both ways;
@@ -270,7 +271,7 @@ class PolicySpec:
     """
 
     config_name: str  # the model configuration (pi0, pi05, pi0-tiny, ...)
-    variant: str  # "pi0", "pi05" or "pi0fast"
+    variant: str  # "pi0", "pi05", "pi0fast" or "smolvla"
     model_dim: int  # the model's state / action width; shorter vectors are zero-padded to it
     state_dim: int  # dims of the norm stats' state: the joint count the checkpoint was trained on
     action_stats_dim: int  # dims of the norm stats' actions
@@ -407,6 +408,8 @@ def load_conventions(
         )
         return normalizer, str(path), CheckpointMeta(provenance)
     provenance = Provenance.resolve("lerobot", options)
+    if lerobot.is_smolvla and options.image_resize == "auto":
+        provenance = dataclasses.replace(provenance, image_resize="smolvla")
     if options.asset_id:
         raise ConfigError(
             "policy.asset_id",
@@ -732,7 +735,9 @@ class Policy:
         m = _read_metadata(directory, options)
         directory, meta = m.directory, m.meta
         options = resolve_num_steps(options, meta)
-        tokenizer_path = find_tokenizer(directory, options.tokenizer, named=meta.tokenizer_name)
+        tokenizer_path = find_tokenizer(
+            _tokenizer_folder(directory, m.cfg, options, meta), options.tokenizer, named=meta.tokenizer_name
+        )
         engine, cfg = build_engine(directory, options, source=meta.provenance.source)
         tokenizer = PromptTokenizer(
             tokenizer_path, cfg.max_token_len, cfg.variant, meta.provenance.prompt_style
@@ -812,7 +817,7 @@ class Policy:
         # would move its actions by a few 1e-3 (measured against LeRobot 0.6.1).
         image_batch, image_masks = prepare_images(
             images, self._camera_order(images), self.cfg.vision.image_size, method,
-            model_range=method == "lerobot",
+            model_range=method in FLOAT_RESIZE_METHODS,
         )
         if tokens is None:
             tokens = self.tokenizer.tokenize(obs.prompt, norm_state if self.cfg.state_in_prompt else None)
@@ -929,6 +934,15 @@ class Policy:
         }
         return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings,
                            tokens=generated.astype(np.int64))
+
+
+def _tokenizer_folder(directory: Path, cfg, options: PolicyOptions, meta: CheckpointMeta) -> Path:
+    """Where to look for the tokenizer: the checkpoint, or for SmolVLA, failing that, its local VLM folder."""
+    if cfg.variant != "smolvla" or options.tokenizer or (Path(directory) / "tokenizer.json").is_file():
+        return directory
+    from vla_ros.model.checkpoint import find_vlm_folder
+
+    return find_vlm_folder(directory, meta.tokenizer_name) or directory
 
 
 def make_action_parser(directory: str | Path, options: PolicyOptions, cfg: PolicyConfig,

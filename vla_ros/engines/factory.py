@@ -194,6 +194,8 @@ def build_engine(directory: Path, options, source: str = "openpi") -> tuple[Engi
         from vla_ros.model.checkpoint import config_from_checkpoint
 
         cfg = config_from_checkpoint(directory)
+    if cfg is not None and cfg.variant == "smolvla":
+        return _build_smolvla_engine(directory, options, device, num_steps, artifacts)
     dtype = resolve_dtype(options.precision, device, reference, cfg)
     if cfg is None and artifacts:
         cfg = config_from_manifest(directory)  # the family decides the stages; the manifest says which
@@ -303,6 +305,28 @@ def _build_decode_engine(
         prefix = _artifact_prefix(prefix_engine, directory, options, device, dtype)
         prefix.bind_logits(decoder.first_logits)  # written by address where the runtime can
     return DecodeEngine(prefix, decoder, resolve_decode(options.suffix, device)), cfg
+
+
+def _build_smolvla_engine(directory: Path, options, device: torch.device, num_steps: int, artifacts: bool):
+    """SmolVLA runs on the reference engine (eager PyTorch; fp32 on the CPU unless policy.precision says)."""
+    from vla_ros.engines.reference import ReferenceEngine
+    from vla_ros.model.checkpoint import load_model
+
+    if artifacts or options.engine in ("onnx", "tensorrt"):
+        raise ConfigError(
+            "policy.engine", f"'{options.engine}': SmolVLA runs only on the reference engine for now; "
+            "give a checkpoint directory and policy.engine 'auto' or 'reference'"
+        )
+    if options.suffix in ("compiled", "cuda_graph"):
+        raise ConfigError(
+            "policy.suffix",
+            f"'{options.suffix}': SmolVLA runs only on the reference engine for now; use 'auto'",
+        )
+    if options.engine != "reference":
+        log.info("SmolVLA runs on the reference engine (eager PyTorch); its optimised engines come later")
+    dtype = resolve_dtype(options.precision, device, reference=True)
+    model, cfg = load_model(directory, dtype=dtype, device=device)
+    return ReferenceEngine(model, num_steps), cfg
 
 
 def _artifact_prefix(prefix_engine: str, directory: Path, options, device: torch.device, dtype):

@@ -21,7 +21,7 @@ def batch_tensors(inputs: ModelInputs, device: torch.device) -> dict[str, torch.
 
 
 class ReferenceEngine(Engine):
-    """Eager `Pi0Model.embed_prefix` + `denoise_step`, exactly as the model defines them."""
+    """Eager `embed_prefix` + `denoise_step` (Pi0Model, SmolVLAModel), exactly as the model defines them."""
 
     name = "reference"
 
@@ -33,7 +33,11 @@ class ReferenceEngine(Engine):
 
     @torch.no_grad()
     def encode_prefix(self, inputs: ModelInputs) -> None:
-        self._cache = self.model.embed_prefix(**batch_tensors(inputs, self.device))
+        tensors = batch_tensors(inputs, self.device)
+        if getattr(self.model, "state_in_prefix", False):  # SmolVLA: the state is the prefix's last token
+            state = np.asarray(inputs.state, dtype=np.float32)
+            tensors["state"] = torch.from_numpy(state)[None].to(self.device)
+        self._cache = self.model.embed_prefix(**tensors)
 
     @torch.no_grad()
     def denoise(self, inputs: ModelInputs) -> np.ndarray:
@@ -42,7 +46,8 @@ class ReferenceEngine(Engine):
         x = torch.from_numpy(np.asarray(inputs.noise, dtype=np.float32))[None].to(self.device)
         state = torch.from_numpy(np.asarray(inputs.state, dtype=np.float32))[None].to(self.device)
         dt = -1.0 / self.num_steps
-        for t in euler_times(self.num_steps):
+        times = getattr(self.model, "flow_times", euler_times)  # the family's own t grid
+        for t in times(self.num_steps):
             t_batch = torch.full((1,), t, dtype=torch.float32, device=self.device)
             x = x + dt * self.model.denoise_step(self._cache, x, t_batch, state)
         return x[0].float().cpu().numpy()

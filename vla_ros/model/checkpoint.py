@@ -3,14 +3,17 @@
 A checkpoint directory holds `model.safetensors`, `config.json`, norm stats
 (`assets/<id>/norm_stats.json` or `norm_stats.json`) and a SentencePiece model.
 LeRobot policy directories (`vla_ros/model/lerobot_layout.py`) are read too:
-their sizes come from the weight shapes and LeRobot's config.json.
+their sizes come from the weight shapes and LeRobot's config.json (SmolVLA's
+head counts, which shapes do not fix, from the VLM's config.json kept beside it).
 Only safetensors and JSON are read: nothing in a checkpoint is ever executed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 import re
 
@@ -23,8 +26,10 @@ from vla_ros.model.config import (
     DecodeConfig,
     GemmaConfig,
     get_config,
+    LlamaConfig,
     NAMED_CONFIGS,
     PolicyConfig,
+    SmolVLAConfig,
     VisionConfig,
 )
 from vla_ros.model.pi0 import Pi0Model
@@ -37,7 +42,10 @@ _PREFIX = "paligemma_with_expert.paligemma."
 EMBED_KEY = _PREFIX + "model.language_model.embed_tokens.weight"
 LM_HEAD_KEY = _PREFIX + "lm_head.weight"
 # Present in some exports, never used by inference.
-_IGNORED_KEYS = re.compile(r"(gemma_expert\.lm_head\.weight|\.rotary_emb\.inv_freq|position_ids)$")
+_IGNORED_KEYS = re.compile(
+    r"(gemma_expert\.lm_head\.weight|vlm_with_expert\.vlm\.lm_head\.weight|\.rotary_emb\.inv_freq"
+    r"|position_ids)$"
+)
 # Some LeRobot / transformers versions save SigLIP without its `vision_model.` level.
 _FLAT_VISION = re.compile(r"^(paligemma_with_expert\.paligemma\.model\.vision_tower\.)(?!vision_model\.)")
 
@@ -183,6 +191,8 @@ def config_from_checkpoint(directory: Path, tensors: _TensorFile | None = None) 
     if "vla_ros" in meta:
         if not isinstance(meta["vla_ros"], dict):
             raise CheckpointError(f"{directory / CONFIG_FILE}: 'vla_ros' must be a JSON object")
+        if meta["vla_ros"].get("family") == SmolVLAConfig.family:
+            return SmolVLAConfig.from_dict(meta["vla_ros"])
         return PolicyConfig.from_dict(meta["vla_ros"])
     tensors = tensors or _TensorFile(directory / WEIGHTS_FILE)
     if lerobot is not None:
@@ -277,6 +287,8 @@ def _config_from_lerobot(lerobot, tensors: _TensorFile, meta: dict) -> PolicyCon
     """Sizes of a LeRobot policy directory: config.json's fields, the rest from the weight shapes."""
     path = lerobot.path
     weights = path.parent / WEIGHTS_FILE
+    if lerobot.is_smolvla:
+        return _config_from_lerobot_smolvla(lerobot, tensors)
     if lerobot.is_fast or tensors.is_fast:
         return _config_from_lerobot_fast(lerobot, tensors, meta)
     pi05 = tensors.is_pi05
@@ -333,13 +345,190 @@ def _config_from_lerobot(lerobot, tensors: _TensorFile, meta: dict) -> PolicyCon
     )
 
 
-def build_model(cfg: PolicyConfig):
-    """The family's network for `cfg` (no weights loaded): Pi0Model or Pi0FastModel."""
+def build_model(cfg: PolicyConfig | SmolVLAConfig):
+    """The family's network for `cfg` (no weights loaded): Pi0Model, Pi0FastModel or SmolVLAModel."""
+    if isinstance(cfg, SmolVLAConfig):
+        from vla_ros.model.smolvla import SmolVLAModel
+
+        return SmolVLAModel(cfg)
     if cfg.is_fast:
         from vla_ros.model.pi0_fast import Pi0FastModel
 
         return Pi0FastModel(cfg)
     return Pi0Model(cfg)
+
+
+# --- SmolVLA ---------------------------------------------------------------------------------------
+
+_SMOLVLM = "vlm_with_expert.vlm.model."
+_SMOLVLA_EXPERT = "vlm_with_expert.lm_expert."
+# Where a LeRobot SmolVLA directory may keep its VLM's config.json (LeRobot itself reads it from the
+# Hub repo `vlm_model_name`): a file beside the checkpoint, or a folder holding the VLM's files.
+VLM_CONFIG_FILE = "vlm_config.json"
+VLM_FOLDERS = ("smolvlm", "vlm")
+
+
+def find_vlm_folder(directory: str | Path, vlm_model_name: str | None = None) -> Path | None:
+    """The local copy of the VLM's Hub folder beside a SmolVLA checkpoint (config.json, tokenizer.json).
+
+    Looked for as `smolvlm/`, `vlm/`, then the last part of `vlm_model_name`
+    (e.g. `SmolVLM2-500M-Video-Instruct/`); None when there is none.
+    """
+    directory = Path(directory)
+    names = list(VLM_FOLDERS)
+    if vlm_model_name:
+        names.append(vlm_model_name.rstrip("/").rsplit("/", 1)[-1])
+    for name in names:
+        folder = directory / name
+        if (folder / CONFIG_FILE).is_file() or (folder / "tokenizer.json").is_file():
+            return folder
+    return None
+
+
+def _vlm_config(directory: Path, vlm_model_name: str | None) -> tuple[Path, dict] | None:
+    """(file, contents) of the VLM's config.json beside a SmolVLA checkpoint, or None."""
+    candidates = [directory / VLM_CONFIG_FILE]
+    folder = find_vlm_folder(directory, vlm_model_name)
+    if folder is not None:
+        candidates.append(folder / CONFIG_FILE)
+    for path in candidates:
+        if path.is_file():
+            data = _read_json(path)
+            if not isinstance(data.get("text_config"), dict):
+                raise CheckpointError(f"{path}: not a SmolVLM config.json (no 'text_config' object)")
+            return path, data
+    return None
+
+
+def _number(path: Path, section: dict, key: str, default, kind=int):
+    value = section.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (kind is int and value != int(value)):
+        raise CheckpointError(f"{path}: '{key}' must be a number, got {value!r}")
+    return kind(value)
+
+
+def _config_from_lerobot_smolvla(lerobot, tensors: _TensorFile) -> SmolVLAConfig:
+    """Sizes of a LeRobot SmolVLA directory: widths, depths and vocabulary from the weights,
+    head counts from the VLM's config.json beside it (else the named config with these shapes).
+    """
+    path = lerobot.path
+    directory = path.parent
+    weights = directory / WEIGHTS_FILE
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in tensors.names:
+            raise CheckpointError(f"{weights} has no model.{key}; it is not a LeRobot SmolVLA checkpoint")
+        return tensors.shape(key)
+
+    vision_base = _SMOLVLM + "vision_model."
+    patch = shape(vision_base + "embeddings.patch_embedding.weight")  # (D, 3, p, p)
+    vision_width, patch_size = patch[0], patch[2]
+    side = math.isqrt(shape(vision_base + "embeddings.position_embedding.weight")[0])
+    vision_depth = tensors.count(r"vision_model\.encoder\.layers\.(\d+)\.")
+    vision_mlp = shape(vision_base + "encoder.layers.0.mlp.fc1.weight")[0]
+    connector_in = shape(_SMOLVLM + "connector.modality_projection.proj.weight")[1]
+    scale = math.isqrt(connector_in // vision_width)
+    vocab, text_width = shape(_SMOLVLM + "text_model.embed_tokens.weight")
+    text_base = _SMOLVLM + "text_model.layers.0."
+    text_depth = tensors.count(r"^vlm_with_expert\.vlm\.model\.text_model\.layers\.(\d+)\.")
+    q_out = shape(text_base + "self_attn.q_proj.weight")[0]
+    k_out = shape(text_base + "self_attn.k_proj.weight")[0]
+    text_mlp = shape(text_base + "mlp.gate_proj.weight")[0]
+    expert_width = shape(_SMOLVLA_EXPERT + "layers.0.input_layernorm.weight")[0]
+    expert_depth = tensors.count(r"^vlm_with_expert\.lm_expert\.layers\.(\d+)\.")
+    expert_mlp = shape(_SMOLVLA_EXPERT + "layers.0.mlp.gate_proj.weight")[0]
+    action_dim = shape("action_in_proj.weight")[1]
+    if text_depth != lerobot.num_vlm_layers or expert_depth != text_depth:
+        raise CheckpointError(
+            f"{path}: num_vlm_layers {lerobot.num_vlm_layers} but {weights} holds {text_depth} text-model "
+            f"and {expert_depth} expert layers; fix num_vlm_layers"
+        )
+    if side * patch_size != lerobot.image_resolution[0]:
+        raise CheckpointError(
+            f"{path}: resize_imgs_with_padding {list(lerobot.image_resolution)} but the vision weights in "
+            f"{weights} are for {side * patch_size} px; fix resize_imgs_with_padding"
+        )
+    if action_dim != lerobot.max_action_dim or shape("state_proj.weight")[1] != lerobot.max_state_dim \
+            or lerobot.max_state_dim != action_dim:
+        raise CheckpointError(
+            f"{path}: max_state_dim {lerobot.max_state_dim} / max_action_dim {lerobot.max_action_dim} do not "
+            f"match state_proj / action_in_proj in {weights} ({action_dim}); vla_ros pads both to one width"
+        )
+    found = _vlm_config(directory, lerobot.vlm_model_name)
+    if found is not None:
+        vlm_path, vlm = found
+        text = vlm["text_config"]
+        vision_cfg = vlm.get("vision_config") or {}
+        heads = _number(vlm_path, text, "num_attention_heads", None)
+        kv_heads = _number(vlm_path, text, "num_key_value_heads", heads)
+        head_dim = _number(vlm_path, text, "head_dim", text_width // heads)
+        rope = text.get("rope_parameters") or {}
+        theta = _number(vlm_path, rope if "rope_theta" in rope else text, "rope_theta", 10000.0, float)
+        eps = _number(vlm_path, text, "rms_norm_eps", 1e-5, float)
+        vision_heads = _number(vlm_path, vision_cfg, "num_attention_heads", 12)
+        if heads * head_dim != q_out or kv_heads * head_dim != k_out or vision_width % vision_heads:
+            raise CheckpointError(
+                f"{vlm_path}: {heads} heads / {kv_heads} K/V heads of {head_dim} "
+                f"(vision {vision_heads} heads) "
+                f"do not fit the weights in {weights} (q {q_out}, k {k_out}, vision width {vision_width}); "
+                "is it the config of the VLM this policy was trained on?"
+            )
+        text_cfg = LlamaConfig(text_width, text_depth, text_mlp, heads, kv_heads, head_dim, eps, theta)
+        vision = VisionConfig(
+            vision_width, vision_depth, vision_mlp, vision_heads, patch_size, side * patch_size
+        )
+        expert = dataclasses.replace(text_cfg, width=expert_width, mlp_dim=expert_mlp)
+    else:
+        shapes = (
+            (vision_width, vision_depth, vision_mlp, patch_size, side * patch_size),
+            (text_width, text_depth, text_mlp, q_out, k_out),
+            (expert_width, expert_mlp, scale),
+        )
+
+        def shapes_of(c: SmolVLAConfig) -> tuple:
+            v, t = c.vision, c.text
+            return (
+                (v.width, v.depth, v.mlp_dim, v.patch_size, v.image_size),
+                (t.width, t.depth, t.mlp_dim, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim),
+                (c.expert.width, c.expert.mlp_dim, c.scale_factor),
+            )
+
+        smolvlas = [c for c in NAMED_CONFIGS.values() if isinstance(c, SmolVLAConfig)]
+        named = next((c for c in smolvlas if shapes_of(c) == shapes), None)
+        if named is None:
+            raise CheckpointError(
+                f"{path}: the VLM's head counts are not in the weights and no VLM config.json was found; put "
+                f"the config.json of {lerobot.vlm_model_name or 'the VLM'} in {directory / VLM_FOLDERS[0]}/ "
+                f"or as {directory / VLM_CONFIG_FILE}"
+            )
+        log.info("%s: no VLM config.json beside it; head counts of the named config %s", path, named.name)
+        vision, text_cfg, expert = named.vision, named.text, named.expert
+    name = next(
+        (
+            c.name for c in NAMED_CONFIGS.values()
+            if isinstance(c, SmolVLAConfig) and (c.vision, c.text, c.expert, c.scale_factor)
+            == (vision, text_cfg, expert, scale)
+        ),
+        "smolvla",
+    )
+    return SmolVLAConfig(
+        name=name,
+        vision=vision,
+        text=text_cfg,
+        expert=expert,
+        scale_factor=scale,
+        vocab_size=vocab,
+        action_horizon=lerobot.chunk_size,
+        action_dim=action_dim,
+        max_token_len=lerobot.tokenizer_max_length,
+        num_cameras=len(lerobot.cameras),
+        self_attn_every_n_layers=lerobot.self_attn_every_n_layers,
+        min_period=lerobot.min_period,
+        max_period=lerobot.max_period,
+    )
 
 
 def _config_from_lerobot_fast(lerobot, tensors: _TensorFile, meta: dict) -> PolicyConfig:

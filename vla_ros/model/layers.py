@@ -165,15 +165,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return out.view(batch, heads, tokens, head_dim).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
-def sincos_time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0):
+def sincos_time_embedding(
+    t: torch.Tensor,
+    dim: int,
+    min_period: float = 4e-3,
+    max_period: float = 4.0,
+    table_dtype: torch.dtype | None = None,
+):
     """Sine-cosine embedding of the flow-matching time t (B,) -> (B, dim), fp32.
 
-    The reference computes the table in float64 on GPUs and float32 on the CPU;
-    we do the same so CPU results match it bit for bit.
+    The pi0 reference computes the table in float64 on GPUs and float32 on the CPU;
+    we do the same so CPU results match it bit for bit. `table_dtype` forces
+    one (SmolVLA's reference computes in float64 everywhere).
     """
     if dim % 2:
         raise ValueError(f"time embedding width must be even, got {dim}")
-    dtype = torch.float64 if t.device.type == "cuda" else torch.float32
+    dtype = table_dtype or (torch.float64 if t.device.type == "cuda" else torch.float32)
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
     angle = (2.0 * math.pi / period)[None, :] * t.to(dtype)[:, None]

@@ -1,4 +1,4 @@
-"""LeRobot pi0 / pi0.5 policy directories, as `save_pretrained` writes them and the Hub publishes them.
+"""LeRobot pi0 / pi0.5 / pi0-FAST / SmolVLA policy directories, as `save_pretrained` writes them.
 
 A LeRobot (0.4 .. 0.6) policy directory holds:
 
@@ -44,7 +44,7 @@ STATE_FEATURE = "observation.state"
 ACTION_FEATURE = "action"
 IMAGES_PREFIX = "observation.images."
 EMPTY_CAMERA_PREFIX = "empty_camera_"
-LEROBOT_TYPES = ("pi0", "pi05", "pi0_fast")
+LEROBOT_TYPES = ("pi0", "pi05", "pi0_fast", "smolvla")
 # The parameter precisions PI0Config / PI05Config accept (`dtype`).
 LEROBOT_DTYPES = ("float32", "bfloat16")
 # LeRobot NormalizationMode -> vla_ros Normalizer mode.
@@ -59,6 +59,15 @@ DEFAULT_NORMALIZATION = {
     "pi0": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
     "pi05": {"VISUAL": "IDENTITY", "STATE": "QUANTILES", "ACTION": "QUANTILES"},
     "pi0_fast": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+    "smolvla": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+}
+# SmolVLAConfig settings vla_ros runs only at these values (LeRobot 0.6.1's defaults): field -> (value, why).
+_SMOLVLA_FIXED = {
+    "attention_mode": ("cross_attn", "the interleaved self- / cross-attention expert"),
+    "add_image_special_tokens": (False, "no special tokens around the image tokens"),
+    "prefix_length": (-1, "an unpadded prefix"),
+    "adapt_to_pi_aloha": (False, "no ALOHA joint transforms inside the policy"),
+    "use_delta_joint_actions_aloha": (False, "absolute actions"),
 }
 DEFAULT_EXCLUDE_JOINTS = ("gripper",)
 DEFAULT_EPS = 1e-8
@@ -123,6 +132,12 @@ class LeRobotConfig:
     fast_skip_tokens: int = 128
     temperature: float = 0.0
     action_tokenizer_name: str | None = None
+    # SmolVLA (SmolVLAConfig) only:
+    num_vlm_layers: int = 16
+    self_attn_every_n_layers: int = 2
+    vlm_model_name: str | None = None
+    min_period: float = 4e-3
+    max_period: float = 4.0
 
     @property
     def pi05(self) -> bool:
@@ -131,6 +146,10 @@ class LeRobotConfig:
     @property
     def is_fast(self) -> bool:
         return self.variant == "pi0_fast"
+
+    @property
+    def is_smolvla(self) -> bool:
+        return self.variant == "smolvla"
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -216,14 +235,17 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
     steps = _int_field(meta, path, "n_action_steps", chunk)
     if steps > chunk:
         raise _field_error(path, "n_action_steps", f"({steps}) must be <= chunk_size ({chunk})")
-    resolution = meta.get("image_resolution", [224, 224])
+    smolvla = variant == "smolvla"
+    # SmolVLA names its image size resize_imgs_with_padding ((width, height), 512 by default).
+    resolution_field = "resize_imgs_with_padding" if smolvla else "image_resolution"
+    resolution = meta.get(resolution_field, [512, 512] if smolvla else [224, 224])
     if (
         not isinstance(resolution, (list, tuple))
         or len(resolution) != 2
         or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in resolution)
         or resolution[0] != resolution[1]
     ):
-        raise _field_error(path, "image_resolution", f"must be [size, size] (square), got {resolution!r}")
+        raise _field_error(path, resolution_field, f"must be [size, size] (square), got {resolution!r}")
     empty = _int_field(meta, path, "empty_cameras", 0, minimum=0)
 
     inputs = _features(meta, path, "input_features")
@@ -274,6 +296,8 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
             raise _field_error(path, name, f"must be a string, got {value!r}")
         variants[name] = value
     dtype = meta.get("dtype", "float32")
+    if smolvla:
+        dtype = "float32"  # SmolVLAConfig has no dtype: the policy runs as it was built (fp32)
     if dtype not in LEROBOT_DTYPES:
         raise _field_error(path, "dtype", f"is {dtype!r}; LeRobot accepts {list(LEROBOT_DTYPES)}")
     return LeRobotConfig(
@@ -283,9 +307,9 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
         n_action_steps=steps,
         max_state_dim=_int_field(meta, path, "max_state_dim", 32),
         max_action_dim=_int_field(meta, path, "max_action_dim", 32),
-        num_inference_steps=_int_field(meta, path, "num_inference_steps", 10),
+        num_inference_steps=_int_field(meta, path, "num_steps" if smolvla else "num_inference_steps", 10),
         tokenizer_max_length=_int_field(
-            meta, path, "tokenizer_max_length", 48 if variant == "pi0" else 200, minimum=2
+            meta, path, "tokenizer_max_length", 48 if variant in ("pi0", "smolvla") else 200, minimum=2
         ),
         image_resolution=(resolution[0], resolution[1]),
         empty_cameras=empty,
@@ -301,7 +325,43 @@ def parse_lerobot_config(meta: Mapping[str, Any], path: Path) -> LeRobotConfig:
         dtype=dtype,
         **variants,
         **(_fast_fields(meta, path) if variant == "pi0_fast" else {}),
+        **(_smolvla_fields(meta, path) if smolvla else {}),
     )
+
+
+def _smolvla_fields(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """SmolVLAConfig's model fields, validated; settings vla_ros does not run raise, naming the field."""
+    for name, (value, meaning) in _SMOLVLA_FIXED.items():
+        if name in meta and meta[name] != value:
+            raise _field_error(
+                path, name, f"is {meta[name]!r}; vla_ros runs SmolVLA with {value!r} only ({meaning})"
+            )
+    padding = meta.get("pad_language_to", "longest")
+    if padding not in ("longest", "max_length"):
+        raise _field_error(path, "pad_language_to", f"must be 'longest' or 'max_length', got {padding!r}")
+    layers = _int_field(meta, path, "num_vlm_layers", 16)
+    expert_layers = meta.get("num_expert_layers", -1)
+    if isinstance(expert_layers, bool) or not isinstance(expert_layers, int) \
+            or expert_layers not in (-1, 0, layers):
+        raise _field_error(
+            path, "num_expert_layers",
+            f"is {expert_layers!r}; vla_ros runs an expert with one layer per VLM layer (-1 or {layers})",
+        )
+    periods = {}
+    for name, default in (("min_period", 4e-3), ("max_period", 4.0)):
+        value = meta.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise _field_error(path, name, f"must be a positive number, got {value!r}")
+        periods[name] = float(value)
+    name = meta.get("vlm_model_name")
+    if name is not None and not isinstance(name, str):
+        raise _field_error(path, "vlm_model_name", f"must be a string, got {name!r}")
+    return {
+        "num_vlm_layers": layers,
+        "self_attn_every_n_layers": _int_field(meta, path, "self_attn_every_n_layers", 2),
+        "vlm_model_name": name,
+        **periods,
+    }
 
 
 def _fast_fields(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:

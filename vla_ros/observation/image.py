@@ -15,6 +15,9 @@ the convention is a choice, `method`:
   ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
   (samples 2x2 neighbours, no antialiasing), clamped to [0, 1], padded with 0,
   then mapped to [-1, 1].
+- ``"smolvla"``: LeRobot's ``resize_with_pad`` inside ``SmolVLAPolicy``: the
+  same float bilinear resize, but the padding goes on the LEFT and TOP (the
+  frame sits in the bottom-right corner) and nothing is clamped.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from vla_ros.types import CAMERA_KEYS
 MODEL_IMAGE_SIZE = 224
 
 #: Resize-with-pad conventions, named after the code base whose checkpoints use them.
-RESIZE_METHODS = ("openpi", "lerobot")
+RESIZE_METHODS = ("openpi", "lerobot", "smolvla")
+#: The methods that resize in float [0, 1] (LeRobot's), whose unrounded result the model takes.
+FLOAT_RESIZE_METHODS = ("lerobot", "smolvla")
 #: The convention of openpi checkpoints (the pi0 / pi0.5 base models and their fine-tunes).
 DEFAULT_RESIZE_METHOD = "openpi"
 
@@ -76,11 +81,14 @@ def _scaled_size(cur_h: int, cur_w: int, height: int, width: int) -> tuple[int, 
     return max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
 
 
-def _pad(resized: np.ndarray, height: int, width: int, value: float) -> np.ndarray:
-    """Centre `resized` on a (height, width, 3) canvas of `value`; odd pixel bottom / right."""
+def _pad(resized: np.ndarray, height: int, width: int, value: float, corner: bool = False) -> np.ndarray:
+    """Centre `resized` on a (height, width, 3) canvas of `value`; odd pixel bottom / right.
+
+    corner: put it in the bottom-right corner instead (all padding left / top, SmolVLA's).
+    """
     new_h, new_w = resized.shape[:2]
-    top = (height - new_h) // 2
-    left = (width - new_w) // 2
+    top = height - new_h if corner else (height - new_h) // 2
+    left = width - new_w if corner else (width - new_w) // 2
     out = np.full((height, width, 3), value, dtype=resized.dtype)
     out[top : top + new_h, left : left + new_w] = resized
     return out
@@ -120,14 +128,21 @@ def _lerobot_resize(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
     return out[0].permute(1, 2, 0).numpy()
 
 
-def _lerobot_unit_range(frame_uint8: np.ndarray, height: int, width: int) -> np.ndarray:
-    """LeRobot's letterbox of a uint8 frame, float32 in [0, 1] (padding 0), before `* 2 - 1`."""
+def _lerobot_unit_range(
+    frame_uint8: np.ndarray, height: int, width: int, method: str = "lerobot"
+) -> np.ndarray:
+    """LeRobot's letterbox of a uint8 frame, float32 in [0, 1] (padding 0), before `* 2 - 1`.
+
+    "lerobot" (pi0 family): clamped, centred; "smolvla": unclamped, padded left / top.
+    """
     unit = frame_uint8.astype(np.float32) / np.float32(255.0)
     if frame_uint8.shape[:2] == (height, width):
         return unit
     new_h, new_w = _scaled_size(*frame_uint8.shape[:2], height, width)
-    resized = np.clip(_lerobot_resize(unit, new_h, new_w), 0.0, 1.0)
-    return _pad(resized, height, width, 0.0)
+    resized = _lerobot_resize(unit, new_h, new_w)
+    if method == "smolvla":
+        return _pad(resized, height, width, 0.0, corner=True)
+    return _pad(np.clip(resized, 0.0, 1.0), height, width, 0.0)
 
 
 def resize_with_pad(
@@ -151,6 +166,8 @@ def resize_with_pad(
       ``resize_with_pad_torch`` does; the uint8 result is that rounded to the
       nearest level (off by at most half a level; `prepare_images(...,
       model_range=True)` gives the unrounded values).
+    - ``"smolvla"``: as ``"lerobot"`` without the clamp, and all the padding
+      on the left / top, as LeRobot's SmolVLA ``resize_with_pad`` does.
 
     uint8 images give uint8 (padding 0). float32 images, which must already be
     in the model range [-1, 1], are resized in that range with the same filter,
@@ -171,16 +188,17 @@ def resize_with_pad(
     if image.shape[:2] == (height, width):
         return image
 
-    if method == "lerobot" and image.dtype == np.uint8:
-        unit = _lerobot_unit_range(image, height, width)
-        return np.rint(unit * np.float32(255.0)).astype(np.uint8)
+    if method in FLOAT_RESIZE_METHODS and image.dtype == np.uint8:
+        unit = _lerobot_unit_range(image, height, width, method)
+        return np.rint(np.clip(unit, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
     new_h, new_w = _scaled_size(*image.shape[:2], height, width)
     resize = _openpi_resize if method == "openpi" else _lerobot_resize
     resized = resize(image, new_h, new_w)
+    corner = method == "smolvla"
     if image.dtype == np.float32:
-        return _pad(np.clip(resized, -1.0, 1.0), height, width, -1.0)
-    return _pad(resized, height, width, 0)
+        return _pad(np.clip(resized, -1.0, 1.0), height, width, -1.0, corner)
+    return _pad(resized, height, width, 0, corner)
 
 
 def to_model_range(image_uint8: np.ndarray) -> np.ndarray:
@@ -254,6 +272,6 @@ def prepare_images(
         elif method == "openpi":
             batch[i] = to_model_range(resize_with_pad(frame, size, size, method))
         else:
-            batch[i] = _lerobot_unit_range(frame, size, size) * np.float32(2.0) - np.float32(1.0)
+            batch[i] = _lerobot_unit_range(frame, size, size, method) * np.float32(2.0) - np.float32(1.0)
         mask[i] = True
     return batch, mask

@@ -7,6 +7,9 @@ only understands prompts laid out the way it was trained:
 - pi0, LeRobot:  BOS + tokens(raw text + "\n"), padded to 48.
 - pi0.5 (both):  BOS + tokens("Task: {cleaned text}, State: {bins};\nAction: "),
   padded to 200, where `bins` is the normalized state discretized into 256 bins.
+- SmolVLA (LeRobot): the tokenizer's own encoding of text + "\n" (its
+  post-processor decides any BOS), cut to 48 on the tokenizer's truncation
+  side, padded to 48 with a mask (LeRobot pads to the longest prompt only).
 
 The real tokenizer is PaliGemma's, shipped beside the checkpoint (or named by
 `policy.tokenizer`) and never downloaded: openpi's SentencePiece
@@ -32,8 +35,8 @@ from vla_ros.errors import CheckpointError, ConfigError, ObservationError
 
 _LOG = logging.getLogger(__name__)
 
-PromptFormat = Literal["pi0", "pi05", "pi0fast"]
-PROMPT_FORMATS: tuple[str, ...] = ("pi0", "pi05", "pi0fast")
+PromptFormat = Literal["pi0", "pi05", "pi0fast", "smolvla"]
+PROMPT_FORMATS: tuple[str, ...] = ("pi0", "pi05", "pi0fast", "smolvla")
 PromptStyle = Literal["openpi", "lerobot"]
 PROMPT_STYLES: tuple[str, ...] = ("openpi", "lerobot")
 
@@ -191,8 +194,11 @@ def _load_sentencepiece(path: Path) -> sentencepiece.SentencePieceProcessor:
     return processor
 
 
-def _load_tokenizer_json(path: Path) -> Any:
-    """A `tokenizers.Tokenizer` from a local tokenizer.json: data only, no Hub, no code run."""
+def _load_tokenizer_json(path: Path, paligemma: bool = True) -> Any:
+    """A `tokenizers.Tokenizer` from a local tokenizer.json: data only, no Hub, no code run.
+
+    paligemma: check PaliGemma's special ids (pi0 family); SmolVLA's tokenizer has its own.
+    """
     try:
         import tokenizers
     except ImportError as exc:
@@ -208,6 +214,8 @@ def _load_tokenizer_json(path: Path) -> Any:
     # A saved file may carry truncation / padding settings; the layout here does both itself.
     tokenizer.no_truncation()
     tokenizer.no_padding()
+    if not paligemma:
+        return tokenizer
     pad, bos = tokenizer.id_to_token(PAD_ID), tokenizer.id_to_token(BOS_ID)
     if pad != "<pad>" or bos not in ("<bos>", "<s>"):
         raise CheckpointError(
@@ -247,8 +255,12 @@ class PromptTokenizer:
       (no lower-casing) and appends a second BOS after the padded prompt,
       from which it decodes: here the last of the `max_len` slots (so a
       LeRobot checkpoint's tokenizer_max_length 200 is `max_len` 201).
+    - SmolVLA (`fmt="smolvla"`, LeRobot only): the tokenizer's own encoding
+      of task + "\n" (special tokens as its post-processor adds them), cut
+      to `max_len` on the side its tokenizer_config.json names, then padded
+      with its pad token and mask False (the model skips masked tokens).
 
-    In every case: BOS (id 2) first, no EOS, pad id 0 up to `max_len`, and a
+    Otherwise: BOS (id 2) first, no EOS, pad id 0 up to `max_len`, and a
     longer prompt cut to its first `max_len` tokens.
 
     Args:
@@ -280,7 +292,16 @@ class PromptTokenizer:
             )
         self._sp: sentencepiece.SentencePieceProcessor | None = None
         self._hf: Any = None
-        if _is_json(path):
+        self._pad_id = PAD_ID
+        if fmt == "smolvla":
+            if not _is_json(path):
+                raise CheckpointError(
+                    f"tokenizer '{path}' is not a Hugging Face tokenizer.json; SmolVLA needs its VLM's"
+                    " tokenizer.json (policy.tokenizer)"
+                )
+            self._hf = _load_tokenizer_json(path, paligemma=False)
+            self._pad_id = self._configure_smolvla(path, int(max_len))
+        elif _is_json(path):
             self._hf = _load_tokenizer_json(path)
         else:
             self._sp = _load_sentencepiece(path)
@@ -289,6 +310,29 @@ class PromptTokenizer:
         self._fmt: PromptFormat = fmt
         self._style: PromptStyle = style
         self._warned_lengths: set[int] = set()
+
+    def _configure_smolvla(self, path: Path, max_len: int) -> int:
+        """Truncation as the Hugging Face tokenizer does it (tokenizer_config.json's side); the pad id.
+
+        The `tokenizers` library truncates before its post-processor adds
+        special tokens, keeping room for them, as transformers does.
+        """
+        import json
+
+        settings: dict = {}
+        config_path = path.parent / "tokenizer_config.json"
+        if config_path.is_file():
+            try:
+                settings = json.loads(config_path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+        side = settings.get("truncation_side", "right")
+        if side not in ("left", "right"):
+            raise CheckpointError(f"{config_path}: truncation_side must be 'left' or 'right', got {side!r}")
+        self._hf.enable_truncation(max_len, direction=side)
+        pad = settings.get("pad_token")
+        pad_id = self._hf.token_to_id(pad) if isinstance(pad, str) else None
+        return PAD_ID if pad_id is None else int(pad_id)
 
     @property
     def vocab_size(self) -> int:
@@ -335,6 +379,11 @@ class PromptTokenizer:
         """
         if not isinstance(prompt, str):
             raise ObservationError(f"prompt: got {type(prompt).__name__}; expected str")
+        if self._fmt == "smolvla":
+            # LeRobot's SmolVLA newline step, then the tokenizer with its special tokens (already
+            # truncated to max_len here, as LeRobot's tokenizer step does).
+            text = prompt if prompt.endswith("\n") else prompt + "\n"
+            return list(self._hf.encode(text, add_special_tokens=True).ids)
         if self._fmt == "pi0":
             # The state goes to the action expert as a continuous token in
             # pi0, so it is deliberately not part of the text.
@@ -394,7 +443,7 @@ class PromptTokenizer:
                     budget,
                 )
             ids = ids[:budget]
-        tokens = np.full((self._max_len,), PAD_ID, dtype=np.int32)
+        tokens = np.full((self._max_len,), self._pad_id, dtype=np.int32)
         tokens[: len(ids)] = ids
         mask = np.zeros((self._max_len,), dtype=bool)
         mask[: len(ids)] = True
@@ -407,6 +456,8 @@ class PromptTokenizer:
         ids = [int(t) for t in tokens]
         if self._sp is not None:
             return self._sp.decode(ids)
+        if self._fmt == "smolvla":
+            return self._hf.decode(ids, skip_special_tokens=True)
         kept = [i for i in ids if i not in (PAD_ID, EOS_ID, BOS_ID)]
         return self._hf.decode(kept, skip_special_tokens=False)
 
