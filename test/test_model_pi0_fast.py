@@ -32,7 +32,8 @@ from vla_ros.model.checkpoint import (
 from vla_ros.model.config import DecodeConfig, get_config, PolicyConfig
 from vla_ros.model.pi0_fast import last_real_index, Pi0FastModel
 
-STEPS = 40
+STEPS = 33  # the issue asks for at least 32
+SHORT = 16
 
 
 def _model(scale: float = 0.3, seed: int = 0) -> Pi0FastModel:
@@ -93,12 +94,12 @@ def test_concatenating_cache_equals_static_and_honours_the_position_gap(model):
     inputs = _inputs(seed=1, cameras=(True, True, True), prompt_len=30)
     cache, first = model.prefix(*inputs)
     for gap in (0, 1):
-        concat = ConcatCacheDecoder(model, STEPS, position_gap=gap).generate(cache, first)
-        static = _static(model, inputs, position_gap=gap).generate(max_new_tokens=STEPS)
+        concat = ConcatCacheDecoder(model, SHORT, position_gap=gap).generate(cache, first)
+        static = _static(model, inputs, position_gap=gap).generate(max_new_tokens=SHORT)
         assert concat.ids.tolist() == static.ids.tolist()
-    with_gap = _static(model, inputs, position_gap=1).generate(max_new_tokens=STEPS).ids
+    with_gap = _static(model, inputs, position_gap=1).generate(max_new_tokens=SHORT).ids
     assert with_gap[0] == concat.ids[0]  # the first token comes from the prefix, before any position
-    assert with_gap.tolist() != ConcatCacheDecoder(model, STEPS).generate(cache, first).ids.tolist()
+    assert with_gap.tolist() != ConcatCacheDecoder(model, SHORT).generate(cache, first).ids.tolist()
 
 
 def test_prefix_padding_and_masked_cameras_do_not_change_the_decode(model):
@@ -115,12 +116,12 @@ def test_prefix_padding_and_masked_cameras_do_not_change_the_decode(model):
 
 def test_generation_stops_at_a_stop_token_and_excludes_it(model):
     inputs = _inputs(seed=3)
-    ids = _static(model, inputs).generate(max_new_tokens=STEPS).ids.tolist()
+    ids = _static(model, inputs).generate(max_new_tokens=SHORT).ids.tolist()
     stop = ids[10]
     first = ids.index(stop)
     for check_every in (1, 8):  # GPUs read the history every few tokens: same result
         decoder = _static(model, inputs)
-        result = decoder.generate(stop_ids=(stop,), max_new_tokens=STEPS, check_every=check_every)
+        result = decoder.generate(stop_ids=(stop,), max_new_tokens=SHORT, check_every=check_every)
         assert result.ids.tolist() == ids[:first]
         assert result.stop == stop and result.num_tokens == first + 1
     assert _cut_at_stop(np.array([5, 6, 7]), {9}).stop is None
