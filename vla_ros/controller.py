@@ -131,6 +131,7 @@ class PolicyController:
         self._last_hold_reason = "not started"
         self._latency: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self._compute: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
+        self._tokens: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # decode models only
         self._counts = collections.Counter()
         if config.prompt.default:
             self._assembler.update_prompt(config.prompt.default)
@@ -325,6 +326,9 @@ class PolicyController:
             self._latency.append(now - chunk.timestamp)
             if "total" in chunk.timings:
                 self._compute.append(float(chunk.timings["total"]))
+            tokens = getattr(chunk, "tokens", None)
+            if tokens is not None:
+                self._tokens.append(int(np.size(tokens)))
             if accepted:
                 self._counts["chunks"] += 1
                 self._last_chunk_obs = float(chunk.timestamp)
@@ -537,6 +541,7 @@ class PolicyController:
                 safety=self._safety.report(),
                 latency=tuple(self._latency),
                 compute=tuple(self._compute),
+                decoded_tokens=tuple(self._tokens),
                 counts=dict(self._counts),
                 obs_time=self._last_obs_time,
                 joint_time=None if self._measured is None else self._measured_time,

@@ -107,6 +107,8 @@ class StatusSnapshot:
     events: '<reason>:<source>' -> (count, last time, last detail, rejected).
     latency, compute: recent inference latencies (observation to chunk) and
         compute times, seconds.
+    decoded_tokens: tokens generated per recent inference, oldest first
+        (decode models such as pi0-FAST; empty for the others).
     """
 
     now: float
@@ -130,6 +132,17 @@ class StatusSnapshot:
     prompt_source: str
     camera_topics: Mapping[str, str]
     events: Mapping[str, tuple[int, float, str, bool]] = dataclasses.field(default_factory=dict)
+    decoded_tokens: Sequence[int] = ()
+
+
+def _decoded_tokens(counts: Sequence[int]) -> dict[str, object]:
+    """Tokens per inference of a decode model (the stop token included); nothing for the others."""
+    if not counts:
+        return {}
+    return {
+        "inference.decoded_tokens_p50": float(np.percentile(np.asarray(counts, dtype=np.float64), 50)),
+        "inference.decoded_tokens_last": int(counts[-1]),
+    }
 
 
 def build_status(snap: StatusSnapshot) -> ControllerStatus:
@@ -176,6 +189,7 @@ def build_status(snap: StatusSnapshot) -> ControllerStatus:
         "inference.latency_p99_ms": latency[1] * 1e3,
         "inference.compute_p50_ms": compute[0] * 1e3,
         "inference.compute_p99_ms": compute[1] * 1e3,
+        **_decoded_tokens(snap.decoded_tokens),
         "inference.requests": counts.get("requests", 0),
         "inference.failures": counts.get("failures", 0),
         "inference.last_failure": snap.last_failure,

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vla_ros.errors import EngineError
+from vla_ros.errors import ActionDecodeError, EngineError
 from vla_ros.types import ActionChunk, RawObservation
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,11 @@ def _attach(name: str, cache: dict[str, shared_memory.SharedMemory]) -> shared_m
     return shm
 
 
+def _token_list(tokens: Any) -> list[int] | None:
+    """A chunk's generated token ids as builtins for the socket, None when the policy does not decode."""
+    return None if tokens is None else np.asarray(tokens, dtype=np.int64).reshape(-1).tolist()
+
+
 def _child_main(conn: multiprocessing.connection.Connection) -> None:
     """Run the policy process: load, then answer ('infer', meta) requests until 'close' or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -218,6 +223,8 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
                             "dtype": dtype,
                             "timestamp": chunk.timestamp,
                             "timings": dict(chunk.timings),
+                            # decode models: the generated ids (<= a few hundred), None for the others
+                            "tokens": _token_list(getattr(chunk, "tokens", None)),
                         },
                     )
                 )
@@ -327,10 +334,20 @@ class ProcessRunner:
                 self._process.kill()
                 raise
             if kind != "ok":
+                decode = f"{ActionDecodeError.__name__}: "
+                if isinstance(payload, str) and payload.startswith(decode):
+                    # A named model-output failure reads the same in both modes (diagnostics, logs).
+                    raise ActionDecodeError(payload[len(decode):])
                 raise EngineError(f"inference failed in the policy process: {payload}")
             shm = _attach(payload["shm"], self._attached)
             actions = np.array(np.ndarray(payload["shape"], np.dtype(payload["dtype"]), buffer=shm.buf))
-            return ActionChunk(actions=actions, timestamp=payload["timestamp"], timings=payload["timings"])
+            tokens = payload.get("tokens")
+            return ActionChunk(
+                actions=actions,
+                timestamp=payload["timestamp"],
+                timings=payload["timings"],
+                tokens=None if tokens is None else np.asarray(tokens, dtype=np.int64),
+            )
 
     def close(self) -> None:
         try:

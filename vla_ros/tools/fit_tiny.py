@@ -22,13 +22,26 @@ The training sequence is laid out exactly as the runtimes decode it
 - the first generated token is predicted from the last real prompt token,
   token k + 1 from generated token k.
 
-To make it fast, everything that does not need to learn is frozen and
-precomputed: the vision tower and projector (image tokens of a pool of images
-are computed once), the token embedding (tied to the LM head). Only the Gemma
-layers and the final norm train. Every few steps the teacher-forced argmax is
-checked on held-out random observations (which, with every position right,
-is exactly what greedy decoding produces), and training stops once every
-position is right by a margin.
+What keeps it fast (seconds on one CPU core) and robust:
+
+- the target is a smooth chunk whose tokens each determine the next one
+  (`fit_target`, `ambiguous_successors`): the model needs no sense of where in
+  the sequence it is, which it would have to read from a prefix-dependent
+  context;
+- frozen: the vision tower and projector (fresh random frames go through them
+  without gradients), the token embedding and the LM head tied to it; only
+  the Gemma layers and the final norm train, the final norm's scale (which
+  sets the logits' scale against the frozen head) with a larger step;
+- the training softmax runs over a few thousand candidate rows, not 257k;
+  the checks run over the full vocabulary and the rows that come close join
+  the candidates;
+- mostly one camera per sample (each one more costs 256 tokens), a loss term
+  that pulls the hidden states of the batch's observations together, and
+  held-out observations that fall short replayed in training;
+- every few steps the teacher-forced argmax over fresh observations is
+  checked (with every position right, that is exactly what greedy decoding
+  produces) and training stops once every position is right by a margin,
+  twice in a row.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ _WORDS = (
     "left", "right", "warm", "plate", "box", "lid", "sponge", "marker", "bottle", "and", "to",
 )
 DEFAULT_MAX_STEPS = 400
+CAMERA_DECAY = 2.0
 EOS_ID = 1
 
 
@@ -73,18 +87,63 @@ class FitReport:
     seconds: float
     num_tokens: int
 
+    def to_dict(self) -> dict:
+        """JSON-ready (config.json "fit")."""
+        out = dataclasses.asdict(self)
+        for key in ("loss", "margin", "seconds"):
+            out[key] = round(float(out[key]), 4) if np.isfinite(out[key]) else None
+        return out
+
+
+def ambiguous_successors(ids: Sequence[int]) -> int:
+    """How many steps of `ids` follow a token that, somewhere else in `ids`, is followed by another token.
+
+    0 means the next token is a function of the current one alone: greedy
+    decoding needs no notion of where in the sequence it is, which the tiny
+    model learns in a few steps and keeps for any prefix.
+    """
+    successor: dict[int, int] = {}
+    clashes = 0
+    for current, following in zip(ids[:-1], ids[1:]):
+        clashes += successor.setdefault(int(current), int(following)) != int(following)
+    return clashes
+
+
+TARGET_CANDIDATES = 1000
+TARGET_SCALES = (1.0, 0.5, 0.25, 0.15, 0.1)
+
 
 def fit_target(fast, horizon: int, dims: int, seed: int) -> np.ndarray:
     """The chunk to fit (horizon, dims), normalized: a smooth trajectory on the FAST quantization grid.
 
-    It is the FAST round trip of a smooth chunk, so that decoding its tokens
-    gives it back exactly (to float precision): a fitted model's decoded chunk
-    can be compared with it directly.
+    It is the FAST round trip of a smooth chunk (make_tiny.smooth_trajectories),
+    so decoding its tokens gives it back exactly (to float precision) and a
+    fitted model's decoded chunk can be compared with it directly. Among
+    `TARGET_CANDIDATES` chunks of the seed, at full amplitude, else at the
+    first smaller one of `TARGET_SCALES` where some chunk has none, it is the
+    one whose tokens have the fewest ambiguous successors
+    (`ambiguous_successors`), then the fewest tokens. With none, every token
+    determines the next (found at full amplitude up to ~8 action dims, at
+    0.15 for 14, at 0.1 to 0.05 for 20 to 32).
     """
     from vla_ros.tools.make_tiny import smooth_trajectories
 
-    chunk = smooth_trajectories(1, horizon, dims, seed + 7919)[0]
-    return fast.decode(fast.encode(chunk), time_horizon=horizon, action_dim=dims).astype(np.float32)
+    chunks = smooth_trajectories(TARGET_CANDIDATES, horizon, dims, seed + 7919)
+    best, best_key = None, None
+    for rank, scale in enumerate(TARGET_SCALES):
+        for chunk in chunks:
+            try:
+                ids = [int(i) for i in fast.encode(chunk * scale)]
+            except ValueError:  # a coefficient outside the tokenizer's alphabet
+                continue
+            key = (ambiguous_successors(ids + [-1]), rank, len(ids))
+            if best_key is None or key < best_key:
+                best, best_key = chunk * scale, key
+        if best_key is not None and best_key[0] == 0:
+            break
+    if best is None:
+        raise ValueError(f"no smooth chunk of {horizon} x {dims} encodes with this FAST tokenizer")
+    return fast.decode(fast.encode(best), time_horizon=horizon, action_dim=dims).astype(np.float32)
 
 
 class _Observations:
@@ -104,8 +163,11 @@ class _Observations:
         self.rng = rng
         self.cameras = model.cfg.num_cameras
         self.size = model.cfg.vision.image_size
-        weights = 2.0 ** -np.arange(self.cameras)  # mostly one camera: each one more costs 256 tokens
+        weights = CAMERA_DECAY ** -np.arange(self.cameras)  # fewer cameras are cheaper (256 tokens each)
         self.weights = weights / weights.sum()
+
+    def cameras_to_sample(self) -> int:
+        return 1 + int(self.rng.choice(self.cameras, p=self.weights))
 
     def frame(self) -> np.ndarray:
         rng = self.rng
@@ -148,8 +210,7 @@ class _Observations:
         """One observation's prefix embeddings (n, W): the present cameras' tokens, the real prompt tokens."""
         from vla_ros.observation.image import prepare_images
 
-        if cameras is None:
-            cameras = 1 + int(self.rng.choice(self.cameras, p=self.weights))
+        cameras = cameras or self.cameras_to_sample()
         keys = [str(k) for k in range(cameras)]
         images, _ = prepare_images({k: self.frame() for k in keys}, keys, self.size)
         image_tokens = self.model.embed_images(torch.from_numpy(images)[None])[0]
@@ -194,6 +255,20 @@ def _hidden(model, embs, mask, positions, rows) -> torch.Tensor:
     return torch.gather(outputs[0], 1, rows[..., None].expand(-1, -1, outputs[0].shape[-1]))
 
 
+def teacher_forced_logits(
+    model, prefix: torch.Tensor, sequence: Sequence[int], position_gap: int
+) -> torch.Tensor:
+    """The fp32 logits (T, V) with which the fit scores `sequence` (T ids) after one compacted prefix (n, W).
+
+    Row 0 predicts sequence[0] from the last prompt token; row k + 1 predicts
+    sequence[k + 1] from generated token k, which sits at RoPE position
+    n + position_gap + k: what the decode runtimes compute token by token.
+    """
+    with torch.no_grad():
+        generated = model.embed_text(torch.as_tensor(list(sequence)[:-1], dtype=torch.int64)[None])[0]
+        return model.logits(_hidden(model, *_batch([prefix], generated, position_gap)))[0]
+
+
 class _Candidates:
     """The vocabulary rows the training softmax runs over: a sample of the 257k, grown by hard negatives.
 
@@ -228,14 +303,19 @@ class _Candidates:
 
 @torch.no_grad()
 def _check(model, prefixes: Sequence[torch.Tensor], generated: torch.Tensor, target: torch.Tensor, gap: int,
-           hard: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per observation, over every position and the full vocabulary: the smallest margin (target logit -
-    best other logit), (B,); and the `hard` best other rows of each position (B, T, hard)."""
+           margin: float, hard: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out margins (B,) over the full vocabulary, and the rows that came closest where they fall short.
+
+    The margin of an observation is the smallest (target logit - best other
+    logit) over its positions; the rows are the `hard` best other ones of
+    every position whose margin is below `margin`, (short positions, hard).
+    """
     logits = model.logits(_hidden(model, *_batch(prefixes, generated, gap)))
     index = target.expand(len(prefixes), -1)[..., None]
     right = logits.gather(2, index)[..., 0]
-    others = logits.scatter(2, index, -torch.inf)
-    return (right - others.amax(dim=2)).amin(dim=1), others.topk(hard, dim=2).indices
+    others = logits.scatter_(2, index, -torch.inf)
+    margins = right - others.amax(dim=2)
+    return margins.amin(dim=1), others[margins < margin].topk(hard, dim=1).indices
 
 
 def fit_to_chunk(
@@ -256,6 +336,7 @@ def fit_to_chunk(
     candidates: int = 4096,
     num_threads: int | None = 1,
     norm_lr: float = 20.0,
+    invariance: float = 1.0,
     progress: Callable[[int, float, float], None] | None = None,
 ) -> FitReport:
     """Train `model` (a fp32 Pi0FastModel, in place) to decode `target` (H, D, normalized) for any input.
@@ -303,25 +384,30 @@ def fit_to_chunk(
         )
         replay: list[torch.Tensor] = []  # held-out observations that fell short
         while step < max_steps and passed < passes:
-            prefixes = [sampler.sample() for _ in range(batch_size)]
+            cameras = sampler.cameras_to_sample()  # one count per batch: no padding to the longest
+            prefixes = [sampler.sample(cameras) for _ in range(batch_size)]
             if replay:
                 prefixes[-1] = replay[int(rng.integers(len(replay)))]
-            logits = vocab.logits(_hidden(model, *_batch(prefixes, generated, gap)))
+            hidden = _hidden(model, *_batch(prefixes, generated, gap))
+            logits = vocab.logits(hidden)
             loss = F.cross_entropy(logits.flatten(0, 1), vocab.local.expand(len(prefixes), -1).flatten())
+            if invariance:
+                spread = (hidden - hidden.mean(dim=0)).square().sum(dim=-1).mean()
+                loss = loss + invariance * spread / hidden.detach().square().sum(dim=-1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             loss_value = float(loss.detach())
-            if step % check_every == 0:
+            if step % check_every == 0 and loss_value < 1.0:  # before that, every check fails
                 checked = [sampler.sample(cameras=1 if i == 0 else (sampler.cameras if i == 1 else None))
                            for i in range(held_out)]
-                margins, hard = _check(model, checked, generated, target_ids, gap)
+                margins, hard = _check(model, checked, generated, target_ids, gap, margin)
                 worst = float(margins.min())
                 short = margins < margin
                 passed = 0 if bool(short.any()) else passed + 1
                 replay.extend(p for p, bad in zip(checked, short.tolist()) if bad)
-                vocab.add(hard[short])
+                vocab.add(hard)
             if progress is not None:
                 progress(step, loss_value, worst)
     finally:
@@ -332,3 +418,43 @@ def fit_to_chunk(
     report = FitReport(step, loss_value, worst, passed >= passes, seconds, len(sequence))
     log.info("fitted to one chunk: %s", report)
     return report
+
+
+def checkpoint_parser(directory, cfg, dims: int):
+    """The prompt tokenizer and action parser of a pi0-FAST checkpoint being written to `directory`.
+
+    The same parts as `vla_ros.policy.make_action_parser` builds at load
+    (openpi prompt style, the FAST tokenizer in fast_tokenizer/).
+    """
+    from pathlib import Path
+
+    from vla_ros.model.fast_tokenizer import (
+        ACTION_PREFIX_TEXT, ActionTokenParser, END_OF_ACTION_PIECE, FastActionTokenizer,
+    )
+    from vla_ros.observation.tokenizer import PromptTokenizer
+    from vla_ros.tools.make_tiny import FAST_TOKENIZER_DIR, TOKENIZER_FILE
+
+    directory = Path(directory)
+    tokenizer = PromptTokenizer(directory / TOKENIZER_FILE, cfg.max_token_len, cfg.variant)
+    fast = FastActionTokenizer.load(str(directory / FAST_TOKENIZER_DIR))
+    parser = ActionTokenParser(
+        fast,
+        vocab_size=cfg.vocab_size,
+        skip=cfg.decode.fast_skip_tokens,
+        prefix_ids=tokenizer.encode_text(ACTION_PREFIX_TEXT),
+        end_id=tokenizer.piece_id(END_OF_ACTION_PIECE),
+        horizon=fast.time_horizon or cfg.action_horizon,
+        action_dim=fast.action_dim or dims,
+    )
+    return tokenizer, parser
+
+
+def fit_checkpoint_model(model, directory, dims: int, seed: int, max_steps: int, **options):
+    """Fit `model` (being written to `directory`, tokenizers already there) to its chunk.
+
+    Returns the normalized target chunk (H, D) and the FitReport. `options` go to `fit_to_chunk`.
+    """
+    tokenizer, parser = checkpoint_parser(directory, model.cfg, dims)
+    target = fit_target(parser.fast, parser.horizon, parser.action_dim, seed)
+    report = fit_to_chunk(model, tokenizer, parser, target, seed=seed, max_steps=max_steps, **options)
+    return target, report

@@ -12,6 +12,15 @@ pi0-FAST configurations (`pi0fast-tiny`) keep PaliGemma's full vocabulary
 FAST action tokenizer in `fast_tokenizer/` (processor_config.json and
 tokenizer.json, the published format), trained with a BPE vocabulary of 256 on
 synthetic smooth trajectories of the robot's dimensions.
+
+An untrained pi0fast-tiny decodes garbage, which the policy reports as an
+ActionDecodeError on every inference (the node holds). With `--fit-steps N`
+(`fit_steps=N`) its language model is then teacher-forced for at most N steps
+(`vla_ros.tools.fit_tiny`) so that greedy decoding writes the FAST tokens of
+one fixed smooth chunk for any observation: such a checkpoint is "fitted to
+one chunk", a fixture for tests and demos of the decode path, not a trained
+policy. It stays marked untrained; config.json records the chunk
+(`"fit_target"`, normalized, (horizon, dims)) and how the fit went (`"fit"`).
 """
 
 from __future__ import annotations
@@ -91,6 +100,7 @@ def make_tiny_checkpoint(
     asset_id: str = DEFAULT_ASSET_ID,
     force: bool = False,
     layout: str = "openpi",
+    fit_steps: int = 0,
 ) -> Path:
     """Write a random checkpoint of a named config (tiny or mid) to `out`; returns the directory.
 
@@ -100,6 +110,12 @@ def make_tiny_checkpoint(
     same weights and statistics as a LeRobot policy directory
     (`vla_ros.model.lerobot_layout.save_lerobot_layout`; untrained is marked
     by a config.json tag, since LeRobot refuses unknown keys).
+
+    `fit_steps` > 0 (pi0-FAST configs only) fits the random model to one chunk
+    (at most that many steps, see the module docstring): still untrained, but
+    it decodes `config.json["fit_target"]` (normalized actions) for any
+    observation. `config.json["fit"]["converged"]` says whether the fit got
+    there within the steps.
     """
     import dataclasses
 
@@ -114,6 +130,12 @@ def make_tiny_checkpoint(
     if layout not in LAYOUTS:
         raise ConfigError("--layout", f"got {layout!r}; expected one of {list(LAYOUTS)}")
     out = Path(out)
+    if isinstance(fit_steps, bool) or not isinstance(fit_steps, int) or fit_steps < 0:
+        raise ConfigError("--fit-steps", f"expected an integer >= 0, got {fit_steps!r}")
+    if fit_steps and not get_config(config).is_fast:
+        raise ConfigError(
+            "--fit-steps", f"only pi0-FAST configs (pi0fast-tiny) decode a chunk to fit; {config} does not"
+        )
     _prepare_out(out, force)
     cfg = get_config(config)  # an unknown name fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +156,14 @@ def make_tiny_checkpoint(
 
         save_lerobot_layout(model, out, make_norm_stats(dims, seed), tags=[UNTRAINED_TAG])
         return make_readable(out)
-    save_checkpoint(model, out, extra_config={"untrained": True, "seed": seed})
+    extra: dict = {"untrained": True, "seed": seed}
+    if fit_steps:
+        from vla_ros.tools.fit_tiny import fit_checkpoint_model
+
+        target, report = fit_checkpoint_model(model, out, dims, seed, fit_steps)
+        extra["fit"] = {"note": "fitted to one chunk, not a trained policy", **report.to_dict()}
+        extra["fit_target"] = target.tolist()
+    save_checkpoint(model, out, extra_config=extra)
     save_norm_stats(out / "assets" / asset_id / "norm_stats.json", make_norm_stats(dims, seed))
     return make_readable(out)
 
@@ -158,6 +187,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=LAYOUTS,
         help="on-disk layout: openpi (vla_ros / openpi) or lerobot (a LeRobot policy directory)",
     )
+    parser.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pi0-FAST only: teacher-force the random model for at most N steps (it stops once it decodes "
+        "the chunk, typically after 50 to 100: seconds on a CPU) so that it writes one fixed smooth chunk "
+        "(config.json fit_target) for any observation: a fixture fitted to one chunk, still untrained, "
+        "not a policy (default 0: random weights, which decode garbage)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,9 +205,22 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.dims <= 32:
         raise ConfigError("--dims", f"expected 1..32 (the model's width is 32), got {args.dims}")
     layout = getattr(args, "layout", "openpi")
-    out = make_tiny_checkpoint(args.out, args.config, args.seed, args.dims, force=args.force, layout=layout)
+    fit_steps = getattr(args, "fit_steps", 0)
+    out = make_tiny_checkpoint(
+        args.out, args.config, args.seed, args.dims, force=args.force, layout=layout, fit_steps=fit_steps
+    )
+    what = "untrained"
+    if fit_steps:
+        import json
+
+        fit = json.loads((out / "config.json").read_text())["fit"]
+        loss = "nan" if fit["loss"] is None else f"{fit['loss']:.3f}"
+        what = (
+            f"untrained (fitted to one chunk in {fit['steps']} steps, {fit['seconds']:.1f} s, loss {loss}"
+            f"{'' if fit['converged'] else ', NOT converged: raise --fit-steps'})"
+        )
     print(
-        f"wrote untrained {args.config} checkpoint ({layout} layout, seed {args.seed}, "
+        f"wrote {what} {args.config} checkpoint ({layout} layout, seed {args.seed}, "
         f"{args.dims} dims) to {out}"
     )
-    return 0
+    return 0 if not fit_steps or fit["converged"] else 1
