@@ -143,10 +143,10 @@ def fitted_path(fitted_fast_checkpoint):  # noqa: F811
 
 @pytest.fixture(scope="class")
 def unfitted_system(tiny_fast_checkpoint):
-    # No warm-up: a warm-up inference that fails to decode would fail configure. The policy
+    # The default warm-up: its failed decodes are warnings, not a failed configure. The policy
     # process: its decode failures cross the process-mode worker as ActionDecodeError.
     flat = _flat(UNFITTED_PREFIX, tiny_fast_checkpoint, UNFITTED_JOINTS, **{
-        "inference.mode": "process", "policy.warmup_runs": 0, "policy.max_decoding_steps": 48,
+        "inference.mode": "process", "policy.max_decoding_steps": 48,
     })
     system = _System(UNFITTED_PREFIX, "vla_fast_raw_policy", flat)
     try:

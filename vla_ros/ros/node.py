@@ -61,7 +61,7 @@ from vla_ros.config import DEFAULT_NODE_NAME, NodeConfig
 from vla_ros.config.params_file import params_files_in_args, read_parameters_file
 from vla_ros.controller import PolicyController
 from vla_ros.status import PeriodRecorder
-from vla_ros.errors import ConfigError
+from vla_ros.errors import ActionDecodeError, ConfigError
 from vla_ros.policy import check_config_fits
 from vla_ros.ros.builtin_time import seconds_to_stamp, stamp_to_seconds
 from vla_ros.ros.command_msgs import float64_array_msg, trajectory_msg
@@ -351,7 +351,17 @@ class VlaPolicyNode(LifecycleNode):
         obs = warmup_observation(sizes, config.num_joints, config.prompt.default or "warm up")
         for i in range(config.policy.warmup_runs):
             start = time.perf_counter()
-            chunk = runner.infer(obs)
+            try:
+                chunk = runner.infer(obs)
+            except ActionDecodeError as exc:
+                # The engine ran; the model wrote no well-formed action for a synthetic frame (a
+                # decode model on a blank image). Live observations decide; each failure holds.
+                self.get_logger().warning(
+                    f"warm-up inference {i + 1}/{config.policy.warmup_runs}: the engine ran "
+                    f"({(time.perf_counter() - start) * 1e3:.0f} ms) but decoded no action for the "
+                    f"warm-up frame ({exc}); continuing: inferences that fail like this hold the robot"
+                )
+                continue
             actions = chunk.actions
             if actions.ndim != 2 or actions.shape[1] != config.num_joints:
                 raise ConfigError(
