@@ -307,3 +307,34 @@ def test_fast_policy_needs_its_fast_tokenizer(tiny_fast_checkpoint, tmp_path):
         copy, PolicyOptions(max_decoding_steps=8, action_tokenizer=str(tmp_path / "elsewhere"))
     )
     assert policy.action_parser.fast.num_ids <= 256
+
+
+def test_packed_bf16_prefix_and_decode_run(tiny_fast_checkpoint):
+    """A bf16 checkpoint on the CPU gets oneDNN-packed attention: the prefix's last-token query must work."""
+    from vla_ros.engines import cpu_packed
+    from vla_ros.policy import Policy, PolicyOptions
+    from vla_ros.types import RawObservation
+
+    if not cpu_packed.packing_available():
+        pytest.skip("oneDNN packed linear ops unavailable in this torch build")
+    options = PolicyOptions(precision="bf16", max_decoding_steps=6)
+    policy = Policy.from_checkpoint(tiny_fast_checkpoint, options)
+    assert policy.engine.describe()["packed_weights"]
+    obs = RawObservation(images={"base_0_rgb": np.full((224, 224, 3), 90, np.uint8)},
+                         state=np.zeros(8, np.float32), prompt="pick up the cube", timestamp=1.0)
+    inputs, _ = policy.preprocess(obs)
+    policy.engine.encode_prefix(inputs)
+    result = policy.engine.decode(policy._stop_ids)
+    assert result.num_tokens >= 1 and torch.isfinite(policy.engine.decoder.first_logits).all()
+
+
+def test_budget_and_prompt_style_refusals(model, tiny_fast_checkpoint):
+    from vla_ros.policy import Policy, PolicyOptions
+
+    with pytest.raises(ValueError, match="at least 1"):
+        _static(model, _inputs()).generate(max_new_tokens=0)
+    one = _static(model, _inputs(), max_new=1).generate()
+    assert one.num_tokens == 1
+    with pytest.raises(ConfigError, match="policy.prompt_style"):
+        options = PolicyOptions(prompt_style="lerobot", max_decoding_steps=4)
+        Policy.from_checkpoint(tiny_fast_checkpoint, options)

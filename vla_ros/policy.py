@@ -708,7 +708,7 @@ class Policy:
         self._relative = meta.relative_mask(cfg.action_dim)
         # Decode models: generated tokens -> normalized chunk; decoding stops at "|" or EOS.
         if cfg.is_fast and action_parser is None:
-            raise ConfigError("action_parser", "a pi0-FAST policy needs its FAST action tokenizer")
+            raise ConfigError("policy.action_tokenizer", "a pi0-FAST policy needs its FAST action tokenizer")
         self.action_parser = action_parser
         self._stop_ids = () if action_parser is None else (action_parser.end_id, EOS_ID)
 
@@ -742,7 +742,15 @@ class Policy:
         tokenizer = PromptTokenizer(
             tokenizer_path, cfg.max_token_len, cfg.variant, meta.provenance.prompt_style
         )
-        parser = make_action_parser(directory, options, cfg, tokenizer, m.normalizer) if cfg.is_fast else None
+        parser = None
+        if cfg.is_fast:
+            if meta.provenance.prompt_style != meta.provenance.source:
+                raise ConfigError(
+                    "policy.prompt_style",
+                    f"'{meta.provenance.prompt_style}' on a {meta.provenance.source} pi0-FAST checkpoint: "
+                    "its prompt layout (appended BOS, decode positions) is the checkpoint's; leave it 'auto'",
+                )
+            parser = make_action_parser(directory, options, cfg, tokenizer, m.normalizer)
         return cls(
             cfg,
             engine,
@@ -955,6 +963,12 @@ def make_action_parser(directory: str | Path, options: PolicyOptions, cfg: Polic
     """
     fast_dir = find_fast_tokenizer(directory, options.action_tokenizer)
     fast = FastActionTokenizer.load(str(fast_dir))
+    if fast.action_dim is not None and fast.action_dim < normalizer.action_dim:
+        raise CheckpointError(
+            f"{fast_dir}: the FAST tokenizer decodes {fast.action_dim} action dims but the checkpoint's "
+            f"statistics have {normalizer.action_dim}; they belong to different robots "
+            "(policy.action_tokenizer)"
+        )
     end_id = tokenizer.piece_id(END_OF_ACTION_PIECE)
     if end_id is None:
         raise CheckpointError(

@@ -34,6 +34,7 @@ from torch import nn
 
 from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.engines.suffix import aligned_rows
+from vla_ros.errors import EngineError
 from vla_ros.model.gemma import KVCache
 from vla_ros.model.layers import apply_rope, attention, attention_bias, linear, rope_cos_sin
 
@@ -59,6 +60,8 @@ def _cut_at_stop(ids: np.ndarray, stop_ids) -> DecodeResult:
 
 
 def _budget(size: int, asked: int | None) -> int:
+    if asked is not None and int(asked) < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {asked}")
     return size if asked is None else min(int(asked), size)
 
 
@@ -131,9 +134,8 @@ class StaticDecoder(nn.Module):
         buffer("history", self.max_new_tokens + 1, dtype=torch.int64)
         buffer("first_logits", 1, cfg.vocab_size, dtype=torch.float32)
         buffer("logits", 1, cfg.vocab_size, dtype=torch.float32)  # the last step's
-        self.generator = None
-        if self.temperature > 0.0 and device.type == "cpu":
-            self.generator = _generator(device, seed)
+        # Sampling draws from this generator on every device (a CUDA graph registers it).
+        self.generator = _generator(device, seed) if self.temperature > 0.0 else None
 
     @property
     def prefix_keys(self) -> torch.Tensor:
@@ -215,12 +217,20 @@ class CudaGraphDecodeStep:
     """`run()` replays one captured decode step on torch's current stream."""
 
     def __init__(self, decoder: StaticDecoder, warmup: int = 2):
-        from vla_ros.errors import EngineError
-
         if not torch.cuda.is_available() or decoder.keys.device.type != "cuda":
             raise EngineError("decode 'cuda_graph' needs the model on a CUDA device; use 'eager' on the CPU")
         self.decoder = decoder
         self.graph = torch.cuda.CUDAGraph()
+        if decoder.generator is not None:
+            register = getattr(self.graph, "register_generator_state", None)
+            if register is None:
+                raise EngineError(
+                    "sampling (policy.temperature > 0) inside a CUDA graph needs torch's "
+                    "CUDAGraph.register_generator_state; set policy.suffix 'eager' or temperature 0"
+                )
+            register(decoder.generator)
+        # Warm-up steps write decoded rows: never more than the buffers hold.
+        warmup = min(warmup, decoder.max_new_tokens - 1)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -299,6 +309,8 @@ class DecodeEngine(Engine):
                 self.stream.wait_stream(torch.cuda.current_stream(self.device))
         self.check_every = check_every if self.device.type == "cuda" else 1
         self._run_step = decoder.step
+        if decoder.max_new_tokens < 2:
+            mode = self.mode = "eager"  # one token comes from the prefix: no step ever runs
         if mode == "cuda_graph":
             from vla_ros.engines.cuda_stream import running_on
 

@@ -248,7 +248,7 @@ def resolve_decode(mode: str, device: torch.device) -> str:
     if mode in ("auto", "cuda_graph") and device.type == "cuda":
         return "cuda_graph"
     if mode == "cuda_graph":
-        log.warning("policy.suffix 'cuda_graph' needs CUDA; running the decode step eagerly on the CPU")
+        log.warning("policy.suffix 'cuda_graph' (the decode step) needs CUDA; running it eagerly on the CPU")
     return "eager"
 
 

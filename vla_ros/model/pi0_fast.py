@@ -97,7 +97,7 @@ class Pi0FastModel(PaliGemmaPrefix):
             else:  # K/V of every token; everything after them for the last real token only
                 k, v = attn.kv(normed)
                 k = apply_rope(k, cos, sin)
-                q = attn.project(_row(normed, last), attn.cfg.num_heads, attn.q_proj)
+                q = attn.qkv(_row(normed, last))[0]  # qkv: plain and CPU-packed attention both have it
                 q_cos, q_sin = rope_cos_sin(_row(positions, last), lm.cfg.head_dim)
                 out = attention(apply_rope(q, q_cos, q_sin), k, v, _row(mask, last))
                 hidden = _row(hidden, last)
