@@ -899,49 +899,40 @@ class Policy:
         self.engine.encode_prefix(inputs)
         self.engine.synchronize()
         t_prefix = clock()
-        if self.action_parser is not None:
-            return self._decode_actions(obs, action_dims, state, start, t_pre, t_prefix)
-        normalized = self.engine.denoise(inputs)
-        self.engine.synchronize()
-        t_suffix = clock()
+        generated = None
+        if self.action_parser is None:
+            stage, normalized = "suffix", self.engine.denoise(inputs)
+            self.engine.synchronize()
+        else:
+            stage, (normalized, generated) = "decode", self._decode_normalized(action_dims)
+        t_stage = clock()
         actions = self.postprocess(normalized, action_dims, state)
         end = clock()
         timings = {
             "preprocess": t_pre - start,
             "prefix": t_prefix - t_pre,
-            "suffix": t_suffix - t_prefix,
-            "postprocess": end - t_suffix,
+            stage: t_stage - t_prefix,
+            "postprocess": end - t_stage,
             "total": end - start,
         }
-        return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings)
+        return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings, tokens=generated)
 
-    def _decode_actions(self, obs, action_dims: int, state: np.ndarray, start: float, t_pre: float,
-                        t_prefix: float) -> ActionChunk:
-        clock = time.perf_counter
+    def _decode_normalized(self, action_dims: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decode after the prefix: the normalized chunk and the generated ids (stop token included)."""
         result = self.engine.decode(self._stop_ids)
         self.engine.synchronize()
-        t_decode = clock()
-        generated = result.ids if result.stop is None else np.append(result.ids, result.stop)
+        ids = result.ids if result.stop is None else np.append(result.ids, result.stop)
+        generated = ids.astype(np.int64)
         try:
             normalized = self.action_parser.decode(generated)
         except ActionDecodeError as exc:
-            exc.tokens = generated.astype(np.int64)  # what was generated, for logs and `infer --tokens-out`
+            exc.tokens = generated  # what was generated, for logs and `infer --tokens-out`
             raise
         if normalized.shape[1] < action_dims:
             raise ObservationError(
                 f"the FAST tokenizer decodes {normalized.shape[1]} action dims, the robot takes {action_dims}"
             )
-        actions = self.postprocess(normalized, action_dims, state)
-        end = clock()
-        timings = {
-            "preprocess": t_pre - start,
-            "prefix": t_prefix - t_pre,
-            "decode": t_decode - t_prefix,
-            "postprocess": end - t_decode,
-            "total": end - start,
-        }
-        return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings,
-                           tokens=generated.astype(np.int64))
+        return normalized, generated
 
 
 def _tokenizer_folder(directory: Path, cfg, options: PolicyOptions, meta: CheckpointMeta) -> Path:
