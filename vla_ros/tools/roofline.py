@@ -70,10 +70,9 @@ def inference_flops(
     vision = cameras * (v.depth * vision_layer + patch + projector)
     p = cameras * t + prompt_tokens
     if cfg.is_fast:
-        # Pi0FastModel.prefix_parts: the last layer's K/V over every token, the rest of it for one.
-        last = _gemma_layer(cfg.prefix, p, p, kv_only=True) + _gemma_layer(cfg.prefix, 1, p) - _gemma_layer(
-            cfg.prefix, 1, p, kv_only=True
-        )
+        # Pi0FastModel.prefix_parts: the last layer's K/V over every token, then the whole layer
+        # (its q/k/v projection included) for the last one.
+        last = _gemma_layer(cfg.prefix, p, p, kv_only=True) + _gemma_layer(cfg.prefix, 1, p)
         prefix = vision + (cfg.prefix.depth - 1) * _gemma_layer(cfg.prefix, p, p) + last + lm_head_flops(cfg)
         decode = decode_flops(cfg, p, decode_tokens) if decode_tokens else 0.0
         return {"prefix": prefix, "suffix": 0.0, "decode": decode, "total": prefix + decode}
