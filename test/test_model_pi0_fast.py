@@ -189,7 +189,7 @@ def test_tied_head_is_saved_once_and_loaded_tied(tmp_path):
     assert bf16.head_is_tied and bf16.lm_head.weight.dtype == torch.bfloat16
 
 
-def test_untied_head_is_loaded_as_its_own_tensor(tmp_path):
+def test_untied_head_is_loaded_as_its_own_tensor(tmp_path, caplog):
     """LeRobot's pi0-FAST saves lm_head apart from the embedding: the logits must use the head."""
     model = random_model(get_config("pi0fast-tiny"), seed=4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -197,8 +197,10 @@ def test_untied_head_is_loaded_as_its_own_tensor(tmp_path):
     # The openpi layout without vla_ros' resolved config: sizes from the shapes.
     save_file({f"model.{k}": v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"type": "pi0fast", "max_token_len": 200}))
-    cfg = config_from_checkpoint(tmp_path)
+    with caplog.at_level("WARNING"):
+        cfg = config_from_checkpoint(tmp_path)
     assert cfg.is_fast and cfg.vocab_size == 257152 and cfg.prefix == get_config("pi0fast-tiny").prefix
+    assert "names no action_horizon / chunk_size: using pi0fast's 50" in caplog.text
     loaded, _ = load_model(tmp_path)
     assert not loaded.head_is_tied
     assert torch.equal(loaded.lm_head.weight, state[LM_HEAD_KEY])

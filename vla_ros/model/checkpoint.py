@@ -237,6 +237,13 @@ def _fast_config(tensors: _TensorFile, meta: dict, path: Path) -> PolicyConfig:
     variant = meta.get("paligemma_variant")
     prefix = _gemma_from(meta, "paligemma_variant", full.prefix) if variant else _gemma_from_shapes(
         tensors, "paligemma.model.language_model", path)
+    for keys, default in ((("action_horizon", "chunk_size"), full.action_horizon),
+                          (("action_dim", "max_action_dim"), full.action_dim)):
+        if not any(key in meta for key in keys):
+            # openpi's FAST configs differ per robot (droid: horizon 10, action dim 8): a wrong
+            # default only shows as FAST sequences of the wrong length, so say where it came from.
+            log.warning("%s names no %s: using pi0fast's %d; FAST decodes fail with a length error if "
+                        "that is not the checkpoint's", path, " / ".join(keys), default)
     decode = DecodeConfig(
         max_decoding_steps=int(meta.get("max_decoding_steps", full.decode.max_decoding_steps)),
         fast_skip_tokens=int(meta.get("fast_skip_tokens", full.decode.fast_skip_tokens)),
