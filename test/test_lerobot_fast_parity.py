@@ -89,12 +89,17 @@ def _greedy(model, observation: str):
     bos = m["special_ids"]["bos"]
     tokens = np.concatenate([_load("tokens", observation), [bos]])  # LeRobot appends BOS after the padding
     token_mask = np.concatenate([_load("token_mask", observation), [True]])
+    from vla_ros.engines.decode import ConcatCacheDecoder
+
+    history: list = []
     with torch.no_grad():
-        ids, history = model.generate(
+        cache, first = model.prefix(
             torch.from_numpy(pixels)[None], torch.from_numpy(image_masks)[None],
-            torch.from_numpy(tokens)[None], torch.from_numpy(token_mask)[None],
-            max_new_tokens=m["max_decoding_steps"], stop_ids=(m["special_ids"]["bar"],))
-    return ids[0].numpy(), torch.stack(history)[:, 0]
+            torch.from_numpy(tokens)[None], torch.from_numpy(token_mask)[None])
+        result = ConcatCacheDecoder(model, m["max_decoding_steps"]).generate(
+            cache, first, stop_ids=(m["special_ids"]["bar"],), logits_out=history)
+    ids = result.ids if result.stop is None else np.append(result.ids, result.stop)  # LeRobot keeps "|"
+    return ids, torch.stack(history)[:, 0]
 
 
 def _assert_matches_lerobot(model, observation: str) -> None:

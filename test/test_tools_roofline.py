@@ -48,10 +48,12 @@ def test_matmul_peak_is_a_rate():
 
 
 def test_pi0fast_flop_count_matches_torch_flop_counter(monkeypatch):
-    """Prefix (every layer in full + the LM head on the last token) and each decoded token, exactly."""
+    """Prefix (last layer past its K/V, LM head on the last token) and each decoded token, exactly."""
     from vla_ros.tools.roofline import decode_step_flops
 
     monkeypatch.setattr(layers, "use_fused_attention", lambda q: False)
+    from vla_ros.engines.decode import ConcatCacheDecoder
+
     cfg = get_config("pi0fast-tiny")
     model = random_model(cfg)
     images = torch.randint(0, 256, (1, 3, 224, 224, 3), dtype=torch.uint8)
@@ -65,8 +67,9 @@ def test_pi0fast_flop_count_matches_torch_flop_counter(monkeypatch):
     with torch.no_grad(), FlopCounterMode(display=False) as prefix_counter:
         model.prefix(*inputs)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        ids, _ = model.generate(*inputs, max_new_tokens=tokens, stop_ids=())
-    assert ids.shape == (1, tokens)  # the first from the prefix's logits, then 5 decode steps
+        cache, first = model.prefix(*inputs)
+        ids = ConcatCacheDecoder(model, tokens).generate(cache, first).ids
+    assert ids.shape == (tokens,)  # the first from the prefix's logits, then 5 decode steps
     expected = inference_flops(cfg, cameras=2, prompt_tokens=11, decode_tokens=tokens)
     assert expected["suffix"] == 0 and expected["total"] == expected["prefix"] + expected["decode"]
     assert expected["prefix"] == prefix_counter.get_total_flops()

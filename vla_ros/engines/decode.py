@@ -269,8 +269,11 @@ class ConcatCacheDecoder:
 
     @torch.no_grad()
     def generate(self, cache: KVCache, first_logits: torch.Tensor, stop_ids=(),
-                 max_new_tokens: int | None = None) -> DecodeResult:
+                 max_new_tokens: int | None = None, logits_out: list | None = None) -> DecodeResult:
+        """Decode after the prefix `cache`; `logits_out` (a list) receives each token's logits (1, V)."""
         budget = _budget(self.max_new_tokens, max_new_tokens)
+        if logits_out is not None:
+            logits_out.append(first_logits.reshape(1, -1))
         stop_ids = frozenset(int(s) for s in stop_ids)
         position = cache.pad_mask.sum(dim=1) + self.position_gap
         token = self.choose(first_logits.reshape(1, -1))
@@ -279,6 +282,8 @@ class ConcatCacheDecoder:
             if ids[-1] in stop_ids:
                 break
             logits, cache = self.model.decode_step(cache, token, position + step - 1)
+            if logits_out is not None:
+                logits_out.append(logits)
             token = self.choose(logits)
             ids.append(int(token))
         return _cut_at_stop(np.asarray(ids, dtype=np.int64), stop_ids)

@@ -69,6 +69,17 @@ FP32_PARAMETER_MARKERS = (
 )
 
 
+def mixed_precision(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """The reference split: big matmul weights in `dtype`, norms / embeddings / action heads fp32.
+
+    In place (tied parameters stay tied: `param.data` is replaced, not the Parameter); returns `model`.
+    """
+    for name, param in model.named_parameters():
+        keep = any(marker in name for marker in FP32_PARAMETER_MARKERS) or name.endswith("norm.weight")
+        param.data = param.data.to(torch.float32 if keep else dtype)
+    return model
+
+
 class PaliGemmaPrefix(nn.Module):
     """Base of the pi models: what runs over images and prompt."""
 
@@ -93,11 +104,7 @@ class PaliGemmaPrefix(nn.Module):
         return self.language_model.embed_tokens.weight.device
 
     def to_mixed_precision(self, dtype: torch.dtype = torch.bfloat16):
-        """The reference split: big matmul weights in `dtype`, norms / embeddings / action heads fp32."""
-        for name, param in self.named_parameters():
-            keep = any(marker in name for marker in FP32_PARAMETER_MARKERS) or name.endswith("norm.weight")
-            param.data = param.data.to(torch.float32 if keep else dtype)
-        return self
+        return mixed_precision(self, dtype)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, N, H, W, 3) -> image tokens (B, N * 256, W_prefix).

@@ -6,7 +6,8 @@ one at a time, reading its logits from the tied token embedding. Three steps,
 matching the prefix-encoder / decode split of the runtimes:
 
   prefix(images, masks, tokens)    -> KVCache + logits of the last prompt token
-  decode_step(cache, token, pos)   -> logits, cache grown by one token
+  decode_step(cache, token, pos)   -> logits, cache grown by one token (engines/decode.py
+                                      ConcatCacheDecoder loops it)
   generate_no_cache(...)           -> the whole sequence recomputed every token
 
 `decode_step` and `generate_no_cache` are the references that the static-cache
@@ -141,22 +142,6 @@ class Pi0FastModel(PaliGemmaPrefix):
             pad_mask=key_pad,
         )
         return self.logits(outputs[0][:, -1]), grown
-
-    @torch.no_grad()
-    def generate(self, images, image_masks, tokens, token_masks, max_new_tokens: int,
-                 stop_ids=(EOS_ID,)) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Greedy ids (B, n) with the concatenating cache, and each step's logits (batch 1 stops early)."""
-        cache, logits = self.prefix(images, image_masks, tokens, token_masks)
-        position = cache.pad_mask.sum(dim=1)
-        ids, history = [], []
-        for step in range(max_new_tokens):
-            history.append(logits)
-            token = logits.argmax(dim=-1)
-            ids.append(token)
-            if token.shape[0] == 1 and int(token) in stop_ids or step == max_new_tokens - 1:
-                break
-            logits, cache = self.decode_step(cache, token, position + step)
-        return torch.stack(ids, dim=1), history
 
     @torch.no_grad()
     def generate_no_cache(self, images, image_masks, tokens, token_masks, max_new_tokens: int,

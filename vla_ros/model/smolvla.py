@@ -34,7 +34,7 @@ from vla_ros.model.config import SmolVLAConfig
 from vla_ros.model.gemma import KVCache
 from vla_ros.model.layers import attention, attention_bias, linear, sincos_time_embedding
 from vla_ros.model.llama import apply_rope, LlamaStack, rope_tables
-from vla_ros.model.paligemma import FP32_PARAMETER_MARKERS
+from vla_ros.model.paligemma import mixed_precision
 from vla_ros.model.siglip import SiglipVisionModel
 
 __all__ = ["pixel_shuffle", "SmolVLAModel"]
@@ -146,10 +146,7 @@ class SmolVLAModel(nn.Module):
 
     def to_mixed_precision(self, dtype: torch.dtype = torch.bfloat16):
         """Big matmul weights in `dtype`; norms, embeddings and action heads stay fp32 (pi0's split)."""
-        for name, param in self.named_parameters():
-            keep = any(marker in name for marker in FP32_PARAMETER_MARKERS) or name.endswith("norm.weight")
-            param.data = param.data.to(torch.float32 if keep else dtype)
-        return self
+        return mixed_precision(self, dtype)
 
     flow_times = staticmethod(flow_times)
 
