@@ -55,7 +55,15 @@ class Engine(abc.ABC):
         raise NotImplementedError(f"the {self.name} engine has no decode stage")
 
     def synchronize(self) -> None:
-        """Wait for queued device work, so that stage timings are real (no-op on CPU)."""
+        """Wait for queued device work, so that stage timings are real (no-op on CPU).
+
+        Engines that run on a torch device keep it as `self.device`.
+        """
+        device = getattr(self, "device", None)
+        if device is not None and device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(device)
 
     def describe(self) -> dict:
         return {"engine": self.name}

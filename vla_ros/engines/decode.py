@@ -131,7 +131,7 @@ class StaticDecoder(nn.Module):
         buffer("position", 1, 1, dtype=torch.int64)
         buffer("slot", 1, dtype=torch.int64)
         buffer("count", 1, dtype=torch.int64)
-        buffer("history", self.max_new_tokens + 1, dtype=torch.int64)
+        buffer("history", self.max_new_tokens, dtype=torch.int64)
         buffer("first_logits", 1, cfg.vocab_size, dtype=torch.float32)
         buffer("logits", 1, cfg.vocab_size, dtype=torch.float32)  # the last step's
         # Sampling draws from this generator on every device (a CUDA graph registers it).
@@ -205,7 +205,8 @@ class StaticDecoder(nn.Module):
         stop_ids = frozenset(int(s) for s in stop_ids)
         produced = 1
         while produced < budget:
-            if stop_ids and (produced % check_every == 0 or check_every == 1):
+            # Every token is in exactly one window of `check_every`, read once it is written.
+            if stop_ids and produced % check_every == 0:
                 if stop_ids & set(self.history[produced - check_every:produced].tolist()):
                     break
             run_step()
@@ -345,10 +346,6 @@ class DecodeEngine(Engine):
             self.decoder.start()
             return self.decoder.generate(stop_ids, max_new_tokens, self._run_step, self.check_every)
 
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def describe(self) -> dict:
         from vla_ros.engines.cpu_packed import is_packed
 
@@ -392,10 +389,6 @@ class ReferenceDecodeEngine(Engine):
             raise RuntimeError("encode_prefix must run before decode")
         cache, logits = self._prefix
         return self.decoder.generate(cache, logits, stop_ids, max_new_tokens)
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def describe(self) -> dict:
         return {"engine": self.name, "device": str(self.device), "dtype": str(self.model.compute_dtype),

@@ -72,10 +72,6 @@ class OptimizedEngine(Engine):
             d.state.copy_(torch.from_numpy(np.asarray(inputs.state, dtype=np.float32))[None])
             return self._run()[0].cpu().numpy().copy()
 
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def describe(self) -> dict:
         return {
             "engine": self.name,

@@ -52,9 +52,5 @@ class ReferenceEngine(Engine):
             x = x + dt * self.model.denoise_step(self._cache, x, t_batch, state)
         return x[0].float().cpu().numpy()
 
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def describe(self) -> dict:
         return {"engine": self.name, "device": str(self.device), "dtype": str(self.model.compute_dtype)}
