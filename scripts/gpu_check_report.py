@@ -76,6 +76,11 @@ def bench_row(name: str, result: str, path: str, note: str, expect: str) -> tupl
                f"{info.get('cuda_stream') or 'no'} CUDA stream"]
     if copies is not None:
         details.append(f"{copies} K/V copies")
+    rtc = payload["results"].get("optimised_rtc")
+    if rtc and "suffix" in medians:  # the same run's Real-Time-Chunking-guided suffix
+        guided = rtc["suffix"]["p50"]
+        details.append(f"RTC {payload['info'].get('rtc', {}).get('mode', '?')} suffix {_ms(guided)} = "
+                       f"{guided / medians['suffix']['p50']:.2f}x unguided")
     if note:
         details.append(note)
     result = "PASS"

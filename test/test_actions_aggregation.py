@@ -10,6 +10,7 @@ from vla_ros.actions.aggregation import (
     Crossfade,
     LatestChunk,
     make_aggregator,
+    RealTimeChunks,
     TemporalEnsemble,
 )
 from vla_ros.errors import ConfigError
@@ -291,7 +292,7 @@ def test_make_aggregator_rejects_unknown_mode_and_param():
     with pytest.raises(ConfigError) as err:
         make_aggregator("average", 0.02)
     assert err.value.parameter == "aggregation.mode"
-    for choice in ("temporal_ensemble", "latest", "crossfade"):
+    for choice in ("temporal_ensemble", "latest", "crossfade", "rtc"):
         assert choice in str(err.value)
     with pytest.raises(ConfigError) as err:
         make_aggregator("latest", 0.02, overlap=0.2)
@@ -333,3 +334,90 @@ def test_non_finite_chunk_rejected():
     assert agg.non_finite_chunks == 1
     assert agg.num_chunks == 1
     assert scalar(agg, 0.2) == pytest.approx(1.0)
+
+
+# -- rtc (Real-Time Chunking) --------------------------------------------------------
+
+
+def rtc_pair(delay=4, now=0.25, new_len=10, agg=None):
+    # dt = 0.1. Old: stamps 0.0..0.9 -> 0..9. New: observed at 0.2, rows 100 + k at 0.2 + 0.1 k.
+    agg = RealTimeChunks(0.1) if agg is None else agg
+    assert agg.update(chunk(0.0, np.arange(10.0)), now=0.0, delay=3)
+    assert agg.update(chunk(0.2, 100.0 + np.arange(new_len)), now=now, delay=delay)
+    return agg
+
+
+def test_rtc_new_chunk_takes_over_after_its_delay():
+    agg = rtc_pair(delay=4)  # takeover at 0.2 + 4 * 0.1 = 0.6
+    # Before the takeover the old chunk still runs, although the new one covers 0.3..
+    assert scalar(agg, 0.3) == pytest.approx(3.0)
+    assert scalar(agg, 0.5) == pytest.approx(5.0)
+    assert scalar(agg, 0.55) == pytest.approx(5.5)
+    # From the takeover on, the new chunk's row 4 onward.
+    assert scalar(agg, 0.6) == pytest.approx(104.0)
+    assert scalar(agg, 0.65) == pytest.approx(104.5)
+    assert scalar(agg, 0.9) == pytest.approx(107.0)
+    assert scalar(agg, 1.1) == pytest.approx(109.0)  # past the old chunk's end
+    assert scalar(agg, 1.2) is None
+    # "latest" switches at the new chunk's first kept stamp instead.
+    latest = rtc_pair(delay=4, agg=LatestChunk(0.1))
+    assert scalar(latest, 0.3) == pytest.approx(101.0)
+
+
+def test_rtc_with_delay_zero_is_latest():
+    times = np.linspace(0.25, 1.1, 35)
+    rtc, _ = rtc_pair(delay=0).values_at(times)
+    latest, _ = rtc_pair(delay=0, agg=LatestChunk(0.1)).values_at(times)
+    np.testing.assert_array_equal(rtc, latest)
+
+
+def test_rtc_first_chunk_uses_its_delayed_rows():
+    agg = RealTimeChunks(0.1)
+    assert agg.update(chunk(0.0, [5, 6, 7, 8]), now=0.0, delay=3)
+    assert scalar(agg, 0.0) == pytest.approx(5.0)  # nothing older covers 0.0..0.2
+    assert scalar(agg, 0.15) == pytest.approx(6.5)
+    assert scalar(agg, 0.3) == pytest.approx(8.0)
+
+
+def test_rtc_late_chunk_takes_over_at_arrival():
+    agg = rtc_pair(delay=1, now=0.45)  # takeover 0.3 already past: first kept stamp 0.5
+    assert scalar(agg, 0.45) == pytest.approx(4.5)
+    assert scalar(agg, 0.5) == pytest.approx(103.0)
+    assert agg.skipped_actions == 3
+
+
+def test_rtc_delayed_rows_fill_a_gap():
+    agg = RealTimeChunks(0.1)
+    assert agg.update(chunk(0.0, [0, 1, 2]), now=0.0)  # ends at 0.2
+    assert agg.update(chunk(0.1, 10.0 + np.arange(8)), now=0.1, delay=5)  # takeover 0.6
+    assert scalar(agg, 0.15) == pytest.approx(1.5)  # the old chunk still covers it
+    assert scalar(agg, 0.25) == pytest.approx(11.5)  # nothing older covers it: the new rows are used
+    assert scalar(agg, 0.4) == pytest.approx(13.0)
+
+
+def test_rtc_prunes_an_old_chunk_only_after_the_takeover():
+    agg = rtc_pair(delay=4)  # new: takeover 0.6, ends 1.1 >= the old end 0.9
+    agg.prune(0.55)
+    assert agg.num_chunks == 2 and scalar(agg, 0.55) == pytest.approx(5.5)
+    agg.prune(0.6)
+    assert agg.num_chunks == 1 and scalar(agg, 0.6) == pytest.approx(104.0)
+    # A newer chunk that ends first never hides the old one's tail.
+    short = rtc_pair(delay=1, new_len=3)  # new: 0.3..0.4, takeover 0.3
+    short.prune(0.35)
+    assert short.num_chunks == 2
+    assert scalar(short, 0.35) == pytest.approx(101.5)
+    assert scalar(short, 0.5) == pytest.approx(5.0)
+
+
+def test_other_modes_ignore_the_delay_and_bad_delays_are_refused():
+    for mode, params in (("latest", {}), ("crossfade", {"overlap": 0.2}), ("temporal_ensemble", {})):
+        with_delay = rtc_pair(delay=4, agg=make_aggregator(mode, 0.1, **params))
+        without = rtc_pair(delay=0, agg=make_aggregator(mode, 0.1, **params))
+        times = np.linspace(0.25, 1.1, 35)
+        np.testing.assert_array_equal(with_delay.values_at(times)[0], without.values_at(times)[0])
+    agg = RealTimeChunks(0.1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="whole number"):
+            agg.update(chunk(0.0, [1, 2]), now=0.0, delay=bad)
+    assert isinstance(make_aggregator("rtc", 0.1), RealTimeChunks)
+    assert isinstance(AggregationConfig(mode="rtc").build(0.1), RealTimeChunks)

@@ -54,6 +54,27 @@ def test_defaults_and_shorthands():
         cfg.control_rate = 10.0
 
 
+def test_rtc_defaults_are_lerobots_and_become_rtc_settings():
+    from vla_ros.types import RTCSettings
+
+    cfg = build(**{"aggregation.mode": "rtc"})
+    assert cfg.aggregation.mode == "rtc"
+    rtc = cfg.rtc
+    # LeRobot 0.6.1 RTCConfig: execution_horizon 10, LINEAR, max_guidance_weight 10.0.
+    assert (rtc.execution_horizon, rtc.schedule, rtc.max_guidance_weight) == (10, "linear", 10.0)
+    assert (rtc.mode, rtc.jacobian) == ("guided", "identity")
+    assert (rtc.latency_percentile, rtc.delay_margin) == (95.0, 1)
+    assert rtc.to_settings() == RTCSettings()
+    custom = build(**{"rtc.schedule": "exp", "rtc.execution_horizon": 25, "rtc.max_guidance_weight": 5})
+    expected = RTCSettings(execution_horizon=25, schedule="exp", max_guidance_weight=5.0)
+    assert custom.rtc.to_settings() == expected
+    flat = custom.to_flat()
+    assert flat["rtc.schedule"] == "exp" and flat["rtc.delay_margin"] == 1
+    names = {s.name: s for s in parameter_specs()}
+    assert names["rtc.schedule"].choices == ("zeros", "ones", "linear", "exp")
+    assert "rtc" in names["aggregation.mode"].choices
+
+
 def test_compressed_camera_default_topic_and_per_camera_qos():
     cfg = build(
         **{
@@ -121,6 +142,16 @@ def test_policy_options_sentinels():
         ({"inference.mode": "proces"}, "inference.mode", "did you mean 'process'"),
         ({"aggregation.mode": "average"}, "aggregation.mode", "unknown mode"),
         ({"aggregation.ensemble_m": -1.0}, "aggregation.ensemble_m", ">= 0"),
+        ({"rtc.execution_horizon": -1}, "rtc.execution_horizon", ">= 0"),
+        ({"rtc.execution_horizon": 2.5}, "rtc.execution_horizon", "expected an integer"),
+        ({"rtc.schedule": "cosine"}, "rtc.schedule", "cosine"),
+        ({"rtc.max_guidance_weight": -1.0}, "rtc.max_guidance_weight", ">= 0"),
+        ({"rtc.max_guidance_weight": float("inf")}, "rtc.max_guidance_weight", "finite"),
+        ({"rtc.mode": "clamped"}, "rtc.mode", "guided, trained"),
+        ({"rtc.jacobian": "exact"}, "rtc.jacobian", "identity, vjp"),
+        ({"rtc.latency_percentile": 0.0}, "rtc.latency_percentile", "(0, 100]"),
+        ({"rtc.latency_percentile": 101}, "rtc.latency_percentile", "(0, 100]"),
+        ({"rtc.delay_margin": -1}, "rtc.delay_margin", ">= 0"),
         ({"sync.missing_camera_policy": "drop"}, "sync.missing_camera_policy", "expected one of"),
         ({"watchdog.obs_timeout": 0.0}, "watchdog.obs_timeout", "number > 0"),
         ({"gil_switch_interval": 1.0}, "gil_switch_interval", "[0, 0.1]"),

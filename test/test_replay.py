@@ -340,3 +340,77 @@ def test_model_input_sheet_letterboxes_the_first_frame_after_each_sample_time():
     path = Path(os.environ.get('TMPDIR', '/tmp')) / f'sheet-{os.getpid()}.png'
     assert replay_report.write_contact_sheet(sheet, 10.0, path) == path
     assert path.read_bytes()[:4] == b'\x89PNG'
+
+
+# ------------------------------------------------------------ comparison ---
+
+def test_compare_aggregation_modes_and_latencies(setup, tiny_checkpoint, tmp_path, capsys):
+    """rtc / temporal_ensemble / latest at 100, 200, 300 ms on the same bag, seed and policy."""
+    _, _, bag = setup
+    # The controller asks for the next chunk when half of the current one is executed: the plan
+    # then still covers 25 rows, so that is the guided region (LeRobot's default of 10 is below
+    # the inference delay d = 11 at 200 ms and 50 Hz, where rtc could not differ from latest).
+    config = write_config(tmp_path / 'robot.yaml', rtc={'execution_horizon': 25})
+    out = tmp_path / 'compare'
+    rc, stdout, stderr = _replay([bag, '--config', config, '--checkpoint', tiny_checkpoint, '--out', out,
+                                  '--compare-aggregation', 'rtc,temporal_ensemble,latest',
+                                  '--latency-ms', '100,200,300'], capsys)
+    assert rc == 0, stderr
+    with capsys.disabled():
+        print(stdout)  # the table, for the log (pytest -s)
+    assert 'warning: rtc at' not in stderr
+    files = {p.relative_to(out).as_posix() for p in out.rglob('*') if p.is_file()}
+    assert {'comparison.md', 'comparison.csv', 'comparison.json', 'plots/comparison.png'} <= files
+    assert (out / 'plots/comparison.png').read_bytes()[:4] == b'\x89PNG'
+    result = json.loads((out / 'comparison.json').read_text())
+    rows = {(row['mode'], row['latency_ms']): row for row in result['rows']}
+    modes, latencies = ('rtc', 'temporal_ensemble', 'latest'), (100.0, 200.0, 300.0)
+    assert set(rows) == {(m, lat) for m in modes for lat in latencies}
+    for (mode, latency), row in rows.items():
+        name = f'{mode}_{latency:g}ms'
+        assert {f'runs/{name}/metrics.json', f'runs/{name}/commands.csv'} <= files
+        assert f'| {mode} | {latency:g} |' in stdout
+        assert row['chunks'] >= 2 and row['boundary_jump_count'] >= 1 and row['inference_failures'] == 0
+        assert row['mean_squared_jerk'] > 0 and row['mae'] > 0
+        assert (row['rtc_delay'] is not None) == (mode == 'rtc')
+    assert rows[('rtc', 200.0)]['rtc_delay'] == 11  # ceil(200 ms / 20 ms) + rtc.delay_margin 1
+    assert result['plot'] == {'file': 'plots/comparison.png', 'latency_ms': 200.0,
+                              'joint': result['plot']['joint']}
+    assert result['info']['seed'] == 0 and result['reference']['kind'] == 'recorded_command'
+    # The point of Real-Time Chunking: the plan jumps less where a new chunk takes over.
+    assert rows[('rtc', 200.0)]['boundary_jump_max'] < rows[('latest', 200.0)]['boundary_jump_max']
+    with (out / 'comparison.csv').open() as f:
+        assert len(list(csv.DictReader(f))) == 9
+    # Each run is the plain offline replay with that aggregation mode: the same commands.
+    single = tmp_path / 'single'
+    latest = write_config(tmp_path / 'latest.yaml', rtc={'execution_horizon': 25},
+                          **{'aggregation': {'mode': 'latest'}})
+    rc, _, _ = _replay([bag, '--config', latest, '--checkpoint', tiny_checkpoint, '--out', single,
+                        '--latency-ms', '200'], capsys)
+    assert rc == 0
+    assert (single / 'commands.csv').read_text() == (out / 'runs/latest_200ms/commands.csv').read_text()
+
+
+def test_compare_aggregation_errors_and_the_short_horizon_warning(setup, tiny_checkpoint, tmp_path, capsys):
+    _, config, bag = setup
+    base = [bag, '--config', config, '--checkpoint', tiny_checkpoint]
+    for flags, needle in (
+        (['--compare-aggregation', 'rtc,fastest'], "parameter '--compare-aggregation': mode 'fastest'"),
+        (['--compare-aggregation', 'rtc', '--mode', 'live'], 'drop --mode live'),
+        (['--compare-aggregation', 'rtc', '--latency', 'measured'], 'needs --latency fixed'),
+        (['--compare-aggregation', 'rtc', '--latency-ms', '100,-5'], '--latency-ms must be >= 0'),
+        (['--latency-ms', '100,200'], 'needs --compare-aggregation'),
+    ):
+        out = tmp_path / 'out'
+        rc, _, stderr = _replay([*base, '--out', out, *flags], capsys)
+        assert rc == 2 and len(stderr.strip().splitlines()) == 1 and needle in stderr, stderr
+        assert not out.exists()
+    # LeRobot's default execution_horizon (10) is below d = 11 at 200 ms: rtc is then latest, and says so.
+    out = tmp_path / 'short'
+    rc, stdout, stderr = _replay([*base, '--out', out, '--compare-aggregation', 'rtc,latest', '--latency-ms',
+                                  '200', '--duration', '1.5'], capsys)
+    assert rc == 0, stderr
+    assert 'warning: rtc at 200 ms: the inference delay d = 11 actions is >= rtc.execution_horizon 10' \
+        in stderr
+    rows = {row['mode']: row for row in json.loads((out / 'comparison.json').read_text())['rows']}
+    assert set(rows) == {'rtc', 'latest'}

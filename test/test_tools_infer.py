@@ -185,6 +185,7 @@ def test_infer_temperature_samples_reproducibly(fast_checkpoint, tmp_path, capsy
     ("fast", ["--max-decoding-steps", "0"], "--max-decoding-steps"),
     ("pi0", ["--tokens-out", "tokens.npy"], "--tokens-out"),
     ("pi0", ["--max-decoding-steps", "4"], "--max-decoding-steps"),
+    ("fast", ["--rtc-prev", "prev.npy"], "--rtc-prev"),
 ])
 def test_infer_refuses_flags_the_model_has_no_use_for(
     model, flags, parameter, fast_checkpoint, tiny_checkpoint, tmp_path, capsys, monkeypatch

@@ -18,6 +18,12 @@ Driving it (one inference in flight at a time)::
     plan = ctl.tick(now)            # every control period: TrajectoryPlan (or None before
                                     # the first joint state)
     ctl.status(now)                 # ControllerStatus for diagnostics
+    ctl.boundary_jumps()            # how much the plan jumped where new chunks took over
+
+With ``aggregation.mode: rtc`` (Real-Time Chunking, docs/control.md) the
+request also carries ``req.guidance`` (a ``ChunkGuidance``: the current plan
+from the observation's time on, in the policy's action space, and the
+inference delay d); pass it to ``Policy.infer(obs, guidance=req.guidance)``.
 
 Every request carries the controller's generation: anything that restarts
 execution (activate, resume, a clock jump) starts a new generation, and a
@@ -48,16 +54,30 @@ import threading
 
 import numpy as np
 
+from vla_ros.actions.aggregation import TIME_EPS
 from vla_ros.actions.limits import SafetyFilter
 from vla_ros.actions.trajectory import ActionSpace, hold_plan, plan_points, prepare_chunk, TrajectoryPlan
 from vla_ros.actions.watchdog import Watchdog
 from vla_ros.errors import ObservationError
 from vla_ros.observation.buffers import AssemblyResult, JOINT_STATE, ObservationAssembler
 from vla_ros.status import build_status, ControllerStatus, StatusSnapshot
-from vla_ros.types import ActionChunk, RawObservation
+from vla_ros.types import ActionChunk, ChunkGuidance, RawObservation
 
 PROMPT = "prompt"
 LATENCY_WINDOW = 100
+# Where the plan before and after a chunk's merge counts as different (boundary jump).
+JUMP_TOLERANCE = 1e-12
+# At most this many future control ticks are compared for the boundary jump.
+JUMP_MAX_TICKS = 2000
+
+
+def _percentile(values, q: float) -> float:
+    """numpy.percentile(values, q) (linear method) of a few hundred floats, without numpy overhead."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclasses.dataclass
@@ -76,11 +96,17 @@ class InferenceRequest:
 
     Hand the same object back to ``on_chunk`` / ``on_inference_failed``; the
     controller compares it by identity with the request it is waiting for.
+
+    guidance: with aggregation.mode rtc, what to pass to
+        ``Policy.infer(..., guidance=)`` (None: run unguided, e.g. the first
+        chunk, or the other modes). Its ``delay`` is also where the chunk
+        takes over from the current plan.
     """
 
     observation: RawObservation
     generation: int
     requested_at: float
+    guidance: ChunkGuidance | None = None
 
 
 class PolicyController:
@@ -132,7 +158,20 @@ class PolicyController:
         self._latency: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self._compute: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self._tokens: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # decode models only
+        self._spread: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)  # policy.num_samples > 1
         self._counts = collections.Counter()
+        # Real-Time Chunking (aggregation.mode rtc): settings, and what the last request used.
+        self._rtc = config.aggregation.mode == "rtc"
+        self._rtc_config = config.rtc
+        self._rtc_settings = config.rtc.to_settings()
+        self._last_chunk_len = 0
+        self._rtc_delay = 0
+        self._rtc_rows = 0
+        # Boundary jump of each merged chunk (every mode): last, largest, sum, how many.
+        self._jump_last = 0.0
+        self._jump_max = 0.0
+        self._jump_sum = 0.0
+        self._jump_count = 0
         if config.prompt.default:
             self._assembler.update_prompt(config.prompt.default)
             self._prompt_source = "default (prompt.default)"
@@ -252,6 +291,10 @@ class PolicyController:
         the future, or (trigger 'threshold') the newest chunk is executed
         past execute_threshold, or (trigger 'rate') 1 / rate seconds passed
         since the last request.
+
+        With aggregation.mode rtc the request carries the guidance for the
+        next chunk (see ``_guidance``), built here, in the caller's thread,
+        so the control tick never pays for it.
         """
         generation = self._generation
         result = self._assembler.assemble(now)
@@ -261,11 +304,71 @@ class PolicyController:
                 return None  # execution restarted (a clock jump) while assembling
             if obs is None or self._paused or self._pending is not None or not self._due(now):
                 return None
-            request = InferenceRequest(obs, self._generation, now)
+            guidance = self._guidance(obs) if self._rtc else None
+            request = InferenceRequest(obs, self._generation, now, guidance)
             self._pending = request
             self._last_request = now
             self._counts["requests"] += 1
         return request
+
+    def rtc_delay(self) -> int:
+        """The inference delay d in actions for the next guided request (aggregation.mode rtc).
+
+        d = ceil(p / action_period) + rtc.delay_margin, p the
+        rtc.latency_percentile of the recent latencies (chunk arrival minus
+        observation time, the last 100); just the margin before any
+        latency was measured. Not clipped (the request clips it to the chunk length).
+        """
+        with self._lock:
+            return self._delay_now()
+
+    def _delay_now(self) -> int:
+        # Under the lock.
+        margin = self._rtc_config.delay_margin
+        if not self._latency:
+            return margin
+        p = _percentile(self._latency, self._rtc_config.latency_percentile)
+        return max(0, math.ceil((p - TIME_EPS) / self._aggregator.dt)) + margin
+
+    def _guidance(self, obs: RawObservation) -> ChunkGuidance | None:
+        """Under the lock: the Real-Time Chunking inputs for an inference on ``obs``.
+
+        previous: the plan (the aggregated chunks) at obs.timestamp + k *
+        action_period for k = 0 .. H - 1 (H: the last chunk's length), up to
+        the first time it does not cover, made relative again for 'delta'
+        actions (minus ``obs.state`` under policy.delta_mask), so that it is
+        in the policy's output space. delay: ``_delay_now()``, at most H.
+        None when the plan does not cover obs.timestamp (no chunk yet, or
+        after activate / resume / a clock jump): the chunk runs unguided.
+        """
+        horizon = self._last_chunk_len
+        if self._last_chunk_obs is None or horizon <= 0:
+            self._rtc_rows = 0
+            return None
+        delay = min(self._delay_now(), horizon)
+        self._rtc_delay = delay
+        if delay >= self._rtc_settings.execution_horizon:
+            self._event(
+                "rtc:horizon", obs.timestamp,
+                f"the inference delay d = {delay} actions reaches rtc.execution_horizon "
+                f"({self._rtc_settings.execution_horizon}): no guided action is executed after the new chunk "
+                "takes over, so rtc acts like 'latest'; raise rtc.execution_horizon above d",
+                rejected=False,
+            )
+        times = obs.timestamp + self._aggregator.dt * np.arange(horizon, dtype=np.float64)
+        values, covered = self._aggregator.values_at(times)
+        rows = horizon if covered.all() else int(np.argmin(covered))
+        self._rtc_rows = rows
+        if rows == 0:
+            return None
+        previous = values[:rows]
+        if self._action_space is ActionSpace.DELTA:
+            state = np.asarray(obs.state, dtype=np.float64).reshape(-1)
+            if self._delta_mask is not None:
+                state = np.where(self._delta_mask, state, 0.0)
+            previous = previous - state
+        self._counts["guided_requests"] += 1
+        return ChunkGuidance(previous.astype(np.float32), delay, self._rtc_settings)
 
     def _note_assembly(self, result: AssemblyResult, now: float, generation: int) -> bool:
         """Under the lock: keep the newest assembly (diagnostics, watchdog freshness).
@@ -301,7 +404,10 @@ class PolicyController:
         actions become absolute with the state of the request's observation;
         actions whose time (obs_time + k / action_rate) has passed are
         skipped. A chunk for a request that is no longer pending (execution
-        restarted since) is dropped and counted.
+        restarted since) is dropped and counted. With aggregation.mode rtc
+        the chunk takes over ``request.guidance.delay`` actions after its
+        observation time (0 without guidance). Every merged chunk's boundary
+        jump is measured (``boundary_jumps``).
         """
         actions = np.asarray(chunk.actions)
         with self._lock:
@@ -322,15 +428,26 @@ class PolicyController:
                 return False
             prepared = prepare_chunk(chunk, self._action_space, request.observation.state, self._delta_mask)
             ignored, non_finite = self._aggregator.ignored_chunks, self._aggregator.non_finite_chunks
-            accepted = self._aggregator.update(prepared, now)
+            delay = request.guidance.delay if request.guidance is not None else 0
+            end = float(chunk.timestamp) + (actions.shape[0] - 1) * self._aggregator.dt
+            ticks = min(JUMP_MAX_TICKS, max(0, math.floor((end - now + TIME_EPS) / self._period)))
+            jump_times = now + self._period * np.arange(1, ticks + 1, dtype=np.float64)
+            before = self._aggregator.values_at(jump_times) if ticks else None
+            accepted = self._aggregator.update(prepared, now, delay=delay)
             self._latency.append(now - chunk.timestamp)
             if "total" in chunk.timings:
                 self._compute.append(float(chunk.timings["total"]))
             tokens = getattr(chunk, "tokens", None)
             if tokens is not None:
                 self._tokens.append(int(np.size(tokens)))
+            spread = getattr(chunk, "spread", None)
+            if spread is not None:
+                self._spread.append(float(spread))
             if accepted:
                 self._counts["chunks"] += 1
+                if before is not None:
+                    self._note_jump(before, self._aggregator.values_at(jump_times))
+                self._last_chunk_len = actions.shape[0]
                 self._last_chunk_obs = float(chunk.timestamp)
                 self._last_chunk_duration = actions.shape[0] * self._aggregator.dt
                 self._last_failure = None
@@ -348,6 +465,49 @@ class PolicyController:
                     rejected=False,
                 )
             return False
+
+    def _note_jump(self, before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray]) -> None:
+        """Under the lock: the plan's jump where a chunk took over, from samples before and after its merge.
+
+        At the future control ticks, the first tick where the two plans
+        differ (by more than JUMP_TOLERANCE on any joint, both covering it)
+        gives the jump, the largest absolute difference over the joints
+        there; 0 when they agree everywhere. Nothing is counted when the
+        plan covered no tick before the merge (the first chunk, a gap).
+        """
+        (old, old_covered), (new, new_covered) = before, after
+        if not old_covered.any():
+            return
+        both = old_covered & new_covered
+        diff = np.where(both, np.abs(new - old).max(axis=1, initial=0.0), 0.0)
+        differ = np.flatnonzero(diff > JUMP_TOLERANCE)
+        jump = float(diff[differ[0]]) if differ.size else 0.0
+        self._jump_last = jump
+        self._jump_max = max(self._jump_max, jump)
+        self._jump_sum += jump
+        self._jump_count += 1
+
+    def boundary_jumps(self) -> dict[str, float | int]:
+        """How much the executed plan jumped where merged chunks took over (every aggregation mode).
+
+        For each accepted chunk, the plan is sampled at the future control
+        ticks (now + k * control period, over the chunk's span) before and
+        after the merge; at the first tick where they differ the jump is the
+        largest absolute difference over the joints (robot units), 0 where
+        they agree. Returns {"last", "max", "mean": robot units, "count":
+        chunks measured}; chunks that found no plan before them (the first,
+        one after a gap) are not counted, and with count 0 the rest is 0.0.
+        Kept since construction (not reset by activate). For the replay
+        tools' comparisons of aggregation modes.
+        """
+        with self._lock:
+            count = self._jump_count
+            return {
+                "last": self._jump_last,
+                "max": self._jump_max,
+                "mean": self._jump_sum / count if count else 0.0,
+                "count": count,
+            }
 
     def on_inference_failed(self, reason: str, now: float, request: InferenceRequest) -> None:
         """Record that the inference for ``request`` failed; the robot holds until a chunk arrives again.
@@ -527,6 +687,30 @@ class PolicyController:
             ordered = sorted(self._events.items(), key=lambda item: item[1].last_time)
             return {k: (e.count, e.detail) for k, e in ordered}
 
+    def _extra_status(self) -> dict[str, object]:
+        # Under the lock: the boundary jump (every mode) and, with rtc, what guided the last request.
+        values: dict[str, object] = {
+            "chunks.boundary_jump_last": self._jump_last,
+            "chunks.boundary_jump_max": self._jump_max,
+            "chunks.boundary_jumps": self._jump_count,
+        }
+        if self._spread:
+            # policy.num_samples > 1: how far the samples of one inference disagree (normalized units).
+            values["inference.sample_spread_last"] = self._spread[-1]
+            values["inference.sample_spread_max"] = max(self._spread)
+        if self._rtc:
+            settings = self._rtc_settings
+            values.update({
+                "rtc.delay": self._rtc_delay,
+                "rtc.guided_rows": self._rtc_rows,
+                "rtc.guided_requests": self._counts.get("guided_requests", 0),
+                "rtc.max_guidance_weight": settings.max_guidance_weight,
+                "rtc.schedule": settings.schedule,
+                "rtc.execution_horizon": settings.execution_horizon,
+                "rtc.mode": settings.mode,
+            })
+        return values
+
     def status(self, now: float) -> ControllerStatus:
         """Everything diagnostics report: state, latency, ages, cameras, rejections, clamping."""
         with self._lock:
@@ -552,6 +736,7 @@ class PolicyController:
                 prompt=self._assembler.prompt or "",
                 prompt_source=self._prompt_source,
                 camera_topics=self._topics,
+                extra=self._extra_status(),
             )
         with self._events_lock:
             snapshot = dataclasses.replace(

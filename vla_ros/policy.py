@@ -32,6 +32,7 @@ from vla_ros.model.lerobot_layout import (
     read_processors,
     relative_mask,
     to_absolute_actions,
+    to_relative_actions,
 )
 from vla_ros.observation.image import FLOAT_RESIZE_METHODS, prepare_images, RESIZE_METHODS
 from vla_ros.observation.normalize import (
@@ -43,7 +44,7 @@ from vla_ros.observation.normalize import (
 )
 from vla_ros.observation.tokenizer import EOS_ID, find_tokenizer, PROMPT_STYLES, PromptTokenizer
 from vla_ros.observation.transforms import make_transform, RobotTransform
-from vla_ros.types import ActionChunk, CAMERA_KEYS, RawObservation
+from vla_ros.types import ActionChunk, CAMERA_KEYS, ChunkGuidance, RawObservation
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,30 @@ NORMALIZATIONS = ("auto", *NORM_CONVENTIONS)
 PROMPT_STYLE_CHOICES = ("auto", *PROMPT_STYLES)
 # Euler steps of a checkpoint that does not say (openpi's; LeRobot's num_inference_steps default too).
 DEFAULT_NUM_STEPS = 10
+# policy.num_samples: which of the K chunks (or what of them) a multi-sample inference returns.
+SAMPLE_AGGREGATES: tuple[str, ...] = ("first", "mean", "medoid")
+MAX_SAMPLES = 64
+
+
+def aggregate_samples(normalized: np.ndarray, how: str) -> tuple[np.ndarray, float]:
+    """One chunk from K normalized samples (K, H, A), and their spread.
+
+    "first": sample 0 (the one a single-sample inference with the same noise
+    gives); "mean": the elementwise mean (can average two modes into neither);
+    "medoid": the sample with the least summed distance to the others (always
+    one the model proposed). spread: the root-mean-square distance of the
+    samples from their mean, in normalized units (0 for K = 1): a cheap
+    uncertainty signal.
+    """
+    mean = normalized.mean(axis=0)
+    spread = float(np.sqrt(np.mean((normalized - mean) ** 2)))
+    if how == "mean":
+        return mean, spread
+    if how == "medoid":
+        flat = normalized.reshape(normalized.shape[0], -1).astype(np.float64)
+        distances = np.sqrt(((flat[:, None, :] - flat[None, :, :]) ** 2).sum(axis=-1))
+        return normalized[int(np.argmin(distances.sum(axis=1)))], spread
+    return normalized[0], spread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +97,9 @@ class PolicyOptions:
     max_decoding_steps None: the checkpoint's (pi0-FAST: its config's, 256 by
     default); temperature 0 decodes greedily (decode models only);
     action_tokenizer: the FAST tokenizer directory (None: beside the checkpoint).
+    num_samples: noise samples denoised per inference over one prefix (flow
+    matching only); sample_aggregate picks the chunk returned: "first",
+    "mean" or "medoid" (`aggregate_samples`).
     """
 
     device: str = "auto"
@@ -92,6 +120,8 @@ class PolicyOptions:
     max_decoding_steps: int | None = None
     temperature: float = 0.0
     action_tokenizer: str | None = None
+    num_samples: int = 1
+    sample_aggregate: str = "first"
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -102,6 +132,7 @@ class PolicyOptions:
             ("image_resize", IMAGE_RESIZES),
             ("normalization", NORMALIZATIONS),
             ("prompt_style", PROMPT_STYLE_CHOICES),
+            ("sample_aggregate", SAMPLE_AGGREGATES),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(
@@ -121,6 +152,9 @@ class PolicyOptions:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
                 or not math.isfinite(self.temperature) or self.temperature < 0:
             raise ConfigError("policy.temperature", f"expected a number >= 0, got {self.temperature!r}")
+        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) \
+                or not 1 <= self.num_samples <= MAX_SAMPLES:
+            raise ConfigError("policy.num_samples", f"expected 1..{MAX_SAMPLES}, got {self.num_samples!r}")
         if self.action_dims is not None and not 0 < self.action_dims <= 32:
             raise ConfigError("policy.action_dims", f"expected 1..32, got {self.action_dims!r}")
         if self.num_threads is not None and self.num_threads <= 0:
@@ -613,7 +647,8 @@ def check_config_fits(spec: PolicySpec | None, config: Any, checkpoint_from: str
     """`check_fits` for a NodeConfig (the node at configure, offline replay): joints, action dims, cameras.
 
     Names the node's parameters (joint_names, policy.action_dims, cameras.keys,
-    policy.asset_id, `checkpoint_from`). Returns the warnings; raises ConfigError.
+    policy.asset_id, `checkpoint_from`, aggregation.mode: a decode policy cannot
+    run Real-Time Chunking). Returns the warnings; raises ConfigError.
     """
     warnings = check_fits(
         spec,
@@ -630,6 +665,13 @@ def check_config_fits(spec: PolicySpec | None, config: Any, checkpoint_from: str
             f"is '{space}', but checkpoint {spec.checkpoint} predicts actions relative to the state "
             f"(dims {list(spec.relative_action_dims)}) and the policy already makes them absolute; "
             "set policy.action_space to 'absolute'",
+        )
+    mode = getattr(getattr(config, "aggregation", None), "mode", None)
+    if mode == "rtc" and isinstance(spec, PolicySpec) and spec.variant == "pi0fast":
+        raise ConfigError(
+            "aggregation.mode",
+            f"is 'rtc', but checkpoint {spec.checkpoint} is a pi0-FAST (token decode) policy, which "
+            "Real-Time Chunking cannot guide; choose temporal_ensemble, latest or crossfade",
         )
     return warnings
 
@@ -707,6 +749,10 @@ class Policy:
         # One mask of the model's width: the mask of a robot's dims is its start.
         self._relative = meta.relative_mask(cfg.action_dim)
         # Decode models: generated tokens -> normalized chunk; decoding stops at "|" or EOS.
+        if cfg.is_fast and options.num_samples > 1:
+            raise ConfigError(
+                "policy.num_samples", "a pi0-FAST policy decodes one token sequence per inference; set 1"
+            )
         if cfg.is_fast and action_parser is None:
             raise ConfigError("policy.action_tokenizer", "a pi0-FAST policy needs its FAST action tokenizer")
         self.action_parser = action_parser
@@ -775,7 +821,11 @@ class Policy:
         return cls.from_checkpoint(directory, options)
 
     def sample_noise(self) -> np.ndarray:
-        return self._rng.standard_normal((self.cfg.action_horizon, self.cfg.action_dim)).astype(np.float32)
+        """(H, A) noise, or (K, H, A) with policy.num_samples K > 1."""
+        shape = (self.cfg.action_horizon, self.cfg.action_dim)
+        if self.options.num_samples > 1:
+            shape = (self.options.num_samples, *shape)
+        return self._rng.standard_normal(shape).astype(np.float32)
 
     def _camera_order(self, images: Mapping[str, np.ndarray]) -> list[str]:
         """The model's slots in the order their images go in.
@@ -838,10 +888,11 @@ class Policy:
         if noise is None:
             noise = self.sample_noise()
         noise = np.asarray(noise, dtype=np.float32)
-        if noise.shape != (self.cfg.action_horizon, self.cfg.action_dim):
-            raise ObservationError(
-                f"noise must have shape ({self.cfg.action_horizon}, {self.cfg.action_dim}), got {noise.shape}"
-            )
+        expected = (self.cfg.action_horizon, self.cfg.action_dim)
+        if self.options.num_samples > 1:
+            expected = (self.options.num_samples, *expected)
+        if noise.shape != expected:
+            raise ObservationError(f"noise must have shape {expected}, got {noise.shape}")
         inputs = ModelInputs(
             images=image_batch,
             image_masks=image_masks,
@@ -880,14 +931,44 @@ class Policy:
             actions = to_absolute_actions(actions, state, self._relative[:action_dims])
         return np.asarray(self.transform.outputs(actions), dtype=np.float32)
 
+    def model_guidance(self, guidance: ChunkGuidance, state: np.ndarray, action_dims: int):
+        """The previous chunk in robot units -> the model's normalized, padded target and soft mask.
+
+        The inverse of `postprocess`: the robot transform's inverse, then (relative
+        checkpoints) minus the new observation's state, then the action
+        normalization; as LeRobot re-anchors and normalizes its leftover.
+        """
+        from vla_ros.engines.guidance import ModelGuidance
+
+        if self.cfg.is_fast:
+            raise ConfigError(
+                "rtc.mode", "Real-Time Chunking guides a flow-matching policy's denoising; "
+                "this pi0-FAST policy decodes tokens (use another aggregation.mode)"
+            )
+        previous = guidance.previous
+        if previous.shape[1] != action_dims:
+            raise ObservationError(
+                f"the previous chunk has {previous.shape[1]} action dims, the policy returns {action_dims}"
+            )
+        actions = np.asarray(self.transform.actions_to_pi(previous), dtype=np.float32)
+        if self._relative:
+            actions = to_relative_actions(actions, state, self._relative[:action_dims])
+        normalized = self.normalizer.normalize_actions(actions)
+        return ModelGuidance.build(
+            normalized, guidance.delay, guidance.settings, self.cfg.action_horizon, self.cfg.action_dim
+        )
+
     def infer(
         self,
         obs: RawObservation,
         noise: np.ndarray | None = None,
         tokens: tuple[np.ndarray, np.ndarray] | None = None,
+        guidance: ChunkGuidance | None = None,
     ) -> ActionChunk:
         """Actions (H, D) in robot units for `obs`; `tokens` bypasses the tokenizer.
 
+        `guidance` (Real-Time Chunking) denoises toward the previous chunk's
+        actions that the robot will still execute (docs/rtc.md).
         Decode models (pi0-FAST) ignore `noise`; their chunk carries the
         generated token ids (`ActionChunk.tokens`), and a sequence that is not
         a well-formed action raises ActionDecodeError.
@@ -895,18 +976,24 @@ class Policy:
         clock = time.perf_counter
         start = clock()
         inputs, action_dims, state = self._prepare(obs, noise, tokens)
+        model_guidance = None if guidance is None else self.model_guidance(guidance, state, action_dims)
         t_pre = clock()
         self.engine.encode_prefix(inputs)
         self.engine.synchronize()
         t_prefix = clock()
-        generated = None
+        generated = samples = spread = None
         if self.action_parser is None:
-            stage, normalized = "suffix", self.engine.denoise(inputs)
+            stage, normalized = "suffix", self.engine.denoise(inputs, model_guidance)
             self.engine.synchronize()
+            if normalized.ndim == 3:  # policy.num_samples > 1
+                samples = normalized
+                normalized, spread = aggregate_samples(samples, self.options.sample_aggregate)
         else:
             stage, (normalized, generated) = "decode", self._decode_normalized(action_dims)
         t_stage = clock()
         actions = self.postprocess(normalized, action_dims, state)
+        if samples is not None:
+            samples = np.stack([self.postprocess(sample, action_dims, state) for sample in samples])
         end = clock()
         timings = {
             "preprocess": t_pre - start,
@@ -915,7 +1002,8 @@ class Policy:
             "postprocess": end - t_stage,
             "total": end - start,
         }
-        return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings, tokens=generated)
+        return ActionChunk(actions=actions, timestamp=obs.timestamp, timings=timings, tokens=generated,
+                           samples=samples, spread=spread)
 
     def _decode_normalized(self, action_dims: int) -> tuple[np.ndarray, np.ndarray]:
         """Decode after the prefix: the normalized chunk and the generated ids (stop token included)."""

@@ -109,6 +109,8 @@ class StatusSnapshot:
         compute times, seconds.
     decoded_tokens: tokens generated per recent inference, oldest first
         (decode models such as pi0-FAST; empty for the others).
+    extra: further key -> value pairs, reported after the chunk counters
+        (the boundary jump; the rtc.* values with aggregation.mode rtc).
     """
 
     now: float
@@ -133,6 +135,7 @@ class StatusSnapshot:
     camera_topics: Mapping[str, str]
     events: Mapping[str, tuple[int, float, str, bool]] = dataclasses.field(default_factory=dict)
     decoded_tokens: Sequence[int] = ()
+    extra: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 def _decoded_tokens(counts: Sequence[int]) -> dict[str, object]:
@@ -197,6 +200,7 @@ def build_status(snap: StatusSnapshot) -> ControllerStatus:
         "chunks.ignored_late": snap.ignored_chunks,
         "chunks.dropped_stale": counts.get("stale_results", 0),
         "chunks.skipped_actions": snap.skipped_actions,
+        **snap.extra,
         "observation.age_s": math.nan if snap.obs_time is None else snap.now - snap.obs_time,
         "observation.status": (
             "ok"

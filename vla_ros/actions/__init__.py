@@ -10,6 +10,7 @@ from vla_ros.actions.aggregation import (
     Crossfade,
     LatestChunk,
     make_aggregator,
+    RealTimeChunks,
     TemporalEnsemble,
 )
 from vla_ros.actions.limits import JointLimits, SafetyFilter, SafetyReport
@@ -30,6 +31,7 @@ __all__ = [
     "Crossfade",
     "JointLimits",
     "LatestChunk",
+    "RealTimeChunks",
     "SafetyFilter",
     "SafetyReport",
     "TemporalEnsemble",

@@ -36,14 +36,16 @@ from vla_ros.types import ActionChunk
 # control period.
 TIME_EPS = 1e-6
 
-AGGREGATION_MODES: tuple[str, ...] = ("temporal_ensemble", "latest", "crossfade")
+AGGREGATION_MODES: tuple[str, ...] = ("temporal_ensemble", "latest", "crossfade", "rtc")
 
 
 @dataclasses.dataclass(frozen=True)
 class AggregationConfig:
     """How overlapping chunks are merged.
 
-    mode: "temporal_ensemble" (default, ACT), "latest" or "crossfade".
+    mode: "temporal_ensemble" (default, ACT), "latest", "crossfade" or
+        "rtc" (Real-Time Chunking: the newest chunk wins from its takeover
+        time, see ``RealTimeChunks``).
     ensemble_m: decay of the temporal-ensemble weights exp(-m * age), age
         in control periods between the chunks' observation times, >= 0;
         0.01 is ACT's default (Zhao et al. 2023), where a chunk is made
@@ -75,6 +77,8 @@ class AggregationConfig:
             return TemporalEnsemble(dt, m=self.ensemble_m, period=control_period)
         if self.mode == "crossfade":
             return Crossfade(dt, overlap=self.crossfade_overlap)
+        if self.mode == "rtc":
+            return RealTimeChunks(dt)
         return LatestChunk(dt)
 
 
@@ -95,13 +99,19 @@ class _Chunk:
     (actions[j], actions[j + 1] - actions[j]) so that interpolation is one
     gather and one multiply-add per sample; the last row has a zero
     difference, so u == last needs no special case.
+
+    ``takeover`` (>= start) is where the chunk starts to win over older
+    chunks in "rtc" mode (``RealTimeChunks``); the other modes ignore it.
     """
 
-    __slots__ = ("stamp", "start", "end", "dt", "last", "table")
+    __slots__ = ("stamp", "start", "end", "dt", "last", "table", "takeover")
 
-    def __init__(self, stamp: float, start: float, dt: float, actions: np.ndarray):
+    def __init__(
+        self, stamp: float, start: float, dt: float, actions: np.ndarray, takeover: float | None = None
+    ):
         self.stamp = stamp
         self.start = start
+        self.takeover = start if takeover is None else max(start, takeover)
         self.dt = dt
         self.last = actions.shape[0] - 1
         self.end = start + self.last * dt
@@ -129,7 +139,7 @@ class _Chunk:
 class ChunkAggregator(abc.ABC):
     """Common store of live chunks; subclasses say how to merge them.
 
-    update(chunk, now):
+    update(chunk, now, delay=0):
       0. a chunk with any non-finite action is rejected (``non_finite_chunks``);
       1. action k is stamped ``chunk.timestamp + k * dt``; those with stamp
          < now are skipped (latency compensation) and counted in
@@ -139,7 +149,9 @@ class ChunkAggregator(abc.ABC):
          order), and chunks that can no longer contribute at or after
          ``now`` are dropped.
     A chunk covers t in [first kept stamp, last stamp], interpolating
-    linearly between its stamps.
+    linearly between its stamps. ``delay`` (whole actions, >= 0) is the
+    Real-Time Chunking inference delay d: only "rtc" uses it (the chunk takes
+    over at ``timestamp + delay * dt``); the other modes accept and ignore it.
     """
 
     def __init__(self, dt: float):
@@ -169,8 +181,13 @@ class ChunkAggregator(abc.ABC):
         """Chunks currently stored (live)."""
         return len(self._chunks)
 
-    def update(self, chunk: ActionChunk, now: float) -> bool:
-        """Add ``chunk`` at time ``now``; False if rejected or nothing of it was left."""
+    def update(self, chunk: ActionChunk, now: float, delay: int = 0) -> bool:
+        """Add ``chunk`` at time ``now``; False if rejected or nothing of it was left.
+
+        ``delay``: actions of the chunk that older chunks keep covering ("rtc" only).
+        """
+        if isinstance(delay, bool) or not isinstance(delay, (int, np.integer)) or delay < 0:
+            raise ValueError(f"the chunk delay must be a whole number of actions >= 0, got {delay!r}")
         actions = np.asarray(chunk.actions)
         if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] == 0:
             raise ValueError(f"action chunk must be a non-empty (H, D) array, got shape {actions.shape}")
@@ -197,7 +214,7 @@ class ChunkAggregator(abc.ABC):
             self.prune(now)
             return False
         kept = np.array(actions[skip:], dtype=np.float64)
-        entry = _Chunk(stamp, stamp + skip * self.dt, self.dt, kept)
+        entry = _Chunk(stamp, stamp + skip * self.dt, self.dt, kept, stamp + int(delay) * self.dt)
         at = bisect.bisect_right(self._stamps, stamp)
         self._stamps.insert(at, stamp)
         self._chunks.insert(at, entry)
@@ -390,10 +407,48 @@ class Crossfade(ChunkAggregator):
         return super()._droppable(index, now) or self._taken_over(index, now, self.overlap)
 
 
+class RealTimeChunks(ChunkAggregator):
+    """Real-Time Chunking's merge: the newest chunk wins, from its takeover time.
+
+    Black et al. 2025, "Real-Time Execution of Action Chunking Flow
+    Policies"; LeRobot's ActionQueue in RTC mode. An inference that started
+    from an observation at ``s`` and took d actions' time (``delay``) cannot
+    change what the robot executes before ``s + d * dt``: those actions still
+    come from the current plan, and the new chunk (whose first d rows were
+    guided toward that plan) replaces the plan from there on. So a chunk
+    wins at t (as in ``LatestChunk``) only where t >= its takeover time,
+    ``max(first kept stamp, s + delay * dt)``; before that it is used only
+    where no older chunk covers t (the first chunk, or a gap). A chunk that
+    arrives after its takeover time takes over at its first kept stamp, as
+    "latest" would. With delay 0 this is exactly "latest".
+    """
+
+    def _combine(self, chunks, times, dim):
+        out = np.zeros((times.shape[0], dim))
+        covered = np.zeros(times.shape[0], dtype=bool)
+        for chunk in chunks:
+            values, cov = chunk.sample(times)
+            use = cov & ((times >= chunk.takeover - TIME_EPS) | ~covered)
+            out = np.where(use[:, None], values, out)
+            covered |= cov
+        return out, covered
+
+    def _droppable(self, index, now):
+        # Hidden from now on: a newer chunk that took over by now and lasts
+        # at least as long wins at every t >= now this one covers.
+        if super()._droppable(index, now):
+            return True
+        old = self._chunks[index]
+        return any(
+            c.takeover <= now + TIME_EPS and c.end >= old.end - TIME_EPS for c in self._chunks[index + 1 :]
+        )
+
+
 _PARAMS: dict[str, tuple[str, ...]] = {
     "temporal_ensemble": ("m", "period"),
     "latest": (),
     "crossfade": ("overlap",),
+    "rtc": (),
 }
 
 
@@ -401,8 +456,8 @@ def make_aggregator(mode: str, dt: float, **params: float) -> ChunkAggregator:
     """Build an aggregator by name.
 
     "temporal_ensemble" (params: m, period: the control period, default dt),
-    "latest" (none) or "crossfade"
-    (params: overlap); anything else is a ConfigError.
+    "latest" (none), "crossfade" (params: overlap) or "rtc" (none); anything
+    else is a ConfigError.
     """
     if mode not in _PARAMS:
         raise ConfigError(
@@ -419,4 +474,6 @@ def make_aggregator(mode: str, dt: float, **params: float) -> ChunkAggregator:
         return TemporalEnsemble(dt, **params)
     if mode == "crossfade":
         return Crossfade(dt, **params)
+    if mode == "rtc":
+        return RealTimeChunks(dt)
     return LatestChunk(dt)

@@ -17,6 +17,7 @@ from vla_ros.config.outputs import (
     DiagnosticsSection,
     LimitsSection,
     OutputSection,
+    RTCSection,
     WatchdogSection,
 )
 from vla_ros.config.params_file import DEFAULT_NODE_NAME, load_parameters_file
@@ -67,6 +68,7 @@ class NodeConfig:
     cameras: CamerasSection = section(CamerasSection, "Camera inputs.")
     sync: SyncSection = section(SyncSection, "Observation assembly.")
     aggregation: AggregationSection = section(AggregationSection, "Chunk aggregation.")
+    rtc: RTCSection = section(RTCSection, "Real-Time Chunking (aggregation.mode: rtc).")
     output: OutputSection = section(OutputSection, "Published commands.")
     limits: LimitsSection = section(LimitsSection, "Safety limits.")
     watchdog: WatchdogSection = section(WatchdogSection, "Hold conditions.")

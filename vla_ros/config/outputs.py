@@ -1,4 +1,4 @@
-"""The output and safety sections: aggregation.*, output.*, limits.*, watchdog.*, diagnostics.*, debug.*."""
+"""The output and safety sections: aggregation, rtc, output, limits, watchdog, diagnostics, debug."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 
 from vla_ros.config.validate import _positive, _topic, BOOL, FLOAT, FLOAT_LIST, INT, param, STR
 from vla_ros.errors import ConfigError
+from vla_ros.types import RTC_JACOBIANS, RTC_MODES, RTC_SCHEDULES, RTCSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,9 +16,10 @@ class AggregationSection:
 
     mode: str = param(
         "temporal_ensemble",
-        "ACT temporal ensembling, newest chunk wins, or a linear crossfade.",
+        "ACT temporal ensembling, newest chunk wins, a linear crossfade, or Real-Time Chunking "
+        "(rtc.*: the next chunk is guided toward the current plan and takes over after the inference delay).",
         STR,
-        ("temporal_ensemble", "latest", "crossfade"),
+        ("temporal_ensemble", "latest", "crossfade", "rtc"),
     )
     ensemble_m: float = param(
         0.01,
@@ -35,6 +37,73 @@ class AggregationSection:
 
         return AggregationConfig(
             mode=self.mode, ensemble_m=self.ensemble_m, crossfade_overlap=self.crossfade_overlap
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RTCSection:
+    """Real-Time Chunking, used with aggregation.mode: rtc (docs/control.md, "Real-Time Chunking").
+
+    The first five are ``vla_ros.types.RTCSettings`` (LeRobot 0.6.1's
+    defaults), checked there; the last two say how the node picks the
+    inference delay d.
+    """
+
+    execution_horizon: int = param(
+        10,
+        "End of the guided region, in chunk rows (LeRobot's execution_horizon): the new chunk's rows from "
+        "there on are not pulled toward the current plan.",
+        INT,
+    )
+    schedule: str = param(
+        "linear",
+        "Guidance weight of the rows between the first d (weight 1) and execution_horizon.",
+        STR,
+        RTC_SCHEDULES,
+    )
+    max_guidance_weight: float = param(
+        10.0, "Clip of the per-step guidance weight (>= 0; 0 = unguided).", FLOAT
+    )
+    mode: str = param(
+        "guided",
+        "'guided': guidance at every denoising step (the paper, LeRobot); 'trained': the first d rows "
+        "clamped to the current plan, for checkpoints trained with training-time RTC.",
+        STR,
+        RTC_MODES,
+    )
+    jacobian: str = param(
+        "identity",
+        "'identity': LeRobot's guidance, no backward pass; 'vjp': the paper's vector-Jacobian product "
+        "(reference engine only).",
+        STR,
+        RTC_JACOBIANS,
+    )
+    latency_percentile: float = param(
+        95.0,
+        "Percentile of the recent inference latencies (observation to chunk) that sets d, in (0, 100].",
+        FLOAT,
+    )
+    delay_margin: int = param(
+        1, "Whole actions added to d = ceil(latency percentile / action period); >= 0.", INT
+    )
+
+    def __post_init__(self) -> None:
+        self.to_settings()  # RTCSettings' own checks name rtc.* parameters
+        p = self.latency_percentile
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 100.0:
+            raise ConfigError("rtc.latency_percentile", f"expected a percentile in (0, 100], got {p!r}")
+        m = self.delay_margin
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ConfigError("rtc.delay_margin", f"expected a whole number of actions >= 0, got {m!r}")
+
+    def to_settings(self) -> RTCSettings:
+        """The ``RTCSettings`` every guided inference carries."""
+        return RTCSettings(
+            execution_horizon=self.execution_horizon,
+            schedule=self.schedule,
+            max_guidance_weight=self.max_guidance_weight,
+            mode=self.mode,
+            jacobian=self.jacobian,
         )
 
 

@@ -28,6 +28,7 @@ from vla_ros.policy import (
     PRECISIONS,
     PREFIX_ENGINES,
     PROMPT_STYLE_CHOICES,
+    SAMPLE_AGGREGATES,
     SUFFIX_ENGINES,
 )
 
@@ -44,6 +45,19 @@ class PolicySection:
         0,
         "Flow-matching (Euler) denoising steps; 0 = the checkpoint's (LeRobot num_inference_steps, else 10).",
         INT,
+    )
+    num_samples: int = param(
+        1,
+        "Flow-matching policies: noise samples denoised per inference over one shared prefix, as one "
+        "batch; the chunk is their sample_aggregate and diagnostics report their spread.",
+        INT,
+    )
+    sample_aggregate: str = param(
+        "first",
+        "With num_samples > 1: 'first' (sample 0), 'mean' (elementwise), or 'medoid' (the sample closest "
+        "to the others).",
+        STR,
+        SAMPLE_AGGREGATES,
     )
     max_decoding_steps: int = param(
         0,
@@ -167,6 +181,8 @@ class PolicySection:
             engine=self.engine,
             suffix=self.suffix,
             num_steps=self.num_steps or None,
+            num_samples=self.num_samples,
+            sample_aggregate=self.sample_aggregate,
             max_decoding_steps=self.max_decoding_steps or None,
             temperature=self.temperature,
             action_tokenizer=self.action_tokenizer or None,

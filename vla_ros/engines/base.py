@@ -47,8 +47,12 @@ class Engine(abc.ABC):
         """Build the K/V cache for `inputs` (kept inside the engine for the next denoise)."""
 
     @abc.abstractmethod
-    def denoise(self, inputs: ModelInputs) -> np.ndarray:
-        """Normalized actions (H, action_dim) from the cached prefix, starting at inputs.noise."""
+    def denoise(self, inputs: ModelInputs, guidance=None) -> np.ndarray:
+        """Normalized actions (H, action_dim) from the cached prefix, starting at inputs.noise.
+
+        `guidance` (an `engines.guidance.ModelGuidance`) runs the Real-Time
+        Chunking loop toward the previous chunk instead of the plain one.
+        """
 
     def decode(self, stop_ids=(), max_new_tokens: int | None = None):
         """Token ids after the cached prefix (a `engines.decode.DecodeResult`); decode engines only."""

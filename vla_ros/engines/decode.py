@@ -335,7 +335,7 @@ class DecodeEngine(Engine):
             if logits is not None:  # runtimes that bind the buffer by address return None
                 d.first_logits.copy_(logits.reshape(1, -1))
 
-    def denoise(self, inputs: ModelInputs) -> np.ndarray:
+    def denoise(self, inputs: ModelInputs, guidance=None) -> np.ndarray:
         raise NotImplementedError("pi0-FAST has no flow-matching stage; use decode()")
 
     @torch.no_grad()
@@ -381,7 +381,7 @@ class ReferenceDecodeEngine(Engine):
 
         self._prefix = self.model.prefix(**batch_tensors(inputs, self.device))
 
-    def denoise(self, inputs: ModelInputs) -> np.ndarray:
+    def denoise(self, inputs: ModelInputs, guidance=None) -> np.ndarray:
         raise NotImplementedError("pi0-FAST has no flow-matching stage; use decode()")
 
     def decode(self, stop_ids=(), max_new_tokens: int | None = None) -> DecodeResult:

@@ -234,7 +234,7 @@ def build_engine(directory: Path, options, source: str = "openpi") -> tuple[Engi
         prefix = TorchPrefixRuntime(model)
     else:
         prefix = _artifact_prefix(prefix_engine, directory, options, device, dtype)
-    denoiser = StaticSuffixDenoiser(model, num_steps, device)
+    denoiser = StaticSuffixDenoiser(model, num_steps, device, num_samples=options.num_samples)
     return OptimizedEngine(prefix, denoiser, suffix_mode), cfg
 
 

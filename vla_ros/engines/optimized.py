@@ -21,7 +21,9 @@ import torch
 from vla_ros.engines.base import Engine, ModelInputs
 from vla_ros.engines.cpu_packed import is_packed
 from vla_ros.engines.cuda_stream import dedicated_stream, running_on, stream_handle
+from vla_ros.engines.guidance import ModelGuidance
 from vla_ros.engines.suffix import StaticSuffixDenoiser
+from vla_ros.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,27 @@ class OptimizedEngine(Engine):
             if self.stream is not None:
                 # The buffers were filled on the loading stream; order the dedicated one after it.
                 self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        self._run = self._runner("forward")
+        self._rtc_runs: dict[str, object] = {}  # Real-Time Chunking loops, made on first use
         if suffix_mode == "cuda_graph":
+            self.prepare_guidance()  # captured at load, so that no chunk waits for a capture
+
+    def _runner(self, loop: str):
+        """How `loop` (a StaticSuffixDenoiser method) runs in this suffix mode."""
+        if self.suffix_mode == "cuda_graph":
             from vla_ros.engines.suffix_cuda_graph import CudaGraphSuffix
 
-            self._run = CudaGraphSuffix(denoiser).run
-        elif suffix_mode == "compiled":
-            self._run = torch.compile(denoiser.forward, dynamic=False)
-        else:
-            self._run = denoiser.forward
+            return CudaGraphSuffix(self.denoiser, loop=loop).run
+        if self.suffix_mode == "compiled":
+            return torch.compile(getattr(self.denoiser, loop), dynamic=False)
+        return getattr(self.denoiser, loop)
+
+    def prepare_guidance(self, modes=("guided", "trained")) -> None:
+        """Build (on CUDA: capture) the Real-Time Chunking loops now rather than at their first chunk."""
+        for mode in modes:
+            loop = f"forward_{mode}"
+            if loop not in self._rtc_runs:
+                self._rtc_runs[loop] = self._runner(loop)
 
     def encode_prefix(self, inputs: ModelInputs) -> None:
         d = self.denoiser
@@ -65,12 +80,31 @@ class OptimizedEngine(Engine):
             )
 
     @torch.no_grad()
-    def denoise(self, inputs: ModelInputs) -> np.ndarray:
+    def denoise(self, inputs: ModelInputs, guidance: ModelGuidance | None = None) -> np.ndarray:
         d = self.denoiser
+        run = self._run
+        if guidance is not None:
+            if guidance.settings.jacobian != "identity":
+                raise EngineError(
+                    "rtc.jacobian 'vjp' needs a backward pass through the action expert, which the "
+                    "optimized suffix (static buffers, no autograd) does not run; use 'identity' "
+                    "(LeRobot's guidance) or the reference engine (policy.engine / --engine 'reference')"
+                )
+            self.prepare_guidance((guidance.mode,))
+            run = self._rtc_runs[f"forward_{guidance.mode}"]
+        noise = np.asarray(inputs.noise, dtype=np.float32)
+        if noise.size != d.noise.numel():
+            raise EngineError(
+                f"noise of shape {noise.shape} for a suffix built for {d.num_samples} sample(s) of "
+                f"{tuple(d.noise.shape[1:])} (policy.num_samples)"
+            )
         with running_on(self.stream):
-            d.noise.copy_(torch.from_numpy(np.asarray(inputs.noise, dtype=np.float32))[None])
+            d.noise.copy_(torch.from_numpy(noise).reshape(d.noise.shape))
             d.state.copy_(torch.from_numpy(np.asarray(inputs.state, dtype=np.float32))[None])
-            return self._run()[0].cpu().numpy().copy()
+            if guidance is not None:
+                d.set_guidance(guidance)
+            actions = run().cpu().numpy().copy()
+        return actions if noise.ndim == 3 else actions[0]
 
     def describe(self) -> dict:
         return {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from vla_ros.engines.base import Engine, ModelInputs
+from vla_ros.engines.guidance import guided_euler, ModelGuidance
 from vla_ros.model.gemma import KVCache
 from vla_ros.model.pi0 import euler_times, Pi0Model
 
@@ -40,17 +43,35 @@ class ReferenceEngine(Engine):
         self._cache = self.model.embed_prefix(**tensors)
 
     @torch.no_grad()
-    def denoise(self, inputs: ModelInputs) -> np.ndarray:
+    def denoise(self, inputs: ModelInputs, guidance: ModelGuidance | None = None) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("encode_prefix must run before denoise")
-        x = torch.from_numpy(np.asarray(inputs.noise, dtype=np.float32))[None].to(self.device)
+        noise = np.asarray(inputs.noise, dtype=np.float32)
+        x = torch.from_numpy(noise.reshape(-1, *noise.shape[-2:])).to(self.device)  # (K, H, A)
+        samples = x.shape[0]
         state = torch.from_numpy(np.asarray(inputs.state, dtype=np.float32))[None].to(self.device)
+        state = state.expand(samples, -1)
+        cache = self._cache
+        if samples > 1:  # K noise samples over one prefix: the cache is shared, not recomputed
+            cache = dataclasses.replace(
+                cache,
+                keys=cache.keys.expand(-1, samples, -1, -1, -1),
+                values=cache.values.expand(-1, samples, -1, -1, -1),
+                pad_mask=cache.pad_mask.expand(samples, -1),
+            )
         dt = -1.0 / self.num_steps
-        times = getattr(self.model, "flow_times", euler_times)  # the family's own t grid
-        for t in times(self.num_steps):
-            t_batch = torch.full((1,), t, dtype=torch.float32, device=self.device)
-            x = x + dt * self.model.denoise_step(self._cache, x, t_batch, state)
-        return x[0].float().cpu().numpy()
+        times = getattr(self.model, "flow_times", euler_times)(self.num_steps)  # the family's own t grid
+        if guidance is not None:
+            def velocity(x_t, t):
+                return self.model.denoise_step(cache, x_t, t, state)
+
+            x = guided_euler(velocity, x, times, dt, guidance)
+        else:
+            for t in times:
+                t_batch = torch.full((samples,), t, dtype=torch.float32, device=self.device)
+                x = x + dt * self.model.denoise_step(cache, x, t_batch, state)
+        actions = x.float().cpu().numpy()
+        return actions if noise.ndim == 3 else actions[0]
 
     def describe(self) -> dict:
         return {"engine": self.name, "device": str(self.device), "dtype": str(self.model.compute_dtype)}

@@ -17,23 +17,29 @@ from vla_ros.errors import EngineError
 
 
 class CudaGraphSuffix:
-    """`run()` replays the captured Euler loop; same buffers as the wrapped denoiser."""
+    """`run()` replays the captured Euler loop; same buffers as the wrapped denoiser.
 
-    def __init__(self, denoiser: StaticSuffixDenoiser, warmup: int = 3):
+    `loop` is the denoiser's method to capture: `forward` (default), or a Real-Time
+    Chunking loop (`forward_guided`, `forward_trained`), which reads its guidance
+    from the denoiser's RTC buffers as well.
+    """
+
+    def __init__(self, denoiser: StaticSuffixDenoiser, warmup: int = 3, loop: str = "forward"):
         if not torch.cuda.is_available() or denoiser.actions.device.type != "cuda":
             raise EngineError("suffix 'cuda_graph' needs the model on a CUDA device; use 'eager' on the CPU")
         self.denoiser = denoiser
         self.graph = torch.cuda.CUDAGraph()
+        run = getattr(denoiser, loop)
         # Warm-up on a side stream so lazy initialisation (cuBLAS handles, workspaces)
         # happens outside the capture, as CUDA graph capture requires.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(warmup):
-                denoiser()
+                run()
         torch.cuda.current_stream().wait_stream(stream)
         with torch.cuda.graph(self.graph):
-            denoiser()
+            run()
         torch.cuda.synchronize()
 
     def run(self) -> torch.Tensor:

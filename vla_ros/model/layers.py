@@ -62,8 +62,12 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.dense.bias)
 
     def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scale, shift, gate), each (B, 1, dim): depends on t only, so runtimes precompute it."""
-        scale, shift, gate = linear(self.dense, cond.float())[:, None, :].chunk(3, dim=-1)
+        """(scale, shift, gate), each (B, 1, dim): depends on t only, so runtimes precompute it.
+
+        A per-token condition (B, H, C) (training-time RTC's clean rows) gives (B, H, dim) each.
+        """
+        out = linear(self.dense, cond.float())
+        scale, shift, gate = (out[:, None, :] if cond.dim() == 2 else out).chunk(3, dim=-1)
         return scale, shift, gate
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor):
@@ -172,7 +176,7 @@ def sincos_time_embedding(
     max_period: float = 4.0,
     table_dtype: torch.dtype | None = None,
 ):
-    """Sine-cosine embedding of the flow-matching time t (B,) -> (B, dim), fp32.
+    """Sine-cosine embedding of the flow-matching time t (B,) -> (B, dim), fp32; t (B, H) -> (B, H, dim).
 
     The pi0 reference computes the table in float64 on GPUs and float32 on the CPU;
     we do the same so CPU results match it bit for bit. `table_dtype` forces
@@ -183,5 +187,5 @@ def sincos_time_embedding(
     dtype = table_dtype or (torch.float64 if t.device.type == "cuda" else torch.float32)
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
-    angle = (2.0 * math.pi / period)[None, :] * t.to(dtype)[:, None]
+    angle = (2.0 * math.pi / period) * t.to(dtype)[..., None]
     return torch.cat([angle.sin(), angle.cos()], dim=-1).float()

@@ -443,6 +443,11 @@ def to_absolute_actions(actions: np.ndarray, state: np.ndarray, mask: Sequence[b
     return actions
 
 
+def to_relative_actions(actions: np.ndarray, state: np.ndarray, mask: Sequence[bool]) -> np.ndarray:
+    """The inverse of `to_absolute_actions` (LeRobot's `to_relative_actions`): subtract state * mask."""
+    return to_absolute_actions(actions, -np.asarray(state), mask)
+
+
 # --- processor files ----------------------------------------------------------------------------------
 
 

@@ -100,7 +100,8 @@ class Pi0Model(PaliGemmaPrefix):
         action_emb = linear(self.action_in_proj, x_t)
         if self.cfg.pi05:
             return action_emb, self.time_condition(t)
-        time_emb = self.time_embedding(t)[:, None, :].expand_as(action_emb)
+        time_emb = self.time_embedding(t)  # (B, W), or (B, H, W) for a per-token t (B, H)
+        time_emb = (time_emb[:, None, :] if time_emb.dim() == 2 else time_emb).expand_as(action_emb)
         hidden = F.silu(linear(self.action_time_mlp_in, torch.cat([action_emb, time_emb], dim=2)))
         action_time = linear(self.action_time_mlp_out, hidden)
         state_emb = linear(self.state_proj, state)[:, None, :]
@@ -111,7 +112,7 @@ class Pi0Model(PaliGemmaPrefix):
         return torch.ones_like(ar), ar
 
     def denoise_step(self, cache: KVCache, x_t: torch.Tensor, t: torch.Tensor, state: torch.Tensor | None):
-        """v_t (B, H, action_dim) for noisy actions x_t at flow time t (B,), attending to the cache."""
+        """v_t (B, H, action_dim) for noisy actions x_t at flow time t ((B,) or (B, H)), given the cache."""
         batch = x_t.shape[0]
         embs, cond = self.suffix_embeddings(state, x_t, t)
         pad, ar = self._suffix_layout(batch, x_t.device)

@@ -209,7 +209,8 @@ class SmolVLAModel(nn.Module):
         time_emb = sincos_time_embedding(
             t, cfg.expert.width, cfg.min_period, cfg.max_period, table_dtype=torch.float64
         )
-        time_emb = time_emb.to(action_emb.dtype)[:, None, :].expand_as(action_emb)
+        time_emb = time_emb.to(action_emb.dtype)  # (B, E), or (B, H, E) for a per-token t (B, H)
+        time_emb = (time_emb[:, None, :] if time_emb.dim() == 2 else time_emb).expand_as(action_emb)
         hidden = F.silu(linear(self.action_time_mlp_in, torch.cat([action_emb, time_emb], dim=2)))
         return linear(self.action_time_mlp_out, hidden)
 

@@ -35,6 +35,10 @@ class RobotTransform(Protocol):
         """Policy-convention actions (..., D) -> robot convention."""
         ...
 
+    def actions_to_pi(self, actions: np.ndarray) -> np.ndarray:
+        """The inverse of `outputs`: robot-convention actions (..., D) -> policy convention."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True)
 class IdentityTransform:
@@ -44,6 +48,9 @@ class IdentityTransform:
         return np.asarray(state), dict(images)
 
     def outputs(self, actions: np.ndarray) -> np.ndarray:
+        return np.asarray(actions)
+
+    def actions_to_pi(self, actions: np.ndarray) -> np.ndarray:
         return np.asarray(actions)
 
 

@@ -19,6 +19,11 @@ Two runners do the actual inference:
   through another, so only small metadata crosses the socket. Nothing of the
   policy's Python work runs under the node's GIL.
 
+Both pass a request's Real-Time Chunking guidance (``ChunkGuidance``,
+aggregation.mode rtc) on as ``policy.infer(obs, guidance=...)``; without
+guidance the policy is called as ``policy.infer(obs)``, so policies that
+do not know the keyword keep working in the other modes.
+
 No rclpy here: the bench and replay tools reuse the runners.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping
+import dataclasses
 import logging
 from multiprocessing import shared_memory
 import multiprocessing.connection
@@ -43,7 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vla_ros.errors import ActionDecodeError, EngineError
-from vla_ros.types import ActionChunk, RawObservation
+from vla_ros.types import ActionChunk, ChunkGuidance, RawObservation, RTCSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,7 @@ def warmup_observation(
 class Runner(Protocol):
     """Runs one inference; what InferenceWorker drives."""
 
-    def infer(self, obs: RawObservation) -> ActionChunk: ...
+    def infer(self, obs: RawObservation, guidance: ChunkGuidance | None = None) -> ActionChunk: ...
 
     def close(self) -> None: ...
 
@@ -115,8 +121,10 @@ class ThreadRunner:
         self.spec = spec if isinstance(spec, PolicySpec) else None
         self.description = describe_policy(policy)
 
-    def infer(self, obs: RawObservation) -> ActionChunk:
-        return self.policy.infer(obs)
+    def infer(self, obs: RawObservation, guidance: ChunkGuidance | None = None) -> ActionChunk:
+        if guidance is None:
+            return self.policy.infer(obs)
+        return self.policy.infer(obs, guidance=guidance)
 
     def close(self) -> None:
         self.policy = None
@@ -172,6 +180,28 @@ def _token_list(tokens: Any) -> list[int] | None:
     return None if tokens is None else np.asarray(tokens, dtype=np.int64).reshape(-1).tolist()
 
 
+def _guidance_meta(guidance: ChunkGuidance | None) -> dict[str, Any] | None:
+    """ChunkGuidance as builtins for the socket (previous: (K, D) float32 as nested lists, a few KB)."""
+    if guidance is None:
+        return None
+    return {
+        "previous": guidance.previous.tolist(),
+        "delay": int(guidance.delay),
+        "settings": dataclasses.asdict(guidance.settings),
+    }
+
+
+def _guidance_from_meta(meta: Mapping[str, Any] | None) -> ChunkGuidance | None:
+    """The inverse of ``_guidance_meta`` (float32 values round-trip exactly through Python floats)."""
+    if meta is None:
+        return None
+    return ChunkGuidance(
+        previous=np.asarray(meta["previous"], dtype=np.float32),
+        delay=int(meta["delay"]),
+        settings=RTCSettings(**meta["settings"]),
+    )
+
+
 def _child_main(conn: multiprocessing.connection.Connection) -> None:
     """Run the policy process: load, then answer ('infer', meta) requests until 'close' or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -211,7 +241,8 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
                     prompt=meta["prompt"],
                     timestamp=meta["timestamp"],
                 )
-                chunk = policy.infer(obs)
+                guidance = _guidance_from_meta(meta.get("guidance"))
+                chunk = policy.infer(obs) if guidance is None else policy.infer(obs, guidance=guidance)
                 del images, obs
                 name, shape, dtype = out.write(np.asarray(chunk.actions, dtype=np.float32))
                 conn.send(
@@ -225,6 +256,8 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
                             "timings": dict(chunk.timings),
                             # decode models: the generated ids (<= a few hundred), None for the others
                             "tokens": _token_list(getattr(chunk, "tokens", None)),
+                            # policy.num_samples > 1: the spread of the samples (the samples stay here)
+                            "spread": getattr(chunk, "spread", None),
                         },
                     )
                 )
@@ -311,7 +344,7 @@ class ProcessRunner:
         except (EOFError, OSError) as exc:
             raise EngineError(f"the policy process closed its connection while {what}: {exc}") from exc
 
-    def infer(self, obs: RawObservation) -> ActionChunk:
+    def infer(self, obs: RawObservation, guidance: ChunkGuidance | None = None) -> ActionChunk:
         with self._lock:
             if self._process.poll() is not None:
                 raise EngineError(f"the policy process is not running (exit code {self._process.returncode})")
@@ -324,6 +357,7 @@ class ProcessRunner:
                 "state": np.asarray(obs.state, np.float32).tolist(),
                 "prompt": obs.prompt,
                 "timestamp": float(obs.timestamp),
+                "guidance": _guidance_meta(guidance),
             }
             self._conn.send(("infer", meta))
             try:
@@ -347,6 +381,7 @@ class ProcessRunner:
                 timestamp=payload["timestamp"],
                 timings=payload["timings"],
                 tokens=None if tokens is None else np.asarray(tokens, dtype=np.int64),
+                spread=payload.get("spread"),
             )
 
     def close(self) -> None:
@@ -457,7 +492,11 @@ class InferenceWorker:
                 time.sleep(self._poll)
                 continue
             try:
-                chunk = self.runner.infer(request.observation)
+                guidance = getattr(request, "guidance", None)
+                if guidance is None:
+                    chunk = self.runner.infer(request.observation)
+                else:
+                    chunk = self.runner.infer(request.observation, guidance=guidance)
             except Exception as exc:  # any engine error must reach the watchdog
                 message = f"{type(exc).__name__}: {exc}"
                 self.controller.on_inference_failed(message, self._clock(), request)

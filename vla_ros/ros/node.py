@@ -72,6 +72,7 @@ from vla_ros.ros.inference_worker import InferenceWorker, make_runner, warmup_ob
 from vla_ros.ros.joint_state_merge import joint_state_reader
 from vla_ros.ros.params import declare_parameters, read_parameters
 from vla_ros.ros.qos import COMMAND_QOS, DEBUG_QOS, INSTRUCTION_QOS, SENSOR_QOS
+from vla_ros.types import ChunkGuidance, RawObservation
 
 WARNING_PERIOD = 5.0  # seconds between repeated warnings about one input
 
@@ -349,6 +350,21 @@ class VlaPolicyNode(LifecycleNode):
     def _warm_up(self, config: NodeConfig, runner: Any) -> None:
         sizes = {s.key: s.expected_size or (224, 224) for s in config.cameras.streams}
         obs = warmup_observation(sizes, config.num_joints, config.prompt.default or "warm up")
+        actions = self._warm_up_runs(config, runner, obs)
+        if config.aggregation.mode == "rtc" and actions is not None and len(actions) > 1:
+            # The guided loop too (compiled / captured on first use by some engines; a setting the
+            # engine cannot run, such as rtc.jacobian vjp on the optimized suffix, fails here).
+            delay = min(config.rtc.delay_margin + 1, len(actions) - 1)
+            start = time.perf_counter()
+            runner.infer(obs, guidance=ChunkGuidance(actions[delay:], delay, config.rtc.to_settings()))
+            self.get_logger().info(
+                f"warm-up inference with Real-Time Chunking ({config.rtc.mode}): "
+                f"{(time.perf_counter() - start) * 1e3:.1f} ms"
+            )
+
+    def _warm_up_runs(self, config: NodeConfig, runner: Any, obs: RawObservation):
+        """The unguided warm-up inferences; the last chunk's actions (None if none decoded)."""
+        actions = None
         for i in range(config.policy.warmup_runs):
             start = time.perf_counter()
             try:
@@ -383,6 +399,7 @@ class VlaPolicyNode(LifecycleNode):
                         f"{config.inference.execute_threshold:g}: the robot will hold between chunks; lower "
                         "the threshold or use a faster engine"
                     )
+        return actions
 
     def _create_entities(self, config: NodeConfig) -> None:
         # With a MultiThreadedExecutor (executor_threads > 1): one mutually

@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 STAGES = ("preprocess", "prefix", "suffix", "postprocess", "total")
+RTC_BENCH_DELAY = 5  # actions of the previous chunk still executed (d) in the RTC measurement
 # Published by the issue for LeRobot 0.6.1's PyTorch pi0 on this 2-core machine (not measured here).
 LEROBOT_ANCHORS_S = {"pi0-tiny": 0.050, "pi0-mid": 0.43, "pi0": 8.7}
 FULL_SIZE_TARGET_S = 3.0
@@ -79,6 +80,25 @@ def measure(policies: dict, obs, runs: int, warmup: int, noise) -> dict:
         name: {stage: percentiles(values) for stage, values in per_stage.items()} | {"actions": actions[name]}
         for name, per_stage in samples.items()
     }
+
+
+class GuidedPolicy:
+    """A policy whose every inference is Real-Time-Chunking guided toward one previous chunk (bench only)."""
+
+    def __init__(self, policy, guidance):
+        self.policy = policy
+        self.guidance = guidance
+
+    def infer(self, obs, noise=None):
+        return self.policy.infer(obs, noise=noise, guidance=self.guidance)
+
+
+def rtc_guidance(policy, obs, noise, mode: str, delay: int = RTC_BENCH_DELAY):
+    """Guidance toward the policy's own chunk shifted by `delay` actions, as the node would give it."""
+    from vla_ros.types import ChunkGuidance, RTCSettings
+
+    previous = policy.infer(obs, noise=noise).actions[delay:]
+    return ChunkGuidance(previous, delay, RTCSettings(mode=mode))
 
 
 def peak_rss_gb() -> float:
@@ -214,6 +234,15 @@ def print_report(info: dict, results: dict, checks: list[tuple[str, bool, str]])
         f"peak memory (RSS): {results['peak_rss_gb']:.2f} GB; actions max |optimised - baseline| "
         f"{results['max_abs_diff']:.2e} (relative {results['rel_diff']:.2e})"
     )
+    if "optimised_rtc" in results:
+        guided, plain = results["optimised_rtc"]["suffix"], results["optimised"]["suffix"]
+        rtc = info["rtc"]
+        print(
+            f"Real-Time Chunking ({rtc['mode']}, d = {rtc['delay']}): suffix p50 "
+            f"{guided['p50'] * 1e3:.2f} ms "
+            f"against {plain['p50'] * 1e3:.2f} ms unguided in the same run "
+            f"({guided['p50'] / plain['p50']:.2f}x the unguided cost)"
+        )
     for name, ok, detail in checks:
         print(f"check {'PASS' if ok else 'FAIL'}: {name}: {detail}")
 
@@ -269,6 +298,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="pack_weights",
         action="store_false",
         help="optimised engine on plain bf16 matmuls (policy.pack_weights: false)",
+    )
+    parser.add_argument(
+        "--rtc",
+        default="guided",
+        choices=("guided", "trained", "off"),
+        help="also time the optimised suffix with Real-Time Chunking (this loop, d = "
+        f"{RTC_BENCH_DELAY}, LeRobot's defaults) against the unguided one, interleaved; off: skip",
     )
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--node", action="store_true", help="measure the node's control-timer jitter instead")
@@ -355,7 +391,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        results = measure({"optimised": optimised, "baseline": baseline}, obs, args.runs, args.warmup, noise)
+        policies = {"optimised": optimised, "baseline": baseline}
+        if args.rtc != "off":
+            info["rtc"] = {"mode": args.rtc, "delay": RTC_BENCH_DELAY}
+            policies["optimised_rtc"] = GuidedPolicy(optimised, rtc_guidance(optimised, obs, noise, args.rtc))
+        results = measure(policies, obs, args.runs, args.warmup, noise)
+    results.get("optimised_rtc", {}).pop("actions", None)
     a, b = results["optimised"].pop("actions"), results["baseline"].pop("actions")
     results["max_abs_diff"] = float(np.abs(a - b).max())
     results["rel_diff"] = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))

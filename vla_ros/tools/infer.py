@@ -14,6 +14,16 @@ after `--tokens-out` is written, so that what the model wrote can be looked at;
 no actions are written then. `--noise` and `--steps` belong to flow-matching
 models (pi0, pi0.5) and are refused for a decode model, as the decode-only
 flags are for a flow-matching one.
+
+Real-Time Chunking (docs/reference/lerobot-rtc.md) can be checked offline: `--rtc-prev PREV.npy`
+is the previous chunk in robot units, [K, D] with D the robot's action dims,
+already shifted so that row 0 is the action for this observation's time;
+`--rtc-delay D` (default 0) is how many of the new chunk's actions the robot
+still takes from it, and `--rtc-horizon`, `--rtc-schedule`,
+`--rtc-max-guidance`, `--rtc-mode`, `--rtc-jacobian` default to LeRobot's
+(10, linear, 10.0, guided, identity). The chunk is then guided toward PREV
+(`Policy.infer(..., guidance=ChunkGuidance(...))`); `--rtc-max-guidance 0`
+gives the unguided chunk exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_ros.errors import ConfigError, ObservationError
-from vla_ros.types import CAMERA_KEYS, RawObservation
+from vla_ros.types import CAMERA_KEYS, RawObservation, RTC_JACOBIANS, RTC_MODES, RTC_SCHEDULES
 
 # The keys of an observation file and what each holds (shown by `vla-ros infer --help`).
 OBS_KEYS: dict[str, str] = {
@@ -146,6 +156,144 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "have fewer dims than the state)",
     )
     add_convention_arguments(parser)
+    add_rtc_arguments(parser)
+
+
+# The RTC flags that only make sense with --rtc-prev, and the RTCSettings field each sets.
+RTC_FLAGS: dict[str, str] = {
+    "--rtc-delay": "delay",
+    "--rtc-horizon": "execution_horizon",
+    "--rtc-schedule": "schedule",
+    "--rtc-max-guidance": "max_guidance_weight",
+    "--rtc-mode": "mode",
+    "--rtc-jacobian": "jacobian",
+}
+
+
+def add_rtc_arguments(parser: argparse.ArgumentParser) -> None:
+    """--rtc-prev and the guidance settings (flow-matching models; defaults: LeRobot 0.6.1's)."""
+    from vla_ros.types import RTCSettings
+
+    defaults = RTCSettings()
+    group = parser.add_argument_group(
+        "Real-Time Chunking (flow-matching models; every flag below needs --rtc-prev)"
+    )
+    group.add_argument(
+        "--rtc-prev",
+        type=Path,
+        metavar="PREV.npy",
+        help="guide the chunk toward this previous chunk: float [K, D] in robot units (D = the robot's "
+        "action dims), shifted so that row 0 is the action for this observation's time",
+    )
+    group.add_argument(
+        "--rtc-delay", type=int, default=None, metavar="D",
+        help="inference delay in actions: rows of the new chunk the robot still takes from PREV (default 0)",
+    )
+    group.add_argument(
+        "--rtc-horizon", type=int, default=None, metavar="S",
+        help=f"execution horizon: end of the guided rows (default {defaults.execution_horizon})",
+    )
+    group.add_argument(
+        "--rtc-schedule", choices=RTC_SCHEDULES, default=None,
+        help=f"soft mask between the delay and the horizon (default {defaults.schedule})",
+    )
+    group.add_argument(
+        "--rtc-max-guidance", type=float, default=None, metavar="W",
+        help=f"clip of the guidance weight, >= 0; 0 gives the unguided chunk "
+        f"(default {defaults.max_guidance_weight:g})",
+    )
+    group.add_argument(
+        "--rtc-mode", choices=RTC_MODES, default=None,
+        help=f"guided: guidance at every Euler step; trained: the first D rows clamped to PREV "
+        f"(training-time RTC checkpoints) (default {defaults.mode})",
+    )
+    group.add_argument(
+        "--rtc-jacobian", choices=RTC_JACOBIANS, default=None,
+        help=f"identity (LeRobot, no backward pass) or vjp (the paper; reference engine) "
+        f"(default {defaults.jacobian})",
+    )
+
+
+def _rtc_given(args: argparse.Namespace) -> list[str]:
+    """The RTC setting flags given on the command line (--rtc-prev aside)."""
+    return [flag for flag in RTC_FLAGS if getattr(args, flag[2:].replace("-", "_"), None) is not None]
+
+
+def load_previous_chunk(path: Path, action_dims: int, horizon: int) -> np.ndarray:
+    """The --rtc-prev chunk as float32 [K, action_dims], 1 <= K <= horizon, finite (ConfigError naming it)."""
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError("--rtc-prev", f"{path}: {problem}")
+
+    if not path.is_file():
+        raise bad("no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        detail = " ".join(str(exc).split())
+        raise bad(f"not a numpy .npy array ({detail})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data.close()
+        raise bad("an .npz archive; save the previous chunk alone with np.save(path, array)")
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise bad(f"dtype {data.dtype}; expected numbers (float32 [K, {action_dims}])")
+    if data.ndim != 2:
+        raise bad(f"shape {data.shape}; expected a 2-D chunk [K, {action_dims}] (rows = actions)")
+    if data.shape[1] != action_dims:
+        raise bad(f"shape {data.shape}: {data.shape[1]} action dims, the robot has {action_dims} "
+                  f"(the previous chunk is in robot units, one column per action dim)")
+    if not 1 <= data.shape[0] <= horizon:
+        raise bad(f"shape {data.shape}: {data.shape[0]} rows; expected 1..{horizon} (the chunk length)")
+    data = data.astype(np.float32)
+    if not np.isfinite(data).all():
+        rows = sorted({int(i) for i in np.argwhere(~np.isfinite(data))[:, 0]})
+        shown = ", ".join(map(str, rows[:8])) + (" ..." if len(rows) > 8 else "")
+        raise bad(f"NaN/inf in row(s) {shown}; every action must be finite")
+    return data
+
+
+def rtc_guidance(args: argparse.Namespace, action_dims: int, horizon: int):
+    """The ChunkGuidance the --rtc-* flags ask for, or None without --rtc-prev (ConfigError: bad flags)."""
+    from vla_ros.types import ChunkGuidance, RTCSettings
+
+    check_rtc_flags(args)
+    if getattr(args, "rtc_prev", None) is None:
+        return None
+    delay = 0 if args.rtc_delay is None else args.rtc_delay
+    if delay < 0:
+        raise ConfigError("--rtc-delay", f"expected a whole number of actions >= 0, got {delay}")
+    fields = {
+        name: getattr(args, flag[2:].replace("-", "_"))
+        for flag, name in RTC_FLAGS.items()
+        if name != "delay" and getattr(args, flag[2:].replace("-", "_")) is not None
+    }
+    try:
+        settings = RTCSettings(**fields)
+    except ConfigError as exc:  # it names rtc.<field>; the user typed a flag
+        flag = next((f for f, name in RTC_FLAGS.items() if exc.parameter == f"rtc.{name}"), exc.parameter)
+        problem = str(exc).split(": ", 1)[-1]
+        raise ConfigError(flag, problem) from None
+    previous = load_previous_chunk(args.rtc_prev, action_dims, horizon)
+    return ChunkGuidance(previous=previous, delay=delay, settings=settings)
+
+
+def check_rtc_flags(args: argparse.Namespace) -> None:
+    """The RTC settings flags need --rtc-prev (ConfigError naming the first one given without it)."""
+    given = _rtc_given(args)
+    if given and getattr(args, "rtc_prev", None) is None:
+        raise ConfigError(
+            given[0], "needs --rtc-prev PREV.npy (the previous chunk to guide toward); without it there is "
+            "no guidance"
+        )
+
+
+def describe_guidance(guidance, path: Path) -> str:
+    """One line saying which guidance an inference used."""
+    s = guidance.settings
+    rows, dims = guidance.previous.shape
+    return (f"RTC guidance: previous chunk {path} ({rows}x{dims}), delay {guidance.delay}, horizon "
+            f"{s.execution_horizon}, schedule {s.schedule}, max guidance {s.max_guidance_weight:g}, "
+            f"mode {s.mode}, jacobian {s.jacobian}")
 
 
 def add_convention_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,6 +362,11 @@ def _save(path: Path, array: np.ndarray) -> Path:
 def check_model_flags(args: argparse.Namespace, variant: str) -> None:
     """Refuse, in one line, flags the checkpoint's kind of model has no use for (before the slow load)."""
     if variant == "pi0fast":
+        if getattr(args, "rtc_prev", None) is not None:
+            raise ConfigError(
+                "--rtc-prev", "pi0-FAST decodes its actions as tokens; Real-Time Chunking guides the "
+                "Euler loop of a flow-matching model (pi0, pi0.5)"
+            )
         if args.noise:
             raise ConfigError(
                 "--noise", "pi0-FAST decodes its actions as tokens and takes no noise; drop --noise "
@@ -258,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
     from vla_ros.errors import ActionDecodeError, VlaRosError
     from vla_ros.policy import check_fits, Policy, read_spec
 
+    check_rtc_flags(args)
     obs, tokens = load_observation(args.obs)
     if args.noise and not args.noise.is_file():
         raise ObservationError(f"noise file {args.noise} does not exist")
@@ -293,10 +447,14 @@ def run(args: argparse.Namespace) -> int:
     )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    guidance = rtc_guidance(args, options.action_dims or dims, spec.action_horizon)
     policy = Policy.from_checkpoint(args.checkpoint, options)
     decodes = policy.engine = _LastDecode(policy.engine)
     try:
-        chunk = policy.infer(obs, noise=noise, tokens=tokens)
+        if guidance is None:
+            chunk = policy.infer(obs, noise=noise, tokens=tokens)
+        else:
+            chunk = policy.infer(obs, noise=noise, tokens=tokens, guidance=guidance)
     except VlaRosError as exc:
         # What the model generated is worth a look whatever went wrong after it.
         written = ""
@@ -319,6 +477,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tokens_out:
         tokens_path = _save(args.tokens_out, chunk.tokens.astype(np.int64))
     timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in chunk.timings.items())
+    if guidance is not None:
+        print(describe_guidance(guidance, args.rtc_prev))
     print(f"actions {actions.shape} range [{actions.min():.4f}, {actions.max():.4f}]  ({timing})")
     if chunk.tokens is not None:
         print(f"generated {len(chunk.tokens)} tokens (stop token included)")

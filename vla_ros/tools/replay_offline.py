@@ -130,7 +130,11 @@ class OfflineReplay:
 
         started = time.perf_counter()
         try:
-            result: Any = self.policy.infer(request.observation)
+            guidance = getattr(request, 'guidance', None)  # aggregation.mode rtc: the guided chunk
+            if guidance is None:
+                result: Any = self.policy.infer(request.observation)
+            else:
+                result = self.policy.infer(request.observation, guidance=guidance)
         except VlaRosError as exc:
             result = f'{type(exc).__name__}: {exc}'
         compute = time.perf_counter() - started

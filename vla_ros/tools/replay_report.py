@@ -17,6 +17,14 @@
                        the camera-to-slot mapping at a glance
     summary.txt        the table printed on stdout
 
+`write_comparison` writes a comparison of aggregation modes instead
+(`vla-ros replay --compare-aggregation`): comparison.md / .csv / .json (per
+mode and latency: the largest and mean jump of the plan at chunk boundaries,
+from the controller's ``boundary_jumps()``, max step, mean squared jerk, MAE /
+RMSE against the reference), plots/comparison.png (one joint's commanded
+trajectory per mode at ~200 ms with the reference; the jumps and the jerk as
+bars) and runs/<mode>_<latency>ms/ (each run's metrics.json and commands.csv).
+
 Everything is written into a hidden sibling directory that is renamed to
 OUT_DIR at the very end, so a failure never leaves a half-written OUT_DIR.
 
@@ -456,3 +464,218 @@ def write_report(record: ReplayRecord, out_dir: str | Path, storage: str = 'sqli
         # metrics.json last: its presence marks a complete report
         (staging / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=False) + '\n')
     return metrics
+
+
+# ------------------------------------------------------------ comparison ---
+# `vla-ros replay --compare-aggregation MODES --latency-ms L1,L2,...`: the same bag,
+# checkpoint and seed replayed offline once per (aggregation mode, fixed latency).
+
+COMPARISON_MD = 'comparison.md'
+COMPARISON_CSV = 'comparison.csv'
+COMPARISON_JSON = 'comparison.json'
+COMPARISON_PLOT = 'comparison.png'
+RUNS_DIR = 'runs'
+PLOT_LATENCY_MS = 200.0  # the latency the trajectory plot shows (the nearest one given)
+
+# (key, markdown header, format) of a comparison row, in table order.
+COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ('mode', 'aggregation', 's'),
+    ('latency_ms', 'latency [ms]', 'g'),
+    ('chunks', 'chunks', 'd'),
+    ('boundary_jump_max', 'largest boundary jump', '.4f'),
+    ('boundary_jump_mean', 'mean boundary jump', '.4f'),
+    ('max_step', 'max step', '.4f'),
+    ('mean_squared_jerk', 'mean squared jerk', '.3g'),
+    ('mae', 'MAE vs recorded', '.4f'),
+    ('rmse', 'RMSE vs recorded', '.4f'),
+)
+
+
+@dataclasses.dataclass
+class ComparisonRun:
+    """One offline replay of a comparison: its mode, latency, record, metrics and boundary jumps.
+
+    boundary_jumps: the controller's per-chunk boundary jump summary
+        (``PolicyController.boundary_jumps()``: last / max / mean / count), {} when unavailable.
+    """
+
+    mode: str
+    latency_ms: float
+    record: ReplayRecord
+    metrics: dict[str, Any]
+    boundary_jumps: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rtc_delay: int | None = None  # aggregation.mode rtc: the inference delay d (actions) at the end
+    rtc_horizon: int | None = None  # aggregation.mode rtc: rtc.execution_horizon
+
+    @property
+    def name(self) -> str:
+        return f'{self.mode}_{self.latency_ms:g}ms'
+
+    def row(self) -> dict[str, Any]:
+        """The comparison table's row (JSON-ready; None where there is no value)."""
+        overall = self.metrics['overall']
+        jumps = self.boundary_jumps or {}
+        return {
+            'mode': self.mode,
+            'latency_ms': float(self.latency_ms),
+            'chunks': int(self.metrics['counts']['chunks']),
+            'boundary_jump_max': _finite_or_none(jumps.get('max')),
+            'boundary_jump_mean': _finite_or_none(jumps.get('mean')),
+            'boundary_jump_count': None if jumps.get('count') is None else int(jumps['count']),
+            'max_step': overall['max_step'],
+            'mean_squared_jerk': overall['mean_squared_jerk'],
+            'mae': overall['mae'],
+            'rmse': overall['rmse'],
+            'holds': int(self.metrics['counts']['holds']),
+            'inference_failures': int(self.metrics['counts']['inference_failures']),
+            'rtc_delay': self.rtc_delay,
+            'rtc_execution_horizon': self.rtc_horizon,
+        }
+
+    def rtc_warning(self) -> str | None:
+        """Why an rtc run cannot differ from 'latest' (d >= execution_horizon), or None."""
+        if self.rtc_delay is None or self.rtc_horizon is None or self.rtc_delay < self.rtc_horizon:
+            return None
+        return (f'rtc at {self.latency_ms:g} ms: the inference delay d = {self.rtc_delay} actions is >= '
+                f'rtc.execution_horizon {self.rtc_horizon}, so no guided action is executed after the new '
+                f'chunk takes over and rtc acts like latest; raise rtc.execution_horizon above d (up to the '
+                f'rows the plan still covers when the next inference starts)')
+
+
+def _cell(value: Any, spec: str) -> str:
+    if value is None:
+        return '-'
+    return value if spec == 's' else format(value, spec)
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a markdown table (also what `vla-ros replay --compare-aggregation` prints)."""
+    header = '| ' + ' | '.join(title for _, title, _ in COMPARISON_COLUMNS) + ' |'
+    rule = '|' + '|'.join('---' if spec == 's' else '---:' for _, _, spec in COMPARISON_COLUMNS) + '|'
+    lines = [header, rule]
+    for row in rows:
+        lines.append('| ' + ' | '.join(_cell(row[key], spec) for key, _, spec in COMPARISON_COLUMNS) + ' |')
+    return '\n'.join(lines)
+
+
+def _plot_latency(runs: Sequence[ComparisonRun]) -> float:
+    latencies = sorted({run.latency_ms for run in runs})
+    return min(latencies, key=lambda lat: (abs(lat - PLOT_LATENCY_MS), lat))
+
+
+def _plot_joint(runs: Sequence[ComparisonRun]) -> int:
+    """The joint whose commanded trajectories differ most between the modes (plotted)."""
+    dims = len(runs[0].record.joint_names)
+    lengths = [len(run.record.command_positions) for run in runs]
+    n = min(lengths)
+    if n == 0 or len(runs) < 2:
+        return 0
+    stacked = np.stack([np.asarray(run.record.command_positions[:n], dtype=np.float64).reshape(n, dims)
+                        for run in runs])
+    spread = np.ptp(stacked, axis=0).max(axis=0)  # per joint: the largest gap between modes at one time
+    return int(np.argmax(spread))
+
+
+def write_comparison_plot(runs: Sequence[ComparisonRun], path: Path) -> tuple[Path, float, str]:
+    """One joint's commanded trajectory per mode at ~200 ms with the recorded command, plus the
+    largest boundary jump and mean squared jerk per mode and latency as bars.
+
+    Returns (path, the plotted latency in ms, the plotted joint).
+    """
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    latency = _plot_latency(runs)
+    shown = [run for run in runs if run.latency_ms == latency]
+    joint = _plot_joint(shown)
+    record = shown[0].record
+    name = record.joint_names[joint]
+    modes = list(dict.fromkeys(run.mode for run in runs))
+    latencies = sorted({run.latency_ms for run in runs})
+    colors = {mode: f'C{i}' for i, mode in enumerate(modes)}
+
+    fig = plt.figure(figsize=(12, 7.5))
+    grid = fig.add_gridspec(2, 2, height_ratios=(1.3, 1.0))
+    ax = fig.add_subplot(grid[0, :])
+    ref_t = np.asarray(record.reference_times, dtype=np.float64) - record.start_time
+    if ref_t.size:
+        ax.plot(ref_t, np.asarray(record.reference_positions)[:, joint], color='k', ls='--', lw=1.2,
+                label=f'recorded ({record.reference_kind})')
+    for run in shown:
+        n = len(run.record.command_positions)
+        if not n:
+            continue
+        t = np.asarray(run.record.target_times, dtype=np.float64) - run.record.start_time
+        cmd = np.asarray(run.record.command_positions, dtype=np.float64).reshape(n, -1)[:, joint]
+        ax.plot(t, cmd, color=colors[run.mode], lw=1.1, label=run.mode)
+    ax.set_xlabel('bag time [s]', fontsize=8)
+    ax.set_ylabel(f'{name} [robot units]', fontsize=8)
+    ax.set_title(f'commanded {name} at {latency:g} ms simulated latency (offline replay, same seed)',
+                 fontsize=10)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc='upper right')
+
+    width = 0.8 / max(len(modes), 1)
+    table = {(run.mode, run.latency_ms): run.row() for run in runs}
+    for col, (key, title) in enumerate((('boundary_jump_max', 'largest boundary jump'),
+                                        ('mean_squared_jerk', 'mean squared jerk'))):
+        ax = fig.add_subplot(grid[1, col])
+        x = np.arange(len(latencies))
+        for i, mode in enumerate(modes):
+            values = [table.get((mode, lat), {}).get(key) for lat in latencies]
+            heights = [np.nan if v is None else v for v in values]
+            bars = ax.bar(x + (i - (len(modes) - 1) / 2) * width, heights, width, color=colors[mode],
+                          label=mode)
+            ax.bar_label(bars, labels=[_cell(v, '.2g') for v in values], fontsize=6)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f'{lat:g} ms' for lat in latencies], fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if col == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path, latency, name
+
+
+def write_comparison(runs: Sequence[ComparisonRun], out_dir: str | Path, info: dict[str, Any] | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
+    """Write a comparison into OUT_DIR atomically; returns comparison.json's content.
+
+    OUT_DIR/comparison.md (the table), comparison.csv, comparison.json,
+    plots/comparison.png, and per run runs/<mode>_<latency>ms/ with its
+    metrics.json and commands.csv.
+    """
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, overwrite)
+    rows = [run.row() for run in runs]
+    table = comparison_table(rows)
+    with staged_directory(out_dir) as staging:
+        for run in runs:
+            folder = staging / RUNS_DIR / run.name
+            folder.mkdir(parents=True)
+            write_csv(run.record, folder / CSV_NAME)
+            (folder / METRICS_NAME).write_text(
+                json.dumps({**run.metrics, 'boundary_jumps': run.boundary_jumps}, indent=2) + '\n')
+        _, latency, joint = write_comparison_plot(runs, staging / PLOTS_DIR / COMPARISON_PLOT)
+        with (staging / COMPARISON_CSV).open('w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ['mode'])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: '' if v is None else v for k, v in row.items()})
+        (staging / COMPARISON_MD).write_text(table + '\n')
+        result = {
+            'rows': rows,
+            'warnings': [w for w in (run.rtc_warning() for run in runs) if w],
+            'reference': runs[0].metrics['reference'] if runs else None,
+            'bag_time': runs[0].metrics['bag_time'] if runs else None,
+            'plot': {'file': f'{PLOTS_DIR}/{COMPARISON_PLOT}', 'latency_ms': latency, 'joint': joint},
+            'info': dict(info or {}),
+        }
+        # comparison.json last: its presence marks a complete comparison
+        (staging / COMPARISON_JSON).write_text(json.dumps(result, indent=2) + '\n')
+    return result
