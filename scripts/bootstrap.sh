@@ -138,6 +138,10 @@ else
     fi
 fi
 pip_run install -q "${req_args[@]}"
+# Test-only: openpi's own client and server, for the interop tests of `vla-ros serve` and the
+# remote node. Without their dependencies: openpi-client pins numpy<2 in its metadata only
+# (requirements.txt says why); websockets and msgpack come from requirements.txt.
+pip_run install -q --no-deps openpi-client==0.1.2 openpi-server==0.1.0
 pip_run install -q --no-deps -e .
 echo "$hash" >"$STAMP"
 
