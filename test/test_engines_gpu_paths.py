@@ -325,9 +325,12 @@ def test_gpu_cuda_graph_replays_on_the_callers_stream():
 
 
 @needs_cuda
-@pytest.mark.parametrize("config", ["pi0-tiny", "pi05-tiny"])
-def test_gpu_rtc_loops_are_captured_and_match_the_cpu_reference(config, tmp_path):
-    """Both Real-Time Chunking loops replayed as CUDA graphs against the eager fp32 CPU reference."""
+@pytest.mark.parametrize("config,samples", [("pi0-tiny", 1), ("pi05-tiny", 1), ("pi0-tiny", 3)])
+def test_gpu_rtc_loops_are_captured_and_match_the_cpu_reference(config, samples):
+    """Both Real-Time Chunking loops replayed as CUDA graphs against the eager fp32 CPU reference.
+
+    samples 3 (policy.num_samples): the prefix rows copied to the other samples inside the graph.
+    """
     from vla_ros.engines.guidance import ModelGuidance
     from vla_ros.engines.prefix_torch import TorchPrefixRuntime
     from vla_ros.engines.optimized import OptimizedEngine
@@ -341,9 +344,12 @@ def test_gpu_rtc_loops_are_captured_and_match_the_cpu_reference(config, tmp_path
     model = random_model(cfg, seed=3, std=0.1)
     reference = ReferenceEngine(model)
     gpu_model = random_model(cfg, seed=3, std=0.1).cuda()
-    engine = OptimizedEngine(TorchPrefixRuntime(gpu_model), StaticSuffixDenoiser(gpu_model, 10), "cuda_graph")
-    assert set(engine._rtc_runs) == {"forward_guided", "forward_trained"}  # captured at load
-    inputs = _model_inputs(cfg)
+    denoiser = StaticSuffixDenoiser(gpu_model, 10, num_samples=samples)
+    engine = OptimizedEngine(TorchPrefixRuntime(gpu_model), denoiser, "cuda_graph")
+    assert not engine._rtc_runs  # captured when first used (the node's warm-up), not for every user
+    engine.prepare_guidance()
+    assert set(engine._rtc_runs) == {"forward_guided", "forward_trained"}
+    inputs = _model_inputs(cfg, samples)
     rng = np.random.default_rng(4)
     previous = rng.standard_normal((30, cfg.action_dim)).astype(np.float32)
     for mode in ("guided", "trained"):
@@ -359,7 +365,7 @@ def test_gpu_rtc_loops_are_captured_and_match_the_cpu_reference(config, tmp_path
     assert np.abs(plain - reference.denoise(inputs)).max() <= 1e-3 * max(1.0, np.abs(plain).max())
 
 
-def _model_inputs(cfg):
+def _model_inputs(cfg, samples: int = 1):
     from vla_ros.engines.base import ModelInputs
 
     rng = np.random.default_rng(1)
@@ -370,7 +376,8 @@ def _model_inputs(cfg):
                           dtype=np.uint8)
     return ModelInputs(images=images, image_masks=np.ones(cfg.num_cameras, dtype=bool), tokens=tokens,
                        token_masks=masks, state=rng.standard_normal(cfg.action_dim).astype(np.float32),
-                       noise=rng.standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32))
+                       noise=rng.standard_normal((samples, cfg.action_horizon, cfg.action_dim))
+                       .astype(np.float32).squeeze(0 if samples == 1 else ()))
 
 
 # -- scripts/gpu_check.sh -------------------------------------------------------------------------

@@ -347,20 +347,22 @@ class PolicyController:
             return None
         delay = min(self._delay_now(), horizon)
         self._rtc_delay = delay
-        if delay >= self._rtc_settings.execution_horizon:
-            self._event(
-                "rtc:horizon", obs.timestamp,
-                f"the inference delay d = {delay} actions reaches rtc.execution_horizon "
-                f"({self._rtc_settings.execution_horizon}): no guided action is executed after the new chunk "
-                "takes over, so rtc acts like 'latest'; raise rtc.execution_horizon above d",
-                rejected=False,
-            )
         times = obs.timestamp + self._aggregator.dt * np.arange(horizon, dtype=np.float64)
         values, covered = self._aggregator.values_at(times)
         rows = horizon if covered.all() else int(np.argmin(covered))
         self._rtc_rows = rows
         if rows == 0:
             return None
+        guided_end = min(self._rtc_settings.execution_horizon, rows)  # where the guided region ends
+        if delay >= guided_end:
+            self._event(
+                "rtc:horizon", obs.timestamp,
+                f"the inference delay d = {delay} actions reaches the end of the guided region "
+                f"({guided_end}: rtc.execution_horizon {self._rtc_settings.execution_horizon}, {rows} rows "
+                "of plan left): no guided action is executed after the new chunk takes over, so rtc acts "
+                "like 'latest'; raise rtc.execution_horizon above d",
+                rejected=False,
+            )
         previous = values[:rows]
         if self._action_space is ActionSpace.DELTA:
             state = np.asarray(obs.state, dtype=np.float64).reshape(-1)
@@ -431,8 +433,9 @@ class PolicyController:
             delay = request.guidance.delay if request.guidance is not None else 0
             end = float(chunk.timestamp) + (actions.shape[0] - 1) * self._aggregator.dt
             ticks = min(JUMP_MAX_TICKS, max(0, math.floor((end - now + TIME_EPS) / self._period)))
-            jump_times = now + self._period * np.arange(1, ticks + 1, dtype=np.float64)
-            before = self._aggregator.values_at(jump_times) if ticks else None
+            # From now on: offline replay ticks at the arrival time itself.
+            jump_times = now + self._period * np.arange(ticks + 1, dtype=np.float64)
+            before = self._aggregator.values_at(jump_times)
             accepted = self._aggregator.update(prepared, now, delay=delay)
             self._latency.append(now - chunk.timestamp)
             if "total" in chunk.timings:
@@ -445,8 +448,7 @@ class PolicyController:
                 self._spread.append(float(spread))
             if accepted:
                 self._counts["chunks"] += 1
-                if before is not None:
-                    self._note_jump(before, self._aggregator.values_at(jump_times))
+                self._note_jump(before, self._aggregator.values_at(jump_times))
                 self._last_chunk_len = actions.shape[0]
                 self._last_chunk_obs = float(chunk.timestamp)
                 self._last_chunk_duration = actions.shape[0] * self._aggregator.dt

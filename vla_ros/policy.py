@@ -65,7 +65,7 @@ MAX_SAMPLES = 64
 
 
 def aggregate_samples(normalized: np.ndarray, how: str) -> tuple[np.ndarray, float]:
-    """One chunk from K normalized samples (K, H, A), and their spread.
+    """One chunk from K normalized samples (K, H, D) of the robot's D action dims, and their spread.
 
     "first": sample 0 (the one a single-sample inference with the same noise
     gives); "mean": the elementwise mean (can average two modes into neither);
@@ -80,7 +80,9 @@ def aggregate_samples(normalized: np.ndarray, how: str) -> tuple[np.ndarray, flo
         return mean, spread
     if how == "medoid":
         flat = normalized.reshape(normalized.shape[0], -1).astype(np.float64)
-        distances = np.sqrt(((flat[:, None, :] - flat[None, :, :]) ** 2).sum(axis=-1))
+        norms = np.einsum("kd,kd->k", flat, flat)
+        squared = norms[:, None] + norms[None, :] - 2.0 * flat @ flat.T  # (K, K), no (K, K, H*D) temporary
+        distances = np.sqrt(np.maximum(squared, 0.0))
         return normalized[int(np.argmin(distances.sum(axis=1)))], spread
     return normalized[0], spread
 
@@ -673,6 +675,14 @@ def check_config_fits(spec: PolicySpec | None, config: Any, checkpoint_from: str
             f"is 'rtc', but checkpoint {spec.checkpoint} is a pi0-FAST (token decode) policy, which "
             "Real-Time Chunking cannot guide; choose temporal_ensemble, latest or crossfade",
         )
+    rtc = getattr(config, "rtc", None)
+    engine = getattr(getattr(config, "policy", None), "engine", "reference")
+    if mode == "rtc" and rtc is not None and rtc.jacobian == "vjp" and engine != "reference":
+        raise ConfigError(
+            "rtc.jacobian",
+            f"'vjp' back-propagates through the action expert, which only policy.engine 'reference' "
+            f"does (got {engine!r}); use 'identity' (LeRobot's guidance) or the reference engine",
+        )
     return warnings
 
 
@@ -819,6 +829,10 @@ class Policy:
         if not is_artifact_dir(Path(directory)):
             raise CheckpointError(f"{directory} is not an exported artifact directory (no manifest.json)")
         return cls.from_checkpoint(directory, options)
+
+    def reseed(self, seed: int | None) -> None:
+        """Restart the noise sequence as a fresh load with policy.seed `seed` would (comparable runs)."""
+        self._rng = np.random.default_rng(seed)
 
     def sample_noise(self) -> np.ndarray:
         """(H, A) noise, or (K, H, A) with policy.num_samples K > 1."""
@@ -985,8 +999,8 @@ class Policy:
         if self.action_parser is None:
             stage, normalized = "suffix", self.engine.denoise(inputs, model_guidance)
             self.engine.synchronize()
-            if normalized.ndim == 3:  # policy.num_samples > 1
-                samples = normalized
+            if normalized.ndim == 3:  # policy.num_samples > 1; the padded model dims are no actions
+                samples = normalized[..., :action_dims]
                 normalized, spread = aggregate_samples(samples, self.options.sample_aggregate)
         else:
             stage, (normalized, generated) = "decode", self._decode_normalized(action_dims)

@@ -154,6 +154,10 @@ class ChunkAggregator(abc.ABC):
     over at ``timestamp + delay * dt``); the other modes accept and ignore it.
     """
 
+    #: Keep a chunk's actions stamped before its arrival (never executed: every query is for
+    #: times >= now) so that `values_at` can answer for a recent past time.
+    keeps_past_actions = False
+
     def __init__(self, dt: float):
         self.dt = check_positive_finite("aggregation.dt", dt)
         self._chunks: list[_Chunk] = []
@@ -213,8 +217,12 @@ class ChunkAggregator(abc.ABC):
             self.ignored_chunks += 1
             self.prune(now)
             return False
-        kept = np.array(actions[skip:], dtype=np.float64)
-        entry = _Chunk(stamp, stamp + skip * self.dt, self.dt, kept, stamp + int(delay) * self.dt)
+        # Past actions are dropped, except where a mode keeps them to answer for times before now
+        # ("rtc": the plan at a lagging observation's time, the next guidance target).
+        first = 0 if self.keeps_past_actions else skip
+        kept = np.array(actions[first:], dtype=np.float64)
+        takeover = stamp + max(skip, int(delay)) * self.dt
+        entry = _Chunk(stamp, stamp + first * self.dt, self.dt, kept, takeover)
         at = bisect.bisect_right(self._stamps, stamp)
         self._stamps.insert(at, stamp)
         self._chunks.insert(at, entry)
@@ -419,9 +427,17 @@ class RealTimeChunks(ChunkAggregator):
     wins at t (as in ``LatestChunk``) only where t >= its takeover time,
     ``max(first kept stamp, s + delay * dt)``; before that it is used only
     where no older chunk covers t (the first chunk, or a gap). A chunk that
-    arrives after its takeover time takes over at its first kept stamp, as
-    "latest" would. With delay 0 this is exactly "latest".
+    arrives after its takeover time takes over at its first action not yet
+    past, as "latest" would. With delay 0 it executes exactly as "latest".
+
+    A chunk keeps its rows from its observation time on, also those already
+    past when it arrived (never executed), so that the plan still answers for
+    the next observation's time when that observation is older than the
+    arrival (camera stamps lag): the controller's guidance target starts
+    there, and a plan pruned up to the arrival would leave it uncovered.
     """
+
+    keeps_past_actions = True
 
     def _combine(self, chunks, times, dim):
         out = np.zeros((times.shape[0], dim))

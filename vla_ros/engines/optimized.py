@@ -46,8 +46,6 @@ class OptimizedEngine(Engine):
                 self.stream.wait_stream(torch.cuda.current_stream(self.device))
         self._run = self._runner("forward")
         self._rtc_runs: dict[str, object] = {}  # Real-Time Chunking loops, made on first use
-        if suffix_mode == "cuda_graph":
-            self.prepare_guidance()  # captured at load, so that no chunk waits for a capture
 
     def _runner(self, loop: str):
         """How `loop` (a StaticSuffixDenoiser method) runs in this suffix mode."""
@@ -60,10 +58,13 @@ class OptimizedEngine(Engine):
         return getattr(self.denoiser, loop)
 
     def prepare_guidance(self, modes=("guided", "trained")) -> None:
-        """Build (on CUDA: capture) the Real-Time Chunking loops now rather than at their first chunk."""
+        """Build (on CUDA: capture) Real-Time Chunking loops: at their first guided chunk, which the
+        node's warm-up runs with aggregation.mode rtc; only the modes used cost a graph."""
         for mode in modes:
             loop = f"forward_{mode}"
             if loop not in self._rtc_runs:
+                if self.stream is not None:
+                    self.stream.synchronize()  # the capture's warm-up runs read the K/V the prefix writes
                 self._rtc_runs[loop] = self._runner(loop)
 
     def encode_prefix(self, inputs: ModelInputs) -> None:

@@ -265,15 +265,14 @@ def compare(args: argparse.Namespace, abort_check: Callable[[], None] | None = N
     with bag_io.BagReader(args.bag) as bag:
         plan = plan_replay(bag, config, args.command_topic, args.start, args.duration, args.prompt)
         kind, ref_topic, ref_t, ref_p = read_reference(bag, plan)
-        check_fit(args, config)
+        for mode_config in configs.values():  # e.g. rtc refused for a pi0-FAST checkpoint, up front
+            check_fit(args, mode_config)
         policy = load_policy(config, source, args.seed)
         for latency_ms in latencies:
             for mode in modes:
                 if abort_check is not None:
                     abort_check()
-                # The same noise sequence in every run: Policy draws it from its `_rng`
-                # (seeded from policy.seed at load), so reseed it as a fresh load would.
-                policy._rng = np.random.default_rng(args.seed)
+                policy.reseed(args.seed)  # the same noise sequence in every run
                 run_plan = dataclasses.replace(plan, config=configs[mode])
                 record = replay_report.ReplayRecord(
                     mode='offline', joint_names=tuple(config.joint_names),
