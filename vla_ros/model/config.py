@@ -1,4 +1,4 @@
-"""Model sizes for pi0 / pi0.5 / pi0-FAST and SmolVLA, as frozen dataclasses, plus the named configurations.
+"""Model sizes for pi0 / pi0.5 / pi0-FAST, SmolVLA and the notes' expert designs, and the named configs.
 
 Sizes follow (docs/model.md, "Architecture"). The tiny and mid configurations exist so
 that tests and benchmarks can build matching models without any download; their
@@ -328,6 +328,215 @@ class SmolVLAConfig:
             raise ConfigError("config", f"not a vla_ros SmolVLA config ({exc})") from exc
 
 
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config(LlamaConfig):
+    """One Qwen3 text stack: Llama blocks plus an RMSNorm over each query and key head before RoPE.
+
+    Grouped-query attention without biases, a SiLU-gated MLP, `head_dim` free
+    of `width / num_heads` (as transformers' Qwen3Config); the defaults are
+    Qwen3's eps 1e-6 and RoPE base 1e6.
+    """
+
+    rms_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+
+
+def _same_head_space(backbone: LlamaConfig, expert: LlamaConfig, why: str) -> None:
+    """The expert attends in the backbone's head space: same heads, K/V heads, head_dim and RoPE base."""
+    for name in ("num_heads", "num_kv_heads", "head_dim", "rope_theta"):
+        if getattr(backbone, name) != getattr(expert, name):
+            raise ConfigError(
+                f"expert.{name}",
+                f"must equal backbone.{name}={getattr(backbone, name)} (got {getattr(expert, name)}): {why}",
+            )
+    if expert.width % 2:
+        raise ConfigError("expert.width", f"must be even (sine-cosine time embedding), got {expert.width}")
+
+
+def every_nth_layer(depth: int, n: int) -> tuple[int, ...]:
+    """Backbone layers n-1, 2n-1, ... < depth: a layer map ending on the last backbone layer."""
+    return tuple(range(n - 1, depth, n))
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionExpertConfig:
+    """The deep-fusion action expert of the notes (a LLaVA-3D-based VLA): Llama backbone + narrow expert.
+
+    backbone: the Llama language model over the prefix (image embeddings and
+        prompt), as in pi0 bidirectional over the prefix.
+    expert: Llama blocks `expert.width` wide (<= the backbone's) in the
+        backbone's head space (same heads, K/V heads, head_dim, RoPE base):
+        its q/k/v/o projections map its own width into that space, so the
+        two attend jointly, layer by layer, without adapters.
+    layer_map: expert layer i joins backbone layer layer_map[i] (strictly
+        increasing); backbone layers without an expert layer run alone and
+        the action tokens pass them unchanged. None maps layer i onto layer i
+        (then the depths must be equal).
+    The suffix is pi0's: a state token and `action_horizon` action tokens,
+    time joined to each action token by pi0's concatenation MLP; masks and
+    positions are pi0's (docs/model.md, "Expert designs from the notes").
+    """
+
+    name: str
+    backbone: LlamaConfig
+    expert: LlamaConfig
+    layer_map: tuple[int, ...] | None = None
+    vocab_size: int = 32000
+    action_horizon: int = 50
+    action_dim: int = 32
+
+    # What the pi0-family code paths ask of any named config (checkpoint.py scans NAMED_CONFIGS).
+    pi05 = False
+    decode = None
+    vision = None
+    family = "llava3d-expert"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "action_horizon", "action_dim"):
+            _positive(name, getattr(self, name))
+        _same_head_space(self.backbone, self.expert, "the expert attends jointly in the backbone's heads")
+        if self.expert.width > self.backbone.width:
+            raise ConfigError("expert.width", f"must not exceed backbone.width={self.backbone.width} "
+                                              f"(got {self.expert.width}): the expert is the narrow one")
+        if self.layer_map is None:
+            if self.expert.depth != self.backbone.depth:
+                raise ConfigError("layer_map", f"needed: expert.depth={self.expert.depth} differs from "
+                                               f"backbone.depth={self.backbone.depth}")
+            return
+        if isinstance(self.layer_map, (str, bytes)) or not hasattr(self.layer_map, "__iter__"):
+            raise ConfigError("layer_map", f"expected a list of backbone layers, got {self.layer_map!r}")
+        layer_map = tuple(self.layer_map)
+        object.__setattr__(self, "layer_map", layer_map)  # YAML / JSON give a list
+        if len(layer_map) != self.expert.depth:
+            raise ConfigError("layer_map", f"has {len(layer_map)} entries, expert.depth={self.expert.depth}")
+        for index, layer in enumerate(layer_map):
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.backbone.depth:
+                raise ConfigError(f"layer_map[{index}]", f"expected a backbone layer in "
+                                                         f"[0, {self.backbone.depth}), got {layer!r}")
+            if index and layer <= layer_map[index - 1]:
+                raise ConfigError(f"layer_map[{index}]", f"must exceed layer_map[{index - 1}]="
+                                                         f"{layer_map[index - 1]} (strictly increasing), "
+                                                         f"got {layer}")
+
+    @property
+    def variant(self) -> str:
+        return self.family
+
+    @property
+    def is_fast(self) -> bool:
+        return False
+
+    @property
+    def prefix(self) -> LlamaConfig:
+        """The prefix language model, as pi0 configs name it."""
+        return self.backbone
+
+    @property
+    def joint_layers(self) -> tuple[int, ...]:
+        """The backbone layer each expert layer joins."""
+        return tuple(range(self.expert.depth)) if self.layer_map is None else self.layer_map
+
+    @property
+    def suffix_len(self) -> int:
+        return self.action_horizon + 1
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FusionExpertConfig":
+        data = dict(data)
+        data.pop("family", None)
+        try:
+            return cls(backbone=LlamaConfig(**data.pop("backbone")), expert=LlamaConfig(**data.pop("expert")),
+                       **data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError("config", f"not a vla_ros deep-fusion expert config ({exc})") from exc
+
+
+# Qwen3's <|im_end|>: the named config's reasoning stop token. A checkpoint of the notes' design
+# sets its own (the id of the `<|traj_future_start|>` token it adds to the tokenizer).
+QWEN3_IM_END = 151645
+
+
+@dataclasses.dataclass(frozen=True)
+class AlpamayoExpertConfig:
+    """The "reason, then act" design of the notes (Alpamayo-R1): Qwen3 backbone, expert over its cache.
+
+    backbone: the Qwen3 language model; it runs causally over the prompt,
+        then decodes reasoning text greedily until `stop_token_id` or
+        `max_reasoning_tokens` (the stop token is fed too: it ends the cache).
+    expert: a Qwen3 stack (no token embedding) with the backbone's depth and
+        head space (the notes copy the backbone's text configuration); expert
+        layer i attends over the backbone's cached K/V of layer i plus the
+        action tokens' own, at positions continuing after the cache.
+    non_causal_actions: the action tokens attend to each other in both
+        directions (the notes' `expert_non_causal_attention`, default on);
+        False makes them causal.
+    Time is added to each action token's embedding (an MLP of the sine-cosine
+    embedding of t); `num_samples` trajectories are denoised at once over one
+    cache, `action_horizon` future steps of `action_dim` each.
+    """
+
+    name: str
+    backbone: LlamaConfig
+    expert: LlamaConfig
+    vocab_size: int = 151936
+    action_horizon: int = 64
+    action_dim: int = 2
+    num_samples: int = 6
+    max_reasoning_tokens: int = 256
+    stop_token_id: int = QWEN3_IM_END
+    non_causal_actions: bool = True
+
+    pi05 = False
+    decode = None
+    vision = None
+    family = "alpamayo-expert"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "action_horizon", "action_dim", "num_samples", "max_reasoning_tokens"):
+            _positive(name, getattr(self, name))
+        _same_head_space(self.backbone, self.expert, "the expert attends over the backbone's cache")
+        if self.expert.depth != self.backbone.depth:
+            raise ConfigError("expert.depth", f"must equal backbone.depth={self.backbone.depth} "
+                              f"(got {self.expert.depth}): expert layer i reads cache layer i")
+        token = self.stop_token_id
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < self.vocab_size:
+            raise ConfigError("stop_token_id", f"expected an id in [0, {self.vocab_size}), got {token!r}")
+        if not isinstance(self.non_causal_actions, bool):
+            raise ConfigError("non_causal_actions", f"expected a bool, got {self.non_causal_actions!r}")
+
+    @property
+    def variant(self) -> str:
+        return self.family
+
+    @property
+    def is_fast(self) -> bool:
+        return False
+
+    @property
+    def prefix(self) -> LlamaConfig:
+        return self.backbone
+
+    @property
+    def suffix_len(self) -> int:
+        return self.action_horizon
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AlpamayoExpertConfig":
+        data = dict(data)
+        data.pop("family", None)
+        try:
+            return cls(backbone=Qwen3Config(**data.pop("backbone")), expert=Qwen3Config(**data.pop("expert")),
+                       **data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError("config", f"not a vla_ros Alpamayo expert config ({exc})") from exc
+
+
 _SIGLIP_SO400M = VisionConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16)
 _GEMMA_2B = GemmaConfig(width=2048, depth=18, mlp_dim=16384, num_heads=8, num_kv_heads=1, head_dim=256)
 _GEMMA_300M = GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
@@ -360,7 +569,22 @@ _TINY_SMOLLM2_TEXT = LlamaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, nu
                                  rms_eps=1e-5, rope_theta=100000.0)
 _TINY_SMOLVLA_EXPERT = dataclasses.replace(_TINY_SMOLLM2_TEXT, width=48, mlp_dim=smolvla_expert_mlp_dim(48))
 
-NAMED_CONFIGS: dict[str, PolicyConfig | SmolVLAConfig] = {
+# The deep-fusion design of the notes at LLaVA-3D's sizes (its Llama-2-7B / Vicuna-7B language model:
+# no GQA, vocabulary 32000); the expert 1024 wide with a 4x MLP, its 16 layers on every second backbone layer.
+_LLAMA2_7B = LlamaConfig(width=4096, depth=32, mlp_dim=11008, num_heads=32, num_kv_heads=32, head_dim=128,
+                         rms_eps=1e-5, rope_theta=10000.0)
+_LLAVA3D_EXPERT = dataclasses.replace(_LLAMA2_7B, width=1024, depth=16, mlp_dim=4096)
+_TINY_LLAVA3D = LlamaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, num_kv_heads=4, head_dim=16,
+                            rms_eps=1e-5, rope_theta=10000.0)
+_TINY_LLAVA3D_EXPERT = dataclasses.replace(_TINY_LLAVA3D, width=32, depth=2, mlp_dim=128)
+# The "reason, then act" design at Qwen3-8B's sizes (its config.json); the expert copies the text config.
+# The tiny one has head_dim * heads (128) != width (64), as Qwen3 allows.
+_QWEN3_8B = Qwen3Config(width=4096, depth=36, mlp_dim=12288, num_heads=32, num_kv_heads=8, head_dim=128)
+_TINY_QWEN3 = Qwen3Config(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=2, head_dim=32)
+
+AnyConfig = PolicyConfig | SmolVLAConfig | FusionExpertConfig | AlpamayoExpertConfig
+
+NAMED_CONFIGS: dict[str, AnyConfig] = {
     "pi0": PolicyConfig("pi0", False, _SIGLIP_SO400M, _GEMMA_2B, _GEMMA_300M, max_token_len=48),
     "pi05": PolicyConfig("pi05", True, _SIGLIP_SO400M, _GEMMA_2B, _GEMMA_300M, max_token_len=200),
     "pi0-mid": PolicyConfig("pi0-mid", False, _MID_VISION, _MID_PREFIX, _MID_EXPERT, max_token_len=48),
@@ -382,11 +606,22 @@ NAMED_CONFIGS: dict[str, PolicyConfig | SmolVLAConfig] = {
     "smolvla": SmolVLAConfig("smolvla", _SMOLVLM_VISION, _SMOLLM2_TEXT, _SMOLVLA_EXPERT, vocab_size=49280),
     "smolvla-tiny": SmolVLAConfig(
         "smolvla-tiny", _TINY_SMOLVLM_VISION, _TINY_SMOLLM2_TEXT, _TINY_SMOLVLA_EXPERT, vocab_size=TINY_VOCAB
+    ),    "llava3d-expert": FusionExpertConfig(
+        "llava3d-expert", _LLAMA2_7B, _LLAVA3D_EXPERT, layer_map=every_nth_layer(32, 2), vocab_size=32000
+    ),
+    "llava3d-expert-tiny": FusionExpertConfig(
+        "llava3d-expert-tiny", _TINY_LLAVA3D, _TINY_LLAVA3D_EXPERT, layer_map=every_nth_layer(4, 2),
+        vocab_size=TINY_VOCAB,
+    ),
+    "alpamayo-expert": AlpamayoExpertConfig("alpamayo-expert", _QWEN3_8B, _QWEN3_8B, vocab_size=151936),
+    "alpamayo-expert-tiny": AlpamayoExpertConfig(
+        "alpamayo-expert-tiny", _TINY_QWEN3, _TINY_QWEN3, vocab_size=TINY_VOCAB, num_samples=3,
+        max_reasoning_tokens=8, stop_token_id=2,
     ),
 }
 
 
-def get_config(name: str, **overrides) -> PolicyConfig | SmolVLAConfig:
+def get_config(name: str, **overrides) -> AnyConfig:
     """A named configuration, optionally with fields replaced (e.g. vocab_size)."""
     if name not in NAMED_CONFIGS:
         close = difflib.get_close_matches(name, NAMED_CONFIGS, n=1)

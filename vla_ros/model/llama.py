@@ -98,12 +98,17 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm attention and MLP, each with a residual."""
+    """Pre-norm attention and MLP, each with a residual.
+
+    `attention_class`: the attention module (Qwen3's adds q/k norms, model/qwen3.py).
+    """
+
+    attention_class = LlamaAttention
 
     def __init__(self, cfg: LlamaConfig, kv_in: int | None = None):
         super().__init__()
         self.input_layernorm = LlamaRMSNorm(cfg.width, cfg.rms_eps)
-        self.self_attn = LlamaAttention(cfg, kv_in)
+        self.self_attn = self.attention_class(cfg, kv_in)
         self.post_attention_layernorm = LlamaRMSNorm(cfg.width, cfg.rms_eps)
         self.mlp = LlamaMLP(cfg.width, cfg.mlp_dim)
 
@@ -131,7 +136,10 @@ class LlamaStack(nn.Module):
 
     `cross_layers`: layers whose k_proj / v_proj read num_kv_heads * head_dim
     features (SmolVLA's cross-attention layers) instead of the width.
+    `layer_class`: the decoder layer (Qwen3's, model/qwen3.py).
     """
+
+    layer_class = LlamaDecoderLayer
 
     def __init__(self, cfg: LlamaConfig, vocab_size: int | None = None, cross_layers: Collection[int] = ()):
         super().__init__()
@@ -140,7 +148,7 @@ class LlamaStack(nn.Module):
             self.embed_tokens = nn.Embedding(vocab_size, cfg.width)
         kv_width = cfg.num_kv_heads * cfg.head_dim
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, kv_width if i in cross_layers else None) for i in range(cfg.depth)
+            self.layer_class(cfg, kv_width if i in cross_layers else None) for i in range(cfg.depth)
         )
         self.norm = LlamaRMSNorm(cfg.width, cfg.rms_eps)
 
