@@ -194,7 +194,7 @@ def test_every_parameter_has_a_description_and_a_kind():
         assert spec.description and spec.description[-1] in ".)", spec.name
         assert spec.kind in ("str", "bool", "int", "float", "str[]", "bool[]", "float[]")
     assert "cameras.right_wrist_0_rgb.transport" in names
-    assert [s for s in specs if s.name == "inference.mode"][0].choices == ("thread", "process")
+    assert [s for s in specs if s.name == "inference.mode"][0].choices == ("thread", "process", "remote")
 
 
 def test_parameter_file_sections(tmp_path):

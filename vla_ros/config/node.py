@@ -21,7 +21,7 @@ from vla_ros.config.outputs import (
     WatchdogSection,
 )
 from vla_ros.config.params_file import DEFAULT_NODE_NAME, load_parameters_file
-from vla_ros.config.policy import InferenceSection, PolicySection
+from vla_ros.config.policy import InferenceSection, PolicySection, RemoteSection
 from vla_ros.config.validate import _choice, _positive, BOOL, FLOAT, INT, param, section, STR, STR_LIST
 from vla_ros.errors import ConfigError
 
@@ -63,6 +63,7 @@ class NodeConfig:
     )
     policy: PolicySection = section(PolicySection, "How to load and run the checkpoint.")
     inference: InferenceSection = section(InferenceSection, "When and where inference runs.")
+    remote: RemoteSection = section(RemoteSection, "The policy server (inference.mode: remote).")
     prompt: PromptSection = section(PromptSection, "The language instruction.")
     joint_states: JointStatesSection = section(JointStatesSection, "Measured joint positions.")
     cameras: CamerasSection = section(CamerasSection, "Camera inputs.")

@@ -1,9 +1,11 @@
-"""The policy.* and inference.* sections: how to load and run the checkpoint, and when."""
+"""The policy.*, inference.* and remote.* sections: how to load and run the checkpoint, when, and where."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from urllib.parse import urlsplit
 
 from vla_ros.config.validate import (
     _choice,
@@ -31,6 +33,7 @@ from vla_ros.policy import (
     SAMPLE_AGGREGATES,
     SUFFIX_ENGINES,
 )
+from vla_ros.remote.obs_formats import FORMAT_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +208,9 @@ class InferenceSection:
 
     mode: str = param(
         "thread",
-        "Where the policy runs: a worker thread of the node, or a separate process "
-        "(shared memory for images and chunks) that cannot stall the control timer through the GIL.",
+        "Where the policy runs: a worker thread of the node, a separate process (shared memory for "
+        "images and chunks) that cannot stall the control timer through the GIL, or a policy server "
+        "(remote.*: openpi's websocket protocol, e.g. `vla-ros serve` on a GPU machine).",
         STR,
         INFERENCE_MODES,
     )
@@ -240,3 +244,75 @@ class InferenceSection:
         if math.isnan(self.retry_delay) or self.retry_delay < 0.0:
             raise ConfigError("inference.retry_delay", f"expected seconds >= 0, got {self.retry_delay}")
         _positive("inference.timeout", self.timeout)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteSection:
+    """The policy server of inference.mode 'remote' (docs/remote.md, "The node as a client").
+
+    There is deliberately no parameter that holds the API key: parameters end up in YAML files,
+    launch files, `ros2 param dump` and logs. `api_key_env` names the environment variable that
+    holds it, and only a variable name is accepted there.
+    """
+
+    uri: str = param(
+        "ws://127.0.0.1:8000",
+        "The policy server (openpi's websocket protocol: `vla-ros serve`, openpi's serve_policy.py): "
+        "ws://host:port or wss://host:port.",
+        STR,
+    )
+    obs_format: str = param(
+        "slots",
+        "Request convention the server takes: openpi's aloha, droid or libero, or vla_ros's slots "
+        "(cameras keyed by model slot).",
+        STR,
+        FORMAT_NAMES,
+    )
+    api_key_env: str = param(
+        "",
+        "Name of the environment variable holding the server's API key, sent as 'Authorization: Api-Key "
+        "<key>' ('' = no key). A variable name only: the key itself is never a parameter.",
+        STR,
+    )
+    connect_timeout: float = param(
+        5.0, "Seconds to open the connection and receive the server's metadata.", FLOAT
+    )
+    request_timeout: float = param(
+        10.0,
+        "Seconds from sending a request to its actions; then the inference counts as failed (hold) and "
+        "the connection is reopened.",
+        FLOAT,
+    )
+    reconnect_backoff_max: float = param(
+        5.0,
+        "Longest wait (s) between reconnection attempts; the wait doubles from 0.1 s after each failed "
+        "attempt up to this.",
+        FLOAT,
+    )
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.uri)
+        if "@" in parts.netloc:
+            raise ConfigError(
+                "remote.uri", "credentials in the URI are refused; put the API key in an environment "
+                "variable and name it in remote.api_key_env"
+            )
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ConfigError("remote.uri", f"expected ws://host:port or wss://host:port, got {self.uri!r}")
+        try:
+            parts.port
+        except ValueError:
+            raise ConfigError("remote.uri", f"bad port in {self.uri!r}") from None
+        _choice("remote.obs_format", self.obs_format, FORMAT_NAMES)
+        if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
+            # The value is not echoed: what is not a variable name here is most likely the key itself.
+            raise ConfigError(
+                "remote.api_key_env", "is not an environment variable name (letters, digits and '_', e.g. "
+                "VLA_ROS_API_KEY); put the API key itself in that variable, never in the parameters"
+            )
+        _positive("remote.connect_timeout", self.connect_timeout)
+        _positive("remote.request_timeout", self.request_timeout)
+        _positive("remote.reconnect_backoff_max", self.reconnect_backoff_max)

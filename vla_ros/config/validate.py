@@ -17,7 +17,7 @@ SECTION = "section"
 
 QOS_PROFILES = ("sensor_data", "reliable", "system_default")
 CAMERA_TRANSPORTS = ("raw", "compressed")
-INFERENCE_MODES = ("thread", "process")
+INFERENCE_MODES = ("thread", "process", "remote")
 TRIGGERS = ("threshold", "rate")
 
 

@@ -19,7 +19,10 @@ Two runners do the actual inference:
   through another, so only small metadata crosses the socket. Nothing of the
   policy's Python work runs under the node's GIL.
 
-Both pass a request's Real-Time Chunking guidance (``ChunkGuidance``,
+A third, ``vla_ros.remote.client.RemoteRunner`` (inference.mode remote), asks
+a policy server over openpi's websocket protocol (docs/remote.md).
+
+All pass a request's Real-Time Chunking guidance (``ChunkGuidance``,
 aggregation.mode rtc) on as ``policy.infer(obs, guidance=...)``; without
 guidance the policy is called as ``policy.infer(obs)``, so policies that
 do not know the keyword keep working in the other modes.
@@ -412,8 +415,19 @@ def make_runner(
     options: Any,
     timeout: float = 30.0,
     policy_factory: Callable[[], Any] | None = None,
+    remote: Any = None,
 ) -> Runner:
-    """'thread' -> ThreadRunner, 'process' -> ProcessRunner; ``policy_factory`` replaces loading."""
+    """'thread' -> ThreadRunner, 'process' -> ProcessRunner; ``policy_factory`` replaces loading.
+
+    'remote' -> vla_ros.remote.client.RemoteRunner for ``remote`` (NodeConfig.remote), connected and
+    holding the server's metadata; neither ``checkpoint`` nor ``policy_factory`` is used.
+    """
+    if mode == "remote":
+        from vla_ros.remote.client import RemoteRunner
+
+        if remote is None:
+            raise ValueError("inference mode 'remote' needs the remote.* section")
+        return RemoteRunner.from_config(remote, image_resize=getattr(options, "image_resize", "auto"))
     if mode == "process":
         return ProcessRunner(checkpoint, options, timeout=timeout, factory=policy_factory)
     if mode == "thread":

@@ -233,16 +233,20 @@ class VlaPolicyNode(LifecycleNode):
         self.configure_error = ""
         try:
             config = NodeConfig.from_flat(read_parameters(self))
-            if not config.checkpoint and self._policy_factory is None:
+            remote = config.inference.mode == "remote"
+            if not config.checkpoint and self._policy_factory is None and not remote:
                 raise ConfigError("checkpoint", "required: a checkpoint or exported artifact directory")
         except ConfigError as exc:
             return self._configure_failed(str(exc))
         options = config.policy.to_policy_options()
-        log.info(
-            f"loading the policy from '{config.checkpoint or 'policy_factory'}' "
-            f"(engine {options.engine}, precision {options.precision}, device {options.device}, "
-            f"inference in a {config.inference.mode}); a full-size checkpoint takes minutes"
-        )
+        if remote:
+            log.info(f"connecting to the policy server at {config.remote.uri} (inference.mode remote)")
+        else:
+            log.info(
+                f"loading the policy from '{config.checkpoint or 'policy_factory'}' "
+                f"(engine {options.engine}, precision {options.precision}, device {options.device}, "
+                f"inference in a {config.inference.mode}); a full-size checkpoint takes minutes"
+            )
         started = time.monotonic()
         try:
             with _Progress(log, "loading the policy"):
@@ -252,13 +256,21 @@ class VlaPolicyNode(LifecycleNode):
                     options,
                     timeout=config.inference.timeout,
                     policy_factory=self._policy_factory,
+                    remote=config.remote,
                 )
         except Exception as exc:  # a missing file, a bad engine: stay unconfigured, say why
+            if remote:
+                return self._configure_failed(
+                    str(exc) if isinstance(exc, ConfigError) else f"remote.uri: {type(exc).__name__}: {exc}"
+                )
             return self._configure_failed(
                 f"cannot load the policy from '{config.checkpoint}': {type(exc).__name__}: {exc}"
             )
         try:
             notes = check_config_fits(getattr(runner, "spec", None), config)
+            check_remote = getattr(runner, "check_config", None)  # the server's metadata (remote mode)
+            if check_remote is not None:
+                notes = notes + check_remote(config)
         except ConfigError as exc:
             runner.close()
             return self._configure_failed(str(exc))
@@ -322,6 +334,8 @@ class VlaPolicyNode(LifecycleNode):
                 f"norm stats: {spec.norm_stats or '?'} (state {spec.state_dim} dims, actions "
                 f"{spec.action_stats_dim} dims; robot {config.num_joints} joints)"
             )
+        elif hasattr(runner, "summary"):  # remote mode: the server's model
+            lines.append(runner.summary())
         else:
             lines.append("model: a policy_factory object (no spec; joints and norm stats not checked)")
         engine = getattr(runner, "description", None)
@@ -425,9 +439,10 @@ class VlaPolicyNode(LifecycleNode):
             )
         if config.debug.policy_images:
             self._images_pub = self.create_lifecycle_publisher(Image, "~/debug/policy_images", DEBUG_QOS)
-            spec = getattr(self.runner, "spec", None)
-            self._image_size = int(getattr(spec, "image_size", 0) or 224)
-            self._image_resize = getattr(spec, "image_resize", "") or "openpi"
+            # Remote mode has no spec: the runner has the server's size and the resize it applies.
+            source = getattr(self.runner, "spec", None) or self.runner
+            self._image_size = int(getattr(source, "image_size", 0) or 224)
+            self._image_resize = getattr(source, "image_resize", "") or "openpi"
 
         read_joint_state = joint_state_reader(
             config.joint_names, config.joint_states.merge_partial, config.joint_states.max_staleness
@@ -765,6 +780,9 @@ class VlaPolicyNode(LifecycleNode):
         values["timer.period_jitter_p99_ms"] = jitter["p99_ms"]
         values["timer.period_jitter_max_ms"] = jitter["max_ms"]
         values["inference.mode"] = self.runner.mode if self.runner is not None else ""
+        remote_status = getattr(self.runner, "status", None)  # remote mode: remote.connected, ...
+        if remote_status is not None:
+            values.update(remote_status())
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [
