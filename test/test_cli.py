@@ -28,7 +28,8 @@ def _fake_tool(monkeypatch, name, run):
 
 def test_registry_names_modules_after_subcommands():
     commands = [c for c, _, _ in cli.SUBCOMMANDS]
-    assert commands == ['infer', 'inspect', 'make-tiny', 'export', 'bench', 'replay', 'make-bag', 'demo']
+    assert commands == ['infer', 'inspect', 'make-tiny', 'export', 'bench', 'replay', 'make-bag', 'demo',
+                        'serve', 'sim', 'train']
     for command, module, help_text in cli.SUBCOMMANDS:
         assert module == 'vla_ros.tools.' + command.replace('-', '_')
         assert help_text and '\n' not in help_text

@@ -46,6 +46,11 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
      'write a synthetic rosbag of camera images and joint states'),
     ('demo', 'vla_ros.tools.demo',
      'make-tiny, export, make-bag and replay in one go, then print a summary'),
+    ('serve', 'vla_ros.tools.serve', "serve the policy over openpi's websocket protocol (docs/remote.md)"),
+    ('sim', 'vla_ros.tools.sim',
+     'a simulated planar arm for a robot profile; record expert demonstrations as rosbags'),
+    ('train', 'vla_ros.tools.train',
+     'train a small pi0 / pi0.5 policy from rosbags (flow matching, CPU; docs/training.md)'),
 )
 
 
