@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from vla_ros.model import masks
 from vla_ros.model.config import AlpamayoExpertConfig
-from vla_ros.model.fusion_expert import joint_forward
+from vla_ros.model.fusion_expert import BackboneWithExpert, joint_forward
 from vla_ros.model.gemma import KVCache
 from vla_ros.model.layers import linear, sincos_time_embedding
 from vla_ros.model.pi0 import euler_times
@@ -80,7 +80,7 @@ class _CacheRecorder:
         return logits, self.cache
 
 
-class AlpamayoExpertModel(nn.Module):
+class AlpamayoExpertModel(BackboneWithExpert):
     """Qwen3 `backbone` (+ `embed_tokens`) with its `lm_head`, the Qwen3 `expert` and the action heads."""
 
     def __init__(self, cfg: AlpamayoExpertConfig):
@@ -97,43 +97,18 @@ class AlpamayoExpertModel(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------
     @property
-    def stacks(self) -> list[Qwen3Stack]:
-        return [self.backbone, self.expert]
-
-    @property
     def layer_maps(self) -> list[tuple[int, ...]]:
         depth = self.cfg.backbone.depth
         return [tuple(range(depth)), tuple(range(depth))]
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.backbone.embed_tokens.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.embed_tokens.weight.device
-
-    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.embedding(tokens.long(), self.backbone.embed_tokens.weight)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states (..., W) -> fp32 logits (..., vocab)."""
         return linear(self.lm_head, hidden).float()
 
     # -- prompt and reasoning -------------------------------------------------------------------
-    def prompt_embeddings(self, tokens, token_masks, image_embeds=None, image_masks=None):
-        """Image embeddings (B, N, W) if any, then the prompt tokens: (B, N + L, W) and the pad mask."""
-        text, pad = self.embed_text(tokens), token_masks.bool()
-        if image_embeds is None:
-            return text, pad
-        if image_masks is None:
-            image_masks = torch.ones(image_embeds.shape[:2], dtype=torch.bool, device=pad.device)
-        embs = torch.cat([image_embeds.to(text.dtype), text], dim=1)
-        return embs, torch.cat([image_masks.bool(), pad], dim=1)
-
     def prefill(self, tokens, token_masks, image_embeds=None, image_masks=None) -> KVCache:
         """The prompt's cache (L, B, KV, P, hd), causal as a decoder LM, with the last real token's logits."""
-        embs, pad = self.prompt_embeddings(tokens, token_masks, image_embeds, image_masks)
+        embs, pad = self.prefix_embeddings(tokens, token_masks, image_embeds, image_masks)
         outputs, kv = joint_forward(
             self.stacks, [embs, None], self.layer_maps, masks.attention_mask(pad, torch.ones_like(pad)),
             masks.prefix_positions(pad), collect_kv=True,
@@ -218,7 +193,7 @@ class AlpamayoExpertModel(nn.Module):
         actions; the expert's action tokens see every real backbone token.
         """
         batch = x_t.shape[0]
-        prompt, prompt_pad = self.prompt_embeddings(tokens, token_masks, image_embeds, image_masks)
+        prompt, prompt_pad = self.prefix_embeddings(tokens, token_masks, image_embeds, image_masks)
         reasoning = torch.as_tensor(reasoning, dtype=torch.int64, device=prompt.device).view(1, -1)
         embs = torch.cat([prompt, self.embed_text(reasoning).expand(prompt.shape[0], -1, -1)], dim=1)
         reasoning_pad = torch.ones_like(prompt_pad[:, :1]).expand(-1, reasoning.shape[1])

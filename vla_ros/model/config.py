@@ -358,8 +358,45 @@ def every_nth_layer(depth: int, n: int) -> tuple[int, ...]:
     return tuple(range(n - 1, depth, n))
 
 
+class _ExpertDesign:
+    """What the two expert designs of the notes share: names, the prefix, and their JSON form.
+
+    Subclasses are frozen dataclasses with `family`, `backbone` and `expert`
+    fields; `_STACK` is the config class of both stacks.
+    """
+
+    _STACK: type = LlamaConfig
+    _WHAT = "expert design"
+
+    @property
+    def variant(self) -> str:
+        return self.family
+
+    @property
+    def is_fast(self) -> bool:
+        return False
+
+    @property
+    def prefix(self) -> LlamaConfig:
+        """The prefix language model, as pi0 configs name it."""
+        return self.backbone
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        data = dict(data)
+        data.pop("family", None)
+        try:
+            return cls(backbone=cls._STACK(**data.pop("backbone")), expert=cls._STACK(**data.pop("expert")),
+                       **data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError("config", f"not a vla_ros {cls._WHAT} config ({exc})") from exc
+
+
 @dataclasses.dataclass(frozen=True)
-class FusionExpertConfig:
+class FusionExpertConfig(_ExpertDesign):
     """The deep-fusion action expert of the notes (a LLaVA-3D-based VLA): Llama backbone + narrow expert.
 
     backbone: the Llama language model over the prefix (image embeddings and
@@ -390,6 +427,7 @@ class FusionExpertConfig:
     decode = None
     vision = None
     family = "llava3d-expert"
+    _WHAT = "deep-fusion expert"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "action_horizon", "action_dim"):
@@ -419,19 +457,6 @@ class FusionExpertConfig:
                                                          f"got {layer}")
 
     @property
-    def variant(self) -> str:
-        return self.family
-
-    @property
-    def is_fast(self) -> bool:
-        return False
-
-    @property
-    def prefix(self) -> LlamaConfig:
-        """The prefix language model, as pi0 configs name it."""
-        return self.backbone
-
-    @property
     def joint_layers(self) -> tuple[int, ...]:
         """The backbone layer each expert layer joins."""
         return tuple(range(self.expert.depth)) if self.layer_map is None else self.layer_map
@@ -440,19 +465,6 @@ class FusionExpertConfig:
     def suffix_len(self) -> int:
         return self.action_horizon + 1
 
-    def to_dict(self) -> dict:
-        return {"family": self.family, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FusionExpertConfig":
-        data = dict(data)
-        data.pop("family", None)
-        try:
-            return cls(backbone=LlamaConfig(**data.pop("backbone")), expert=LlamaConfig(**data.pop("expert")),
-                       **data)
-        except (KeyError, TypeError) as exc:
-            raise ConfigError("config", f"not a vla_ros deep-fusion expert config ({exc})") from exc
-
 
 # Qwen3's <|im_end|>: the named config's reasoning stop token. A checkpoint of the notes' design
 # sets its own (the id of the `<|traj_future_start|>` token it adds to the tokenizer).
@@ -460,7 +472,7 @@ QWEN3_IM_END = 151645
 
 
 @dataclasses.dataclass(frozen=True)
-class AlpamayoExpertConfig:
+class AlpamayoExpertConfig(_ExpertDesign):
     """The "reason, then act" design of the notes (Alpamayo-R1): Qwen3 backbone, expert over its cache.
 
     backbone: the Qwen3 language model; it runs causally over the prompt,
@@ -493,6 +505,8 @@ class AlpamayoExpertConfig:
     decode = None
     vision = None
     family = "alpamayo-expert"
+    _STACK = Qwen3Config
+    _WHAT = "Alpamayo expert"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "action_horizon", "action_dim", "num_samples", "max_reasoning_tokens"):
@@ -508,33 +522,8 @@ class AlpamayoExpertConfig:
             raise ConfigError("non_causal_actions", f"expected a bool, got {self.non_causal_actions!r}")
 
     @property
-    def variant(self) -> str:
-        return self.family
-
-    @property
-    def is_fast(self) -> bool:
-        return False
-
-    @property
-    def prefix(self) -> LlamaConfig:
-        return self.backbone
-
-    @property
     def suffix_len(self) -> int:
         return self.action_horizon
-
-    def to_dict(self) -> dict:
-        return {"family": self.family, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AlpamayoExpertConfig":
-        data = dict(data)
-        data.pop("family", None)
-        try:
-            return cls(backbone=Qwen3Config(**data.pop("backbone")), expert=Qwen3Config(**data.pop("expert")),
-                       **data)
-        except (KeyError, TypeError) as exc:
-            raise ConfigError("config", f"not a vla_ros Alpamayo expert config ({exc})") from exc
 
 
 _SIGLIP_SO400M = VisionConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16)

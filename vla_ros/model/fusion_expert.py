@@ -134,7 +134,44 @@ def joint_forward(
     return outputs, kv
 
 
-class FusionExpertModel(nn.Module):
+class BackboneWithExpert(nn.Module):
+    """A language `backbone` (with `embed_tokens`) and an action `expert`, run together by `joint_forward`.
+
+    What the two designs of the notes share (FusionExpertModel, AlpamayoExpertModel);
+    subclasses make `backbone` and `expert` and say which layers meet (`layer_maps`).
+    """
+
+    @property
+    def stacks(self) -> list[nn.Module]:
+        return [self.backbone, self.expert]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.backbone.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embed_tokens.weight.device
+
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; Llama and Qwen3 do not scale them."""
+        return F.embedding(tokens.long(), self.backbone.embed_tokens.weight)
+
+    def prefix_embeddings(self, tokens, token_masks, image_embeds=None, image_masks=None):
+        """Prefix embeddings (B, N + L, W) and pad mask: image embeddings (B, N, W), then the prompt.
+
+        image_masks (B, N), default all real.
+        """
+        text, pad = self.embed_text(tokens), token_masks.bool()
+        if image_embeds is None:
+            return text, pad
+        if image_masks is None:
+            image_masks = torch.ones(image_embeds.shape[:2], dtype=torch.bool, device=pad.device)
+        embs = torch.cat([image_embeds.to(text.dtype), text], dim=1)
+        return embs, torch.cat([image_masks.bool(), pad], dim=1)
+
+
+class FusionExpertModel(BackboneWithExpert):
     """Llama `backbone` (+ `embed_tokens`) and the narrow Llama `expert`, with pi0's suffix heads."""
 
     def __init__(self, cfg: FusionExpertConfig):
@@ -151,36 +188,10 @@ class FusionExpertModel(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------
     @property
-    def stacks(self) -> list[LlamaStack]:
-        return [self.backbone, self.expert]
-
-    @property
     def layer_maps(self) -> list[tuple[int, ...]]:
         return [tuple(range(self.cfg.backbone.depth)), self.cfg.joint_layers]
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.backbone.embed_tokens.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.embed_tokens.weight.device
-
     # -- prefix -----------------------------------------------------------------------------
-    def prefix_embeddings(self, tokens, token_masks, image_embeds=None, image_masks=None):
-        """Prefix embeddings (B, N + L, W) and pad mask: image embeddings (B, N, W), then the prompt.
-
-        Llama does not scale its token embeddings. image_masks (B, N), default all real.
-        """
-        text = F.embedding(tokens.long(), self.backbone.embed_tokens.weight)
-        pad = token_masks.bool()
-        if image_embeds is None:
-            return text, pad
-        if image_masks is None:
-            image_masks = torch.ones(image_embeds.shape[:2], dtype=torch.bool, device=pad.device)
-        embs = torch.cat([image_embeds.to(text.dtype), text], dim=1)
-        return embs, torch.cat([image_masks.bool(), pad], dim=1)
-
     def embed_prefix(self, tokens, token_masks, image_embeds=None, image_masks=None) -> KVCache:
         """The cache: K/V (expert depth, B, KV, P, hd) of the backbone layers the expert joins."""
         embs, pad = self.prefix_embeddings(tokens, token_masks, image_embeds, image_masks)
