@@ -25,6 +25,9 @@ setup(
     description='Run pi0 / pi0.5 vision-language-action policies as a ROS 2 node.',
     license='Apache-2.0',
     python_requires='>=3.10',
+    # `pip install .[fleet]`: Ray Serve for `vla-ros serve --ray` (a fleet of policy replicas). Not
+    # needed on a robot, which only talks to a server (websockets + msgpack, requirements.txt).
+    extras_require={'fleet': ['ray[serve]>=2.60']},
     entry_points={
         'console_scripts': [
             'vla-ros = vla_ros.tools.cli:main',

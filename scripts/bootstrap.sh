@@ -19,10 +19,14 @@
 #   onnxruntime-gpu (both provide the `onnxruntime` module, so one venv holds
 #   one of them): for CPU-only robots, whose exported prefix then runs in bf16
 #   on OpenVINO (about 2x onnxruntime's CPU provider, see the README).
+# - VLA_ROS_FLEET=1 also installs the `fleet` extra, Ray Serve (ray[serve], about
+#   80 MB), for `vla-ros serve --ray` on a GPU server; off by default (a robot
+#   that asks a server for actions needs none of it).
 #
 # Prints one line saying what it did. On a pip failure it prints the tail of the
 # pip log and exits non-zero. Environment: VENV, PYTHON (interpreter used to
-# create the venv; default python3), ONNXRUNTIME (gpu, the default, or openvino).
+# create the venv; default python3), ONNXRUNTIME (gpu, the default, or openvino),
+# VLA_ROS_FLEET (0, the default, or 1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +42,11 @@ ONNXRUNTIME="${ONNXRUNTIME:-gpu}"
 case "$ONNXRUNTIME" in
     gpu | openvino) ;;
     *) echo "bootstrap: error: ONNXRUNTIME must be 'gpu' or 'openvino', got '$ONNXRUNTIME'" >&2; exit 1 ;;
+esac
+VLA_ROS_FLEET="${VLA_ROS_FLEET:-0}"
+case "$VLA_ROS_FLEET" in
+    0 | 1) ;;
+    *) echo "bootstrap: error: VLA_ROS_FLEET must be 0 or 1, got '$VLA_ROS_FLEET'" >&2; exit 1 ;;
 esac
 STAMP="$VENV/.vla_ros_bootstrap_stamp"
 LOG="$VENV/bootstrap-pip.log"
@@ -70,6 +79,7 @@ compute_hash() {
         echo "version=$version"
         echo "ros_mode=$ros_mode"
         echo "onnxruntime=$ONNXRUNTIME"
+        echo "fleet=$VLA_ROS_FLEET"
         echo "python=$("$VENV/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null || echo none)"
         for f in requirements.txt requirements-ros.txt setup.py setup.cfg; do
             echo "== $f"
@@ -143,7 +153,16 @@ pip_run install -q "${req_args[@]}"
 # (requirements.txt says why); websockets and msgpack come from requirements.txt.
 pip_run install -q --no-deps openpi-client==0.1.2 openpi-server==0.1.0
 pip_run install -q --no-deps -e .
+if [ "$VLA_ROS_FLEET" = "1" ]; then
+    # The `fleet` extra of setup.py (kept in step with it), under the same numpy constraint.
+    fleet_args=("ray[serve]>=2.60")
+    if [ "$ros_mode" != "pip" ] && [ -f "$VENV/bootstrap-constraints.txt" ]; then
+        fleet_args+=(-c "$VENV/bootstrap-constraints.txt")
+    fi
+    pip_run install -q "${fleet_args[@]}"
+fi
 echo "$hash" >"$STAMP"
 
 what="${created:+$created, }installed requirements and vla_ros $version (editable)"
+[ "$VLA_ROS_FLEET" = "1" ] && what="$what with Ray Serve (fleet)"
 echo "bootstrap: $what into ${VENV#"$ROOT"/} in $((SECONDS - start)) s (ROS 2 from $ros_mode, onnxruntime-$ONNXRUNTIME)"

@@ -287,6 +287,14 @@ class PolicyServer:
         finally:
             self._queue.close()
 
+    def start_workers(self) -> None:
+        """Start the inference threads alone, for a host with its own websocket layer (remote.fleet).
+
+        Then `reply_frame` answers requests. `serve` starts them itself.
+        """
+        if self._queue is None:
+            self._queue = InferenceQueue(self._replicas)
+
     def serve_forever(self, on_ready: Callable[["PolicyServer"], None] | None = None) -> None:
         """Serve in this thread until interrupted (Ctrl-C raises KeyboardInterrupt out of here)."""
         asyncio.run(self.serve(on_ready))
@@ -344,6 +352,10 @@ class PolicyServer:
             )
         return None
 
+    def accepts_key(self, header: str | None) -> bool:
+        """Whether a connection with this `Authorization` header may open (always, without an API key)."""
+        return self._api_key is None or self._authorized(header)
+
     def _authorized(self, header: str | None) -> bool:
         if not header:
             return False
@@ -365,23 +377,32 @@ class PolicyServer:
             await websocket.send(self._metadata_bytes)
             async for message in websocket:
                 start = time.perf_counter()
-                reply = await self._answer(message)
-                if isinstance(reply, dict):
-                    reply["server_timing"]["total_ms"] = (time.perf_counter() - start) * 1e3
-                    if prev_total_ms is not None:
-                        reply["server_timing"]["prev_total_ms"] = prev_total_ms
-                    try:
-                        reply = codec.encode(reply)
-                    except codec.CodecError as exc:  # a policy that returned what msgpack cannot carry
-                        log.error("cannot encode the reply: %s", exc)
-                        reply = error_text("internal error", f"the reply cannot be encoded: {exc}")
-                await websocket.send(reply)
+                await websocket.send(await self.reply_frame(message, prev_total_ms))
                 prev_total_ms = (time.perf_counter() - start) * 1e3
         except ConnectionClosed:
             pass
         finally:
             self.connections -= 1
             log.info("connection from %s closed", peer)
+
+    async def reply_frame(self, message: Any, prev_total_ms: float | None = None) -> bytes | str:
+        """The frame answering one request message: msgpack bytes, or an error frame's text.
+
+        What `serve` sends per message; vla_ros.remote.fleet's Ray Serve replicas send the same.
+        `prev_total_ms`: the connection's previous request, arrival to sent (openpi's key).
+        """
+        start = time.perf_counter()
+        reply = await self._answer(message)
+        if isinstance(reply, dict):
+            reply["server_timing"]["total_ms"] = (time.perf_counter() - start) * 1e3
+            if prev_total_ms is not None:
+                reply["server_timing"]["prev_total_ms"] = prev_total_ms
+            try:
+                reply = codec.encode(reply)
+            except codec.CodecError as exc:  # a policy that returned what msgpack cannot carry
+                log.error("cannot encode the reply: %s", exc)
+                reply = error_text("internal error", f"the reply cannot be encoded: {exc}")
+        return reply
 
     async def _answer(self, message: Any) -> dict | str:
         """The reply to one message: a dict (sent as msgpack) or an error frame's text."""

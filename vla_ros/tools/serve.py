@@ -8,6 +8,10 @@ Security: the server binds 127.0.0.1 unless --host says otherwise (any other add
 warning); --api-key-env NAME requires the header `Authorization: Api-Key <key>` with the key
 read from the environment variable NAME (never from the command line, where `ps` shows it);
 requests are msgpack with numpy arrays only, never pickle.
+
+`--ray` deploys the same server as a Ray Serve application (vla_ros/remote/fleet.py): `--replicas`
+copies of the policy, one per GPU or CPU slot, placed by Ray on the cluster of `--ray-address`
+(default: a new one on this machine, on loopback); robots see the same protocol.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from vla_ros.errors import ConfigError
 
 # --robot-transform auto: the transform openpi's policies of each format apply to their inputs.
 AUTO_TRANSFORMS = {"aloha": "aloha"}
+DEFAULT_MAX_MESSAGE_MB = 64.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_REQUEST_TIMEOUT_S:g})",
     )
     parser.add_argument(
-        "--max-message-mb", type=float, default=64.0, metavar="MB",
-        help="larger requests get an error frame (default 64; twice that closes the connection)",
+        "--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_MB, metavar="MB",
+        help="larger requests get an error frame (default 64, at most 8 with --ray; twice that closes the "
+        "connection)",
     )
     parser.add_argument(
         "--replicas", type=int, default=1,
-        help="copies of the policy in this process, each with its own inference thread (default 1)",
+        help="copies of the policy: in this process, each with its own inference thread; with --ray, Ray "
+        "Serve replicas, one per GPU (else per CPU slot) (default 1)",
+    )
+    parser.add_argument(
+        "--ray", action="store_true",
+        help="serve from a Ray Serve application (optional extra: pip install 'vla_ros[fleet]')",
+    )
+    parser.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="--ray: the cluster to join ('auto': the one `ray start` built on this machine, or "
+        "HOST:PORT of its head); default: a new single-machine cluster with every port on loopback",
     )
     parser.add_argument("--default-prompt", help="prompt of requests that carry none (default: required)")
     parser.add_argument(
@@ -93,11 +109,15 @@ def api_key_from_env(name: str | None) -> str | None:
     return value.strip()
 
 
-def build_server(args: argparse.Namespace, log=print):
-    """The PolicyServer the arguments describe, policies loaded (ConfigError: bad flags, before the load)."""
+def server_settings(args: argparse.Namespace, log=print) -> dict:
+    """What a server needs from the arguments, checked against the checkpoint without loading it.
+
+    Keys: fmt, api_key, options (PolicyOptions), directory, spec, load (Policy.from_checkpoint or
+    Policy.from_artifacts), max_message_bytes. ConfigError for bad flags.
+    """
     from vla_ros.policy import check_fits, Policy, read_spec
     from vla_ros.remote.obs_formats import get_format, PolicyShape
-    from vla_ros.remote.server import is_loopback, PolicyServer
+    from vla_ros.remote.server import is_loopback
     from vla_ros.tools.infer import policy_options
 
     fmt = get_format(args.obs_format)
@@ -135,12 +155,79 @@ def build_server(args: argparse.Namespace, log=print):
             file=sys.stderr,
         )
     load = Policy.from_artifacts if args.artifacts else Policy.from_checkpoint
-    policies = [load(directory, options) for _ in range(args.replicas)]
+    return dict(fmt=fmt, api_key=api_key, options=options, directory=directory, spec=spec, load=load,
+                max_message_bytes=int(args.max_message_mb * 2**20))
+
+
+def build_server(args: argparse.Namespace, log=print):
+    """The PolicyServer the arguments describe, policies loaded (ConfigError: bad flags, before the load)."""
+    from vla_ros.remote.server import PolicyServer
+
+    s = server_settings(args, log)
+    policies = [s["load"](s["directory"], s["options"]) for _ in range(args.replicas)]
     return PolicyServer(
-        policies, fmt, spec=policies[0].spec, host=args.host, port=args.port, api_key=api_key,
-        request_timeout=args.request_timeout, max_message_bytes=int(args.max_message_mb * 2**20),
+        policies, s["fmt"], spec=policies[0].spec, host=args.host, port=args.port, api_key=s["api_key"],
+        request_timeout=args.request_timeout, max_message_bytes=s["max_message_bytes"],
         default_prompt=args.default_prompt,
     )
+
+
+def run_fleet(args: argparse.Namespace, log=print) -> int:
+    """`--ray`: deploy the server on Ray Serve and keep it up until Ctrl-C."""
+    import functools
+    import time
+
+    from vla_ros.remote import fleet
+
+    fleet.require_ray()
+    if args.replicas < 1:
+        raise ConfigError("--replicas", f"expected at least 1, got {args.replicas}")
+    if not 0 < args.port <= 65535:
+        raise ConfigError("--port", f"--ray needs a fixed port, 1..65535; got {args.port}")
+    s = server_settings(args, log)
+    max_bytes = s["max_message_bytes"]
+    if max_bytes > fleet.MAX_MESSAGE_BYTES:
+        if args.max_message_mb != DEFAULT_MAX_MESSAGE_MB:
+            log(f"note: --ray caps --max-message-mb at {fleet.MAX_MESSAGE_BYTES / 2**20:g} (Ray's proxy "
+                f"closes connections on messages over {fleet.PROXY_MAX_MESSAGE_BYTES / 2**20:g} MiB)",
+                file=sys.stderr)
+        max_bytes = fleet.MAX_MESSAGE_BYTES
+    if args.ray_address:
+        fleet.connect_cluster(args.ray_address)
+    else:
+        fleet.start_local_cluster()
+    try:
+        gpus = fleet.cluster_gpus() if args.device in ("auto", "cuda") else 0
+        have, unit = (gpus, "GPU") if gpus else (fleet.cluster_cpus(), "CPU slot")
+        if args.replicas > have:
+            problem = (f"{args.replicas} replicas take one {unit} each; the cluster has {have}"
+                       + ("" if args.ray_address else " (pass --ray-address of a larger cluster)"))
+            if not args.ray_address:
+                raise ConfigError("--replicas", problem)
+            log(f"warning: {problem}: Ray starts the others when nodes join", file=sys.stderr)
+        config = fleet.ReplicaConfig(
+            functools.partial(s["load"], s["directory"], s["options"]), s["fmt"].name, api_key=s["api_key"],
+            request_timeout=args.request_timeout, max_message_bytes=max_bytes,
+            default_prompt=args.default_prompt,
+        )
+        fleet.start_proxy(args.host, args.port)
+        log(f"deploying {args.replicas} replica(s) on Ray Serve (one {unit} each)", flush=True)
+        fleet.deploy(fleet.build_app(config, args.replicas, fleet.actor_options(gpus > 0)))
+        spec = s["spec"]
+        key = " (API key required)" if s["api_key"] else ""
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        log(
+            f"serving {spec.checkpoint} ({spec.config_name}, horizon {spec.action_horizon}) from "
+            f"{args.replicas} Ray Serve replica(s) on ws://{host}:{args.port}{key}; obs format "
+            f"{s['fmt'].name}; health: http://{host}:{args.port}/healthz",
+            flush=True,
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        fleet.shutdown()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
     # Connections opening and closing, refused keys, policy errors: vla_ros.remote logs them at INFO.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("vla_ros.remote").setLevel(logging.INFO)
+    if args.ray:
+        return run_fleet(args)
+    if args.ray_address:
+        raise ConfigError("--ray-address", "needs --ray")
     server = build_server(args)
     spec = server.spec
 
