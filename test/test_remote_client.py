@@ -9,6 +9,7 @@ rclpy node in remote mode over real DDS while its openpi server is killed and re
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,8 @@ from vla_ros.remote.client import read_api_key, RemoteRunner
 from vla_ros.remote.server import PolicyServer
 from vla_ros.ros.node import make_executor, VlaPolicyNode
 from vla_ros.types import ActionChunk, CAMERA_KEYS, ChunkGuidance, RawObservation, RTCSettings
+from websockets.asyncio.server import serve as ws_serve
+from websockets.protocol import State as WsState
 
 # openpi-client 0.1.2's server module connects the way websockets >= 14 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager")
@@ -155,6 +158,86 @@ def _wait_listening(port, timeout=30.0):
     raise AssertionError(f"nothing listens on port {port} after {timeout} s")
 
 
+class ScriptedServer:
+    """A plain websockets server in a thread that misbehaves on purpose, one behaviour per connection.
+
+    `plan`: what the next connections do with their first request (then they answer as `answer`):
+    "close" (close without a reply), "fragment" (send the first fragment of a reply, then fail),
+    "stale" (a reply stamped with another observation time); once the plan is used up, connections
+    answer every request. `metadata_delay`: seconds before the metadata. Records the requests it
+    received (`requests`: their states) and the connections that ended (`ended`).
+    """
+
+    def __init__(self, plan=(), metadata_delay=0.0, metadata=None):
+        self.plan, self.metadata_delay = list(plan), metadata_delay
+        self.metadata = metadata or {"obs_format": "slots", "action_dim": N}
+        self.requests, self.ended = [], 0
+        self.loop = asyncio.new_event_loop()
+        self.port = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def uri(self):
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def _handler(self, ws):
+        behaviour = self.plan.pop(0) if self.plan else "answer"
+        try:
+            await asyncio.sleep(self.metadata_delay)
+            await ws.send(codec.encode(self.metadata))
+            async for message in ws:
+                request = codec.decode(message)
+                self.requests.append(np.asarray(request["state"]))
+                if behaviour == "close":
+                    await ws.close()
+                    return
+                if behaviour == "fragment":
+                    async def fragments():
+                        yield b"\x81\xa7actions"  # the start of a reply, then the server fails
+                        raise RuntimeError("the server died mid-reply")
+
+                    try:
+                        await ws.send(fragments())
+                    except RuntimeError:
+                        pass
+                    return
+                stamp = float(request.get("timestamp", 0.0)) - (1.0 if behaviour == "stale" else 0.0)
+                behaviour = "answer"
+                actions = np.tile(np.asarray(request["state"], np.float32), (4, 1))
+                await ws.send(codec.encode({"actions": actions, "timestamp": stamp}))
+        finally:
+            self.ended += 1
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.stop = asyncio.Event()
+
+        async def main():
+            async with ws_serve(self._handler, "127.0.0.1", 0, compression=None) as server:
+                self.port = next(iter(server.sockets)).getsockname()[1]
+                self.ready.set()
+                await self.stop.wait()
+
+        self.loop.run_until_complete(main())
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+
+
+def _wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
 @pytest.fixture(scope="module")
 def tiny_policy(tiny_checkpoint):
     return Policy.from_checkpoint(tiny_checkpoint, PolicyOptions(device="cpu", precision="fp32"))
@@ -208,6 +291,133 @@ def test_remote_actions_equal_in_process_inference(tiny_policy):
             runner.close()
 
 
+class Failing(Double):
+    """Double that raises while `fail` is set."""
+
+    fail = False
+
+    def infer(self, obs, noise=None, guidance=None):
+        if self.fail:
+            raise ValueError("boom")
+        return super().infer(obs, noise, guidance)
+
+
+def test_a_vla_ros_server_connection_stays_open_after_an_error_frame():
+    double = Failing()
+    obs = observation(np.random.default_rng(5), keys=("base_0_rgb",))
+    with PolicyServer(double, "slots", port=0) as server:
+        runner = RemoteRunner(f"ws://127.0.0.1:{server.port}", "slots")
+        try:
+            assert "error_frames" in runner.metadata  # how vla-ros serve says that it keeps the connection
+            ws = runner._ws
+            double.fail = True
+            with pytest.raises(EngineError, match="with an error: internal error: ValueError: boom$"):
+                runner.infer(obs)
+            assert runner.connected and runner._ws is ws
+            double.fail = False
+            assert runner.infer(obs).actions.shape == (4, N)
+            assert runner._ws is ws and runner.reconnects == 0
+        finally:
+            runner.close()
+
+
+def test_a_server_back_with_another_checkpoint_is_refused_until_reconfigured():
+    obs = observation(np.random.default_rng(6), keys=("base_0_rgb",))
+    identity = {"checkpoint": "/ckpt/a", "config_name": "pi0_a", "noise_shape": [4, N]}
+    server = PolicyServer(Double(), "slots", port=0, metadata=identity).start()
+    port = server.port
+    runner = RemoteRunner(f"ws://127.0.0.1:{port}", "slots", reconnect_backoff_max=0.1)
+    try:
+        assert runner.infer(obs).actions.shape == (4, N)
+        for key, value in [("checkpoint", "/ckpt/b"), ("config_name", "pi0_b"), ("noise_shape", [4, 32])]:
+            server.stop()
+            server = PolicyServer(Double(), "slots", port=port, metadata={**identity, key: value}).start()
+            for _ in range(2):  # refused at every attempt, not only the first
+                time.sleep(0.15)  # the backoff
+                changed = f"now serves another policy: {key} {value!r} (was {identity[key]!r})"
+                with pytest.raises(EngineError, match=re.escape(changed)):
+                    runner.infer(obs)
+        server.stop()
+        server = PolicyServer(Double(), "slots", port=port, metadata=identity).start()  # the same again
+        time.sleep(0.15)
+        assert runner.infer(obs).actions.shape == (4, N)
+    finally:
+        runner.close()
+        server.stop()
+
+
+def test_a_reply_stamped_with_another_observation_time_is_refused():
+    obs = observation(np.random.default_rng(7), timestamp=12.5, keys=("base_0_rgb",))
+    with ScriptedServer(["stale"]) as server:
+        runner = RemoteRunner(server.uri, "slots")
+        try:
+            stale = r"reply stamped 11.5, not the request's observation time 12.5"
+            with pytest.raises(EngineError, match=stale):
+                runner.infer(obs)
+            assert not runner.connected  # out of step: the next request starts on a new connection
+            chunk = runner.infer(obs)
+            assert chunk.timestamp == 12.5 and runner.reconnects == 1
+            np.testing.assert_allclose(chunk.actions[0], obs.state)
+        finally:
+            runner.close()
+
+
+def test_a_request_lost_with_its_connection_before_any_reply_is_sent_once_more():
+    obs = observation(np.random.default_rng(8), keys=("base_0_rgb",))
+    # The server closes the connection after reading the request: sent again on a new connection.
+    with ScriptedServer(["close"]) as server:
+        runner = RemoteRunner(server.uri, "slots")
+        try:
+            chunk = runner.infer(obs)
+            np.testing.assert_allclose(chunk.actions[0], obs.state)
+            assert len(server.requests) == 2 and runner.reconnects == 1
+            assert runner.status()["remote.last_error"] == ""
+        finally:
+            runner.close()
+    # Once only: a second loss fails the request.
+    with ScriptedServer(["close", "close"]) as server:
+        runner = RemoteRunner(server.uri, "slots")
+        try:
+            with pytest.raises(EngineError, match="lost the connection to the policy server"):
+                runner.infer(obs)
+            assert len(server.requests) == 2
+            assert runner.infer(obs).actions.shape == (4, N)  # and the next request reconnects
+        finally:
+            runner.close()
+    # Part of a reply came: the server may have answered, so the request is not sent again.
+    with ScriptedServer(["fragment"]) as server:
+        runner = RemoteRunner(server.uri, "slots")
+        try:
+            with pytest.raises(EngineError, match="lost the connection to the policy server"):
+                runner.infer(obs)
+            assert len(server.requests) == 1
+        finally:
+            runner.close()
+
+
+def test_close_while_connecting_leaves_no_connection_open_and_sends_nothing():
+    obs = observation(np.random.default_rng(9), keys=("base_0_rgb",))
+    with ScriptedServer(metadata_delay=1.0) as server:  # a busy server: the metadata comes late
+        runner = RemoteRunner(server.uri, "slots", connect=False)
+        result = []
+
+        def work():
+            try:
+                result.append(runner.infer(obs))
+            except Exception as exc:  # checked below
+                result.append(exc)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        time.sleep(0.3)  # infer is inside the connection attempt
+        runner.close()
+        thread.join(10)
+        assert isinstance(result[0], EngineError) and "closed" in str(result[0]), result
+        assert server.requests == [], "a request went out after close()"
+        assert runner._ws is None and not runner.connected
+        assert _wait_until(lambda: server.ended == 1, 5.0), "the connection opened during close() stays open"
+
+
 def test_api_key_comes_from_the_named_environment_variable(monkeypatch):
     monkeypatch.setenv("VLA_ROS_TEST_REMOTE_KEY", "s3cret")
     with PolicyServer(Double(), "slots", port=0, api_key="s3cret") as server:
@@ -251,6 +461,27 @@ def test_remote_parameters():
 
 
 # --- against the real openpi-server ----------------------------------------------------
+
+
+def test_after_an_openpi_error_frame_the_next_request_reconnects_cleanly():
+    # openpi's server sends its error frame, then closes (1011): the runner drops that connection at
+    # once, so the next request opens a new one instead of meeting the closing one.
+    policy = OpenpiPolicy(horizon=10)
+    obs = observation(np.random.default_rng(4), timestamp=3.5)
+    with OpenpiServer(policy, free_port(), metadata={"action_dim": N}) as server:
+        runner = RemoteRunner(f"ws://127.0.0.1:{server.port}", "aloha")
+        try:
+            for i in range(8):
+                policy.fail = True
+                with pytest.raises(EngineError, match=r"with an error: ValueError: the policy exploded$"):
+                    runner.infer(obs)
+                assert not runner.connected
+                policy.fail = False
+                chunk = runner.infer(obs)
+                assert chunk.actions.shape == (10, N) and runner.last_error == ""
+                assert runner.reconnects == i + 1
+        finally:
+            runner.close()
 
 
 def test_remote_runner_against_openpis_websocket_policy_server():
@@ -297,6 +528,8 @@ def test_a_server_that_never_answers_fails_within_the_timeouts():
     double = Double(blocked=True)
     rng = np.random.default_rng(2)
     obs = observation(rng, keys=("base_0_rgb",))
+    later = observation(rng, timestamp=13.0, keys=("base_0_rgb",))  # another state: a late reply shows
+    assert not np.allclose(later.state, obs.state)
     with PolicyServer(double, "slots", port=0, request_timeout=60) as server:
         runner = RemoteRunner(f"ws://127.0.0.1:{server.port}", "slots", request_timeout=0.5)
         t0 = time.monotonic()
@@ -306,8 +539,10 @@ def test_a_server_that_never_answers_fails_within_the_timeouts():
         assert 0.5 <= elapsed < 0.5 + 1.0, elapsed
         assert not runner.connected and "request_timeout" in runner.status()["remote.last_error"]
         double.release.set()
-        np.testing.assert_allclose(runner.infer(obs).actions[:, 0], obs.state[0] + np.arange(4))
-        assert runner.reconnects == 1
+        # The timed-out request's late reply must not answer this one.
+        chunk = runner.infer(later)
+        np.testing.assert_allclose(chunk.actions, later.state[None] + np.arange(4, dtype=np.float32)[:, None])
+        assert chunk.timestamp == 13.0 and runner.reconnects == 1
         runner.close()
     # A port that accepts TCP connections and never answers the websocket handshake.
     with socket.socket() as silent:
@@ -338,8 +573,9 @@ def test_reconnects_with_capped_exponential_backoff_when_the_server_returns():
         assert runner.infer(obs).actions.shape == (4, N)
         server.stop()
         deadline = time.monotonic() + 10
-        while runner.connected and time.monotonic() < deadline:
+        while runner._ws.state is not WsState.CLOSED and time.monotonic() < deadline:  # not merely CLOSING
             time.sleep(0.01)
+        assert runner._ws.state is WsState.CLOSED
         assert not runner.connected and runner.status()["remote.connected"] is False
         waits = []
         for _ in range(5):  # each attempt refused; the wait doubles from 0.1 s up to the cap

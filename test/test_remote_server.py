@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import struct
 import subprocess
 import sys
 import threading
@@ -372,6 +373,93 @@ def test_network_io_does_not_wait_for_inference_and_timeouts_answer():
             first.send(codec.encode(_slots_request((7.0,))))
             reply = codec.decode(first.recv(timeout=10))
             np.testing.assert_array_equal(reply["actions"][:, 0], [7, 8, 9, 10])
+
+
+class SlowPolicy:
+    """A Policy test double that waits for `gate`, then takes `seconds`; counts its calls."""
+
+    spec = None
+
+    def __init__(self, seconds):
+        self.seconds, self.calls = seconds, 0
+        self.started, self.gate = threading.Event(), threading.Event()
+
+    def infer(self, obs, noise=None, guidance=None):
+        self.calls += 1
+        self.started.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        time.sleep(self.seconds)
+        return ActionChunk(np.zeros((4, len(obs.state)), np.float32), obs.timestamp, {"total": self.seconds})
+
+
+def _wait_until(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_requests_of_clients_that_have_gone_are_dropped():
+    policy = SlowPolicy(0.2)
+    request = codec.encode(_slots_request())
+    with PolicyServer(policy, "slots", port=0, request_timeout=60) as server:
+        uri = f"ws://127.0.0.1:{server.port}"
+        with connect(uri, compression=None) as ws:  # its request runs (held at the gate), then it goes
+            ws.recv(timeout=10)
+            ws.send(request)
+            assert policy.started.wait(10)
+        for _ in range(20):  # 20 clients leave a request each and go
+            ws = connect(uri, compression=None)
+            ws.recv(timeout=10)
+            ws.send(request)
+            ws.close()
+        _wait_until(lambda: server.connections == 0, 5.0)
+        policy.gate.set()
+        with connect(uri, compression=None) as ws:
+            ws.recv(timeout=10)
+            t0 = time.perf_counter()
+            ws.send(request)
+            reply = ws.recv(timeout=60)
+            latency = time.perf_counter() - t0
+        assert not isinstance(reply, str), reply
+        # The request already running finished (and was discarded); the 20 queued ones never ran.
+        assert policy.calls == 2, f"{policy.calls - 2} abandoned request(s) ran"
+        assert latency < 1.5, f"{latency:.2f} s behind abandoned requests (one inference is 0.2 s)"
+        assert _wait_until(lambda: server.connections == 0, 5.0), server.connections
+
+
+def test_healthz_stays_fast_while_clients_send_messages_costly_to_decode():
+    count = 2**20 - 16
+    # 1 MiB of msgpack: an array of a million empty maps, about 0.4 s to decode.
+    bomb = b"\xdd" + struct.pack(">I", count) + b"\x80" * count
+    with PolicyServer(DoublePolicy(), "slots", port=0) as server:
+        uri = f"ws://127.0.0.1:{server.port}"
+        stop, answers = threading.Event(), []
+
+        def flood():
+            with connect(uri, compression=None) as ws:
+                ws.recv(timeout=10)
+                while not stop.is_set():
+                    ws.send(bomb)
+                    answers.append(ws.recv(timeout=60))
+
+        threads = [threading.Thread(target=flood) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert _wait_until(lambda: len(answers) >= 4, 30.0)
+            latencies = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=30) as reply:
+                    assert reply.status == 200
+                latencies.append(time.perf_counter() - t0)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert max(latencies) < 0.5, [f"{t:.3f}" for t in latencies]
+        assert all(isinstance(a, str) and a.startswith("bad request: ") for a in answers), answers[0]
 
 
 # --- binding: loopback unless told -------------------------------------------------

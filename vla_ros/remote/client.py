@@ -16,7 +16,12 @@ mode work on it exactly as in-process. Per request it
 
 Failures raise EngineError, which the inference worker reports as a failed inference: the
 controller holds, diagnostics say why, and the next request reconnects. A request that timed out
-closes the connection (a late reply would otherwise answer the next request). Reconnection waits
+closes the connection (a late reply would otherwise answer the next request), as does a reply that
+echoes another `timestamp` than the request's. A connection that closes before any part of a reply
+came gets the request once more on a new connection. After an error frame the connection is kept
+only where the server's metadata has `error_frames` (vla-ros serve); openpi's server closes it, so
+it is dropped at once. A reconnection to a server whose metadata names another policy
+(IDENTITY_KEYS: family, checkpoint, config_name, dims, noise shape, ...) is refused. Reconnection waits
 0.1 s after the first failed attempt, doubling up to `reconnect_backoff_max`; while it waits,
 `infer` fails at once instead of sleeping, so the worker's next try carries a fresh observation.
 
@@ -48,6 +53,19 @@ DEFAULT_IMAGE_SIZE = 224
 BACKOFF_INITIAL_S = 0.1
 # Replies are a chunk (50 x 32 float32 is 6.4 kB) and timings; the metadata a few kB.
 MAX_REPLY_BYTES = 16 * 2**20
+# Metadata keys that identify the policy: a reconnection to a server whose values differ is refused
+# (`vla-ros serve` sends them all; openpi's servers whichever their policy's metadata has). Not
+# compared: what may differ between connections to the same policy (version, replicas, ray_replica,
+# timeouts, limits).
+IDENTITY_KEYS = (
+    "family", "config_name", "checkpoint", "untrained", "action_horizon", "action_dim", "model_action_dim",
+    "state_dim", "noise_shape", "image_size", "obs_format", "camera_slots",
+)
+# The metadata key by which a server says that its connections stay open after an error frame
+# (`vla-ros serve`'s); openpi's server closes the connection after its error frame.
+ERROR_FRAMES_KEY = "error_frames"
+# An echoed `timestamp` further than this from the request's observation time answers another request.
+TIMESTAMP_TOLERANCE_S = 1e-6
 # Formats whose images go out CHW (openpi's ALOHA clients send (3, H, W); AlohaInputs transposes).
 CHW_FORMATS = frozenset({"aloha"})
 
@@ -82,6 +100,21 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
     return None
+
+
+def _reply_began(ws: Any) -> bool:
+    """Whether any part of a reply reached a connection that then closed (then a request is not resent).
+
+    A complete message would have been returned by recv(); what may be left is the first fragments of a
+    fragmented message (the protocol's current_size) or part of a frame (bytes in its reader). Where
+    the connection object does not show these, it answers True (never resend without knowing).
+    """
+    protocol = getattr(ws, "protocol", None)
+    if protocol is None or not hasattr(protocol, "current_size"):
+        return True
+    if protocol.current_size is not None:
+        return True
+    return bool(getattr(getattr(protocol, "reader", None), "buffer", b""))
 
 
 def _connect_kwargs() -> dict[str, Any]:
@@ -152,7 +185,9 @@ class RemoteRunner:
         self._ws: Any = None
         self._next_attempt = -float("inf")
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one request (and connection attempt) at a time
+        # _ws and _closed together: close() takes only this one, never waiting for a request.
+        self._ws_lock = threading.Lock()
         if connect:
             with self._lock:
                 try:
@@ -263,7 +298,7 @@ class RemoteRunner:
             return
         changed = [
             f"{key} {metadata.get(key)!r} (was {self.metadata.get(key)!r})"
-            for key in ("family", "action_horizon", "action_dim", "state_dim", "image_size", "obs_format")
+            for key in IDENTITY_KEYS
             if metadata.get(key) != self.metadata.get(key)
         ]
         if changed:
@@ -282,7 +317,12 @@ class RemoteRunner:
 
             if ws.state is State.OPEN:
                 return ws
-            closed = getattr(ws, "close_exc", None)  # ConnectionClosed: the close code and reason, if any
+            closed = None
+            if ws.state is State.CLOSED:  # close_exc asserts that (a CLOSING connection has none yet)
+                try:
+                    closed = ws.close_exc  # ConnectionClosed: the close code and reason, if any
+                except (AssertionError, AttributeError):
+                    closed = None
             why = _reason(closed) if closed is not None else "closed by the server"
             lost = f"lost the connection ({why}); "
             self._drop(lost[:-2])
@@ -305,18 +345,28 @@ class RemoteRunner:
             self._next_attempt = self._clock() + delay
             self.last_error = f"{lost}{exc}"
             raise EngineError(f"{lost}{exc}; next attempt in {delay:.2f} s") from None
+        with self._ws_lock:
+            closed = self._closed
+            if not closed:
+                self._ws = ws
+        if closed:  # close() came while connecting: nothing may stay open, nothing be sent
+            try:
+                ws.close()
+            except Exception:
+                pass
+            raise EngineError("the remote runner was closed while connecting")
         if self.connects:
             self.reconnects += 1
             log.info("reconnected to the policy server at %s", self.uri)
         self.connects += 1
         self.failed_attempts = 0
         self._next_attempt = -float("inf")
-        self._ws = ws
         return ws
 
     def _drop(self, reason: str) -> None:
         """Forget the connection (closing it); the next request reconnects at once."""
-        ws, self._ws = self._ws, None
+        with self._ws_lock:
+            ws, self._ws = self._ws, None
         self.last_error = reason
         if ws is not None:
             try:
@@ -355,8 +405,6 @@ class RemoteRunner:
         noise: the initial flow-matching noise (action_horizon, model_dim), sent as vla_ros's `noise`
         extension (tests and benchmarks compare with in-process inference).
         """
-        from websockets.exceptions import ConnectionClosed
-
         with self._lock:
             ws = self._ensure_connected()  # first: the image size is the connected server's
             start = time.perf_counter()
@@ -364,10 +412,45 @@ class RemoteRunner:
                 message = codec.encode(self.request(obs, guidance, noise))
             except Exception as exc:
                 raise EngineError(f"cannot build the request: {_reason(exc)}") from None
+            reply, prepared = self._exchange(ws, message)
+            received = time.perf_counter()
+            self.round_trip_s = received - prepared
+            if isinstance(reply, str):
+                line = _error_line(reply)
+                if ERROR_FRAMES_KEY not in self.metadata:
+                    # openpi's server closes the connection after its error frame: drop it now, so that
+                    # the next request opens a new one instead of finding this one closing.
+                    self._drop(f"server error: {line}")
+                self.last_error = f"server error: {line}"
+                decode = f"inference failed: {ActionDecodeError.__name__}: "
+                if line.startswith(decode):  # the model ran and wrote no action: the same error as in-process
+                    raise ActionDecodeError(line[len(decode):])
+                raise EngineError(f"the policy server answered with an error: {line}")
+            try:
+                answer = codec.decode(reply)
+            except codec.CodecError as exc:
+                self.last_error = f"bad reply: {exc}"
+                raise EngineError(f"the policy server's reply cannot be decoded: {exc}") from None
+            chunk = self._chunk(answer, obs, start, prepared, received)
+            self.last_error = ""
+            return chunk
+
+    def _exchange(self, ws: Any, message: bytes) -> tuple[bytes | str, float]:
+        """Under the lock: send `message`, return the reply and when it was sent (EngineError: none came).
+
+        A connection that closes before any part of a reply arrived (the server restarted, or closed an
+        idle connection) gets the request once more on a new connection: the protocol has one request in
+        flight and inference has no side effects, so at worst the server computes it twice.
+        """
+        from websockets.exceptions import ConnectionClosed
+
+        for attempt in (1, 2):
+            if self._closed:  # close() came meanwhile: send nothing
+                raise EngineError("the remote runner is closed")
             prepared = time.perf_counter()
             try:
                 ws.send(message)
-                reply = ws.recv(timeout=self.request_timeout)
+                return ws.recv(timeout=self.request_timeout), prepared
             except TimeoutError:
                 # A late reply would answer the next request: start over on a new connection.
                 self._drop(f"no reply within remote.request_timeout {self.request_timeout:g} s")
@@ -375,31 +458,22 @@ class RemoteRunner:
                     f"the policy server at {self.uri} sent no actions within remote.request_timeout "
                     f"{self.request_timeout:g} s; reconnecting"
                 ) from None
-            except ConnectionClosed as exc:
-                self._drop(f"connection lost ({_reason(exc)})")
-                raise EngineError(f"lost the connection to the policy server at {self.uri}: {_reason(exc)}") \
-                    from None
-            except OSError as exc:
-                self._drop(f"connection lost ({_reason(exc)})")
-                raise EngineError(f"lost the connection to the policy server at {self.uri}: {_reason(exc)}") \
-                    from None
-        received = time.perf_counter()
-        self.round_trip_s = received - prepared
-        if isinstance(reply, str):
-            line = _error_line(reply)
-            self.last_error = f"server error: {line}"
-            decode = f"inference failed: {ActionDecodeError.__name__}: "
-            if line.startswith(decode):  # the model ran and wrote no action: the same error as in-process
-                raise ActionDecodeError(line[len(decode):])
-            raise EngineError(f"the policy server answered with an error: {line}")
-        try:
-            answer = codec.decode(reply)
-        except codec.CodecError as exc:
-            self.last_error = f"bad reply: {exc}"
-            raise EngineError(f"the policy server's reply cannot be decoded: {exc}") from None
-        chunk = self._chunk(answer, obs, start, prepared, received)
-        self.last_error = ""
-        return chunk
+            except (ConnectionClosed, OSError) as exc:
+                lost = f"connection lost ({_reason(exc)})"
+                began = _reply_began(ws)
+                self._drop(lost)
+                if attempt == 2 or began or self._closed:
+                    raise EngineError(
+                        f"lost the connection to the policy server at {self.uri}: {_reason(exc)}") from None
+                log.info("the connection to the policy server at %s closed before a reply (%s); sending the "
+                         "request again on a new connection", self.uri, _reason(exc))
+            try:
+                ws = self._ensure_connected()
+            except EngineError as exc:
+                self.last_error = f"{lost}; {self.last_error}"
+                raise EngineError(f"lost the connection to the policy server at {self.uri} before a reply "
+                                  f"({lost}); {exc}") from None
+        raise AssertionError("unreachable")
 
     def _chunk(
         self, answer: Any, obs: RawObservation, start: float, prepared: float, received: float
@@ -423,6 +497,16 @@ class RemoteRunner:
                 f"the policy server returned actions of shape {actions.shape}; its metadata says {expected} "
                 "action dims"
             )
+        echoed = answer.get("timestamp")
+        if obs.timestamp and echoed is not None:  # the request carried the observation time (to_request)
+            number = isinstance(echoed, (int, float, np.number)) and not isinstance(echoed, bool)
+            if not number or not abs(float(echoed) - float(obs.timestamp)) <= TIMESTAMP_TOLERANCE_S:
+                # The reply answers another request: the connection is out of step, start over.
+                self._drop(f"reply stamped {echoed!r}, not the request's observation time {obs.timestamp!r}")
+                raise EngineError(
+                    f"the policy server at {self.uri} answered with a reply stamped {echoed!r}, not the "
+                    f"request's observation time {obs.timestamp!r} (a reply to another request); reconnecting"
+                )
         timings: dict[str, float] = {}
         server = answer.get("server_timing")
         if isinstance(server, dict):
@@ -556,9 +640,11 @@ class RemoteRunner:
         return values
 
     def close(self) -> None:
-        """Close the connection (from any thread; an `infer` waiting on it fails at once)."""
-        self._closed = True
-        ws, self._ws = self._ws, None
+        """Close the connection (from any thread; an `infer` waiting on it fails at once, one that is
+        connecting closes the new connection and fails without sending)."""
+        with self._ws_lock:
+            self._closed = True
+            ws, self._ws = self._ws, None
         if ws is not None:
             try:
                 ws.close()

@@ -139,6 +139,34 @@ def cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 0))
 
 
+def _bind_replica_grpc_to_node_address() -> None:
+    """In a replica, before Ray Serve starts it: its inter-deployment gRPC server on the node address.
+
+    Ray Serve (2.60) binds each replica's gRPC server to "[::]:0", every interface, whatever address
+    the cluster uses; this makes it bind the node's address (127.0.0.1 on a local cluster), which is
+    the one the proxy and other replicas dial. Nothing changes where Ray's code differs.
+    """
+    import ray
+
+    try:
+        import ray.serve._private.replica as replica
+    except ImportError:
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_vla_ros_node_address", False):
+        return
+    host = ray.util.get_node_ip_address()
+    host = f"[{host}]" if ":" in host else host
+
+    def add_port(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{host}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    add_port._vla_ros_node_address = True
+    replica.add_port_to_grpc_server = add_port
+
+
 def build_app(config: ReplicaConfig, replicas: int, options: Mapping[str, Any] | None = None):
     """The Ray Serve application (a bound deployment) of `replicas` PolicyServer replicas."""
     from fastapi import FastAPI, WebSocket
@@ -158,6 +186,7 @@ def build_app(config: ReplicaConfig, replicas: int, options: Mapping[str, Any] |
             from vla_ros.remote import codec
             from vla_ros.remote.server import PolicyServer
 
+            _bind_replica_grpc_to_node_address()
             policy = config.policy()
             self.server = PolicyServer(
                 policy, config.obs_format, api_key=config.api_key, request_timeout=config.request_timeout,

@@ -18,9 +18,12 @@ Where vla_ros differs from openpi's WebsocketPolicyServer:
   OPEN, ready for the next request; openpi sends a traceback and closes. A robot that retries
   should not pay a reconnect (and a new handshake) for it, and one bad frame from one robot must
   not drop a fleet client that multiplexes several. The error text is one line, never a traceback.
-- Network I/O never waits for inference: the event loop only receives, decodes, validates and
-  replies; inference runs in one worker thread per replica, fed by one queue. A slow inference
-  delays the requests queued behind it, never another client's handshake, /healthz or pings.
+- Network I/O never waits for inference: the event loop only receives and replies; requests are
+  decoded and validated in a small thread pool (DECODE_THREADS), inference runs in one worker
+  thread per replica, fed by one queue. A slow inference (or a message slow to decode) delays the
+  requests queued behind it, never another client's handshake, /healthz or pings.
+- A connection that closes while its request waits takes the request with it: still queued, it
+  is dropped; already running, it finishes and its result is discarded.
 - Each request has a deadline (`request_timeout`, from its arrival): when it passes, the client
   gets an error frame; a request still queued is dropped, one already running finishes and its
   result is discarded (a running inference cannot be interrupted).
@@ -58,8 +61,15 @@ DEFAULT_PORT = 8000
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 # Three 1080p RGB frames are 18.7 MB; three 224 px frames 0.45 MB.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
-# Messages at most this large are decoded and validated on the event loop; larger ones in a thread.
-_DECODE_INLINE_BYTES = 2**20
+# Requests are decoded and validated in this many threads, never on the event loop: a message of 1 MiB
+# can hold a million msgpack maps, 0.4 s of decoding, and the loop must keep answering /healthz,
+# handshakes and pings meanwhile. Each connection has one request in flight, so this also bounds the
+# CPU that clients sending such messages can take from inference.
+DECODE_THREADS = 2
+# Messages a connection may have received and not yet answered: the one being answered and one more.
+# Reading pauses beyond that (TCP pushes back on a client that pipelines), so a connection cannot
+# make the server buffer many requests, and a closed connection is noticed while its request waits.
+MAX_QUEUED_MESSAGES = 2
 HEALTH_PATH = "/healthz"
 
 
@@ -242,6 +252,7 @@ class PolicyServer:
         )
         self._metadata_bytes = codec.encode(self.metadata)
         self._queue: InferenceQueue | None = None
+        self._decoder: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -266,7 +277,7 @@ class PolicyServer:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._queue = InferenceQueue(self._replicas)
+        self.start_workers()
         try:
             async with serve(
                 self._handle,
@@ -276,6 +287,7 @@ class PolicyServer:
                 # The websocket layer refuses larger messages unread (close 1009); _handle answers the
                 # ones between max_message_bytes and this with an error frame.
                 max_size=2 * self.max_message_bytes,
+                max_queue=MAX_QUEUED_MESSAGES,
                 process_request=self._process_request,
             ) as server:
                 self._server = server
@@ -286,6 +298,8 @@ class PolicyServer:
                 await self._stop.wait()
         finally:
             self._queue.close()
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._queue = self._decoder = None
 
     def start_workers(self) -> None:
         """Start the inference threads alone, for a host with its own websocket layer (remote.fleet).
@@ -294,6 +308,8 @@ class PolicyServer:
         """
         if self._queue is None:
             self._queue = InferenceQueue(self._replicas)
+        if self._decoder is None:
+            self._decoder = concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, "vla-ros-decode")
 
     def serve_forever(self, on_ready: Callable[["PolicyServer"], None] | None = None) -> None:
         """Serve in this thread until interrupted (Ctrl-C raises KeyboardInterrupt out of here)."""
@@ -367,21 +383,36 @@ class PolicyServer:
     # --- one connection ------------------------------------------------------
 
     async def _handle(self, websocket: Any) -> None:
+        """One connection: metadata, then one request at a time, each answered before the next is read.
+
+        A connection that closes while its request waits takes the request with it: a request still
+        queued is dropped (its future cancelled), one already running finishes and is discarded.
+        """
         from websockets.exceptions import ConnectionClosed
 
         peer = websocket.remote_address
         self.connections += 1
         log.info("connection from %s opened", peer)
         prev_total_ms = None
+        closed = asyncio.ensure_future(websocket.wait_closed())
         try:
             await websocket.send(self._metadata_bytes)
             async for message in websocket:
+                if closed.done():  # a message read after the close: nobody to answer
+                    break
                 start = time.perf_counter()
-                await websocket.send(await self.reply_frame(message, prev_total_ms))
+                answer = asyncio.ensure_future(self.reply_frame(message, prev_total_ms))
+                await asyncio.wait((answer, closed), return_when=asyncio.FIRST_COMPLETED)
+                if not answer.done():
+                    answer.cancel()
+                    log.info("connection from %s closed before its reply; request dropped", peer)
+                    break
+                await websocket.send(answer.result())
                 prev_total_ms = (time.perf_counter() - start) * 1e3
         except ConnectionClosed:
             pass
         finally:
+            closed.cancel()
             self.connections -= 1
             log.info("connection from %s closed", peer)
 
@@ -416,10 +447,7 @@ class PolicyServer:
                 f"takes {getattr(self.spec, 'image_size', 224)} px)"
             )
         try:
-            if len(message) <= _DECODE_INLINE_BYTES:
-                request = self._decode(message)
-            else:
-                request = await asyncio.to_thread(self._decode, message)
+            request = await asyncio.wrap_future(self._decoder.submit(self._decode, message))
         except (codec.CodecError, ObservationError, ConfigError) as exc:
             return error_text("bad request", str(exc))
         except Exception as exc:  # a request that found a bug in the checks: logged, one line to the client
@@ -430,6 +458,9 @@ class PolicyServer:
         remaining = self.request_timeout - (decoded - arrived)
         try:
             served = await asyncio.wait_for(asyncio.wrap_future(future), max(remaining, 0.0))
+        except asyncio.CancelledError:  # the connection closed: a queued request is dropped
+            future.cancel()
+            raise
         except asyncio.TimeoutError:
             future.cancel()
             return error_text(
