@@ -65,7 +65,8 @@ def _expected(observation: str) -> dict:
 def _policy():
     from vla_ros.policy import Policy, PolicyOptions
 
-    return Policy.from_checkpoint(FIXTURE, PolicyOptions(device="cpu"))
+    # The eager reference engine (policy.engine auto runs the optimised one: test_engines_smolvla.py).
+    return Policy.from_checkpoint(FIXTURE, PolicyOptions(device="cpu", engine="reference"))
 
 
 def _observation(observation: str):

@@ -119,3 +119,21 @@ def test_bench_decode_model_runs_an_artifact_against_its_checkpoint(tmp_path):
     assert info["baseline"]["engine"] == "reference"
     # fp32 ONNX prefix (its first logits too) + static cache vs the PyTorch reference: the same greedy ids.
     assert results["tokens"] == {"optimised": 4, "baseline": 4} and results["ids_agree"] == 4
+
+
+def test_bench_smolvla_against_its_reference_engine(tmp_path, capsys):
+    """A named SmolVLA config (random weights): the optimised engine beside the eager reference, same run."""
+    from vla_ros.model.config import get_config
+    from vla_ros.tools.roofline import inference_flops
+
+    report = _bench(tmp_path, "--config", "smolvla-tiny", "--rtc", "trained")
+    info, results = report["info"], report["results"]
+    assert info["optimised"]["engine"] == "optimized" and info["baseline"]["engine"] == "reference"
+    for side in ("optimised", "baseline", "optimised_rtc"):
+        assert set(results[side]) == STAGES
+    assert results["max_abs_diff"] <= 1e-4  # fp32 on both sides (a tiny model)
+    # The synthetic observation: 3 cameras, its prompt's tokens (the roofline counts what was encoded).
+    flops = info["roofline"]
+    assert flops["prefix_flops"] + flops["suffix_flops"] == flops["flops"]
+    assert flops["suffix_flops"] == inference_flops(get_config("smolvla-tiny"), 3, 1)["suffix"]
+    assert "Real-Time Chunking (trained" in capsys.readouterr().out

@@ -103,3 +103,45 @@ def test_full_size_pi0fast_arithmetic():
     assert 5.0e9 < decode_step_flops(cfg, 1000) < 5.3e9
     flops = inference_flops(cfg, cameras=3, prompt_tokens=60, decode_tokens=64)
     assert 3.7e12 < flops["prefix"] < 4.0e12 and 0.31e12 < flops["decode"] < 0.34e12
+
+
+def test_smolvla_flop_count_matches_torch_flop_counter(monkeypatch):
+    """Prefix (state token included, last layer only K/V) and the static suffix, exactly.
+
+    The suffix is counted as engines/suffix_smolvla.py runs it: the cross-attention K/V once per
+    inference over the static prefix buffer, then per step the expert over that buffer.
+    """
+    from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+    from vla_ros.engines.suffix_smolvla import SmolVLASuffixDenoiser
+
+    monkeypatch.setattr(layers, "use_fused_attention", lambda q: False)
+    cfg = get_config("smolvla-tiny")
+    model = random_model(cfg)
+    images = torch.randint(0, 256, (1, 3, 512, 512, 3), dtype=torch.uint8)
+    tokens = torch.randint(1, cfg.vocab_size, (1, cfg.max_token_len))
+    token_masks = torch.zeros(1, cfg.max_token_len, dtype=torch.bool)
+    token_masks[0, :11] = True
+    image_masks = torch.tensor([[True, False, True]])
+    state = torch.randn(1, 32)
+    with torch.no_grad(), FlopCounterMode(display=False) as prefix_counter:
+        # What the compacting prefix runtime encodes: two cameras, 11 prompt tokens, the state.
+        present = [0, 2]
+        model.embed_prefix(images[:, present], image_masks[:, present], tokens[:, :11], token_masks[:, :11],
+                           state)
+    steps = 3
+    denoiser = SmolVLASuffixDenoiser(model, steps)
+    TorchPrefixRuntime(model).run(images.numpy(), image_masks.numpy(), tokens.numpy(), token_masks.numpy(),
+                                  denoiser.prefix_keys, denoiser.prefix_values, denoiser.prefix_pad,
+                                  state=state.numpy())
+    with torch.no_grad(), FlopCounterMode(display=False) as suffix_counter:
+        denoiser()
+    expected = inference_flops(cfg, cameras=2, prompt_tokens=11, num_steps=steps)
+    assert expected["prefix"] == prefix_counter.get_total_flops()
+    assert expected["suffix"] == suffix_counter.get_total_flops()
+    assert expected["total"] == expected["prefix"] + expected["suffix"] and expected["decode"] == 0
+
+
+def test_full_size_smolvla_arithmetic():
+    flops = inference_flops(get_config("smolvla"), cameras=3, prompt_tokens=20)
+    # SigLIP at 512 px (1024 patches, 12 layers of 768) dominates: ~0.21 TFLOP per camera.
+    assert 0.66e12 < flops["prefix"] < 0.72e12 and 0.09e12 < flops["suffix"] < 0.12e12

@@ -107,6 +107,10 @@ def pack_for_cpu(model, suffix: str = "eager", inplace: bool = False):
     if not cpu_packed.packing_available():
         log.info("oneDNN packed linear ops unavailable in this torch build; using plain bf16 matmuls")
         return model
+    if model.cfg.variant == "smolvla":
+        from vla_ros.engines.suffix_smolvla import pack_smolvla
+
+        return pack_smolvla(model, expert=suffix != "compiled", inplace=inplace)
     return cpu_packed.pack_model(model, expert=suffix != "compiled", inplace=inplace)
 
 
@@ -195,7 +199,7 @@ def build_engine(directory: Path, options, source: str = "openpi") -> tuple[Engi
 
         cfg = config_from_checkpoint(directory)
     if cfg is not None and cfg.variant == "smolvla":
-        return _build_smolvla_engine(directory, options, device, num_steps, artifacts)
+        return _build_smolvla_engine(directory, options, cfg, device, num_steps, reference, artifacts)
     dtype = resolve_dtype(options.precision, device, reference, cfg)
     if cfg is None and artifacts:
         cfg = config_from_manifest(directory)  # the family decides the stages; the manifest says which
@@ -307,26 +311,41 @@ def _build_decode_engine(
     return DecodeEngine(prefix, decoder, resolve_decode(options.suffix, device)), cfg
 
 
-def _build_smolvla_engine(directory: Path, options, device: torch.device, num_steps: int, artifacts: bool):
-    """SmolVLA runs on the reference engine (eager PyTorch; fp32 on the CPU unless policy.precision says)."""
-    from vla_ros.engines.reference import ReferenceEngine
+def _build_smolvla_engine(
+    directory: Path, options, cfg, device: torch.device, num_steps: int, reference: bool, artifacts: bool
+):
+    """SmolVLA's engine for a checkpoint directory: optimised (auto, pytorch) or the eager reference.
+
+    The optimised engine is the PyTorch prefix (state token included) and the
+    static suffix (engines/suffix_smolvla.py), bf16 with packed weights where
+    the CPU does bf16 natively (above BF16_MIN_CPU_PARAMETERS).
+    """
     from vla_ros.model.checkpoint import load_model
 
     if artifacts or options.engine in ("onnx", "tensorrt"):
         raise ConfigError(
-            "policy.engine", f"'{options.engine}': SmolVLA runs only on the reference engine for now; "
-            "give a checkpoint directory and policy.engine 'auto' or 'reference'"
+            "policy.engine", f"'{options.engine}': SmolVLA has no exported prefix yet; "
+            "give a checkpoint directory and policy.engine 'auto', 'pytorch' or 'reference'"
         )
-    if options.suffix in ("compiled", "cuda_graph"):
+    dtype = resolve_dtype(options.precision, device, reference, cfg)
+    if reference:
+        from vla_ros.engines.reference import ReferenceEngine
+
+        model, cfg = load_model(directory, dtype=dtype, device=device)
+        return ReferenceEngine(model, num_steps), cfg
+    from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+    from vla_ros.engines.suffix_smolvla import SmolVLAEngine, SmolVLASuffixDenoiser
+
+    if options.suffix == "compiled":
         raise ConfigError(
-            "policy.suffix",
-            f"'{options.suffix}': SmolVLA runs only on the reference engine for now; use 'auto'",
+            "policy.suffix", "'compiled': SmolVLA's static suffix runs eagerly or as a CUDA graph; use 'auto'"
         )
-    if options.engine != "reference":
-        log.info("SmolVLA runs on the reference engine (eager PyTorch); its optimised engines come later")
-    dtype = resolve_dtype(options.precision, device, reference=True)
+    suffix_mode = resolve_suffix(options.suffix, device)
     model, cfg = load_model(directory, dtype=dtype, device=device)
-    return ReferenceEngine(model, num_steps), cfg
+    if options.pack_weights:
+        model = pack_for_cpu(model, suffix_mode, inplace=True)
+    denoiser = SmolVLASuffixDenoiser(model, num_steps, device, num_samples=options.num_samples)
+    return SmolVLAEngine(TorchPrefixRuntime(model), denoiser, suffix_mode), cfg
 
 
 def _artifact_prefix(prefix_engine: str, directory: Path, options, device: torch.device, dtype):

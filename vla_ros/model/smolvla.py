@@ -37,7 +37,7 @@ from vla_ros.model.llama import apply_rope, LlamaStack, rope_tables
 from vla_ros.model.paligemma import mixed_precision
 from vla_ros.model.siglip import SiglipVisionModel
 
-__all__ = ["pixel_shuffle", "SmolVLAModel"]
+__all__ = ["pixel_shuffle", "query_key_value", "SmolVLAModel"]
 
 
 def pixel_shuffle(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -52,6 +52,13 @@ def pixel_shuffle(x: torch.Tensor, scale: int) -> torch.Tensor:
     x = x.reshape(batch, side, side // scale, dim * scale)
     x = x.permute(0, 2, 1, 3).reshape(batch, side // scale, side // scale, dim * scale * scale)
     return x.permute(0, 2, 1, 3).reshape(batch, tokens // scale**2, dim * scale * scale)
+
+
+def query_key_value(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v heads of `x`: one fused product where the attention has one (CPU-packed layers), else three."""
+    if hasattr(attn, "qkv"):
+        return attn.qkv(x)
+    return (attn.query(x), *attn.key_value(x))
 
 
 class _ModalityProjection(nn.Module):
@@ -138,7 +145,9 @@ class SmolVLAModel(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.text_model.layers[0].self_attn.q_proj.weight.dtype
+        # The token embedding follows the matmul weights' precision and is never packed (cpu packing
+        # replaces the projections: engines/suffix_smolvla.py).
+        return self.text_model.embed_tokens.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -192,12 +201,16 @@ class SmolVLAModel(nn.Module):
         layers = self.text_model.layers
         for index, layer in enumerate(layers):
             normed = layer.input_layernorm(hidden)
-            k, v = layer.self_attn.key_value(normed)
+            if index == len(layers) - 1:
+                # The cache is all the expert reads: the last layer's output is never used.
+                k, v = layer.self_attn.key_value(normed)
+                keys.append(apply_rope(k, cos, sin))
+                values.append(v)
+                break
+            q, k, v = query_key_value(layer.self_attn, normed)
             keys.append(apply_rope(k, cos, sin))
             values.append(v)
-            if index == len(layers) - 1:
-                break  # the cache is all the expert reads: the last layer's output is never used
-            q = apply_rope(layer.self_attn.query(normed), cos, sin)
+            q = apply_rope(q, cos, sin)
             hidden = layer.finish(hidden, attention(q, keys[-1], v, bias))
         return KVCache(keys=torch.stack(keys), values=torch.stack(values), pad_mask=pad)
 

@@ -113,15 +113,41 @@ def _support_files(tmp: Path, dims: int):
     return train_tokenizer(tmp / "tokenizer.model"), make_norm_stats(dims, 0)
 
 
+def _smolvla_support(tmp: Path, dims: int):
+    """A named SmolVLA config benchmarked without a checkpoint: the conventions of a LeRobot directory.
+
+    A small trained tokenizer.json (SmolVLM's special tokens), MEAN_STD
+    statistics with LeRobot's formulas, the "smolvla" image resize.
+    """
+    from vla_ros.observation.normalize import Normalizer
+    from vla_ros.policy import CheckpointMeta, Provenance
+    from vla_ros.tools.make_tiny import make_norm_stats, train_smolvla_tokenizer
+
+    tokenizer = train_smolvla_tokenizer(tmp / "smolvlm")
+    norm = Normalizer(make_norm_stats(dims, 0), "zscore", "lerobot")
+    return tokenizer, norm, CheckpointMeta(provenance=Provenance("lerobot", image_resize="smolvla"))
+
+
+def optimised_engine(model, steps: int, suffix_mode: str):
+    """The optimised engine over `model` (possibly packed): PyTorch prefix, the family's static suffix."""
+    from vla_ros.engines.optimized import OptimizedEngine
+    from vla_ros.engines.prefix_torch import TorchPrefixRuntime
+
+    if model.cfg.variant == "smolvla":
+        from vla_ros.engines.suffix_smolvla import SmolVLAEngine, SmolVLASuffixDenoiser
+
+        return SmolVLAEngine(TorchPrefixRuntime(model), SmolVLASuffixDenoiser(model, steps), suffix_mode)
+    from vla_ros.engines.suffix import StaticSuffixDenoiser
+
+    return OptimizedEngine(TorchPrefixRuntime(model), StaticSuffixDenoiser(model, steps), suffix_mode)
+
+
 def build_policies(args, tmp: Path):
     """(optimised policy, baseline policy, description) sharing weights where precision allows."""
     import torch
 
     from vla_ros.engines.factory import pack_for_cpu, resolve_device, resolve_dtype, resolve_suffix
-    from vla_ros.engines.optimized import OptimizedEngine
-    from vla_ros.engines.prefix_torch import TorchPrefixRuntime
     from vla_ros.engines.reference import ReferenceEngine
-    from vla_ros.engines.suffix import StaticSuffixDenoiser
     from vla_ros.model.checkpoint import config_from_checkpoint, load_model, random_model
     from vla_ros.model.config import get_config
     from vla_ros.observation.normalize import Normalizer
@@ -142,7 +168,16 @@ def build_policies(args, tmp: Path):
         model, cfg = load_model(args.checkpoint, dtype=dtype, device=device)
         # The checkpoint's own conventions (openpi or LeRobot statistics, resize, prompt style).
         norm, _, meta = load_conventions(Path(args.checkpoint), cfg, PolicyOptions(seed=0))
-        tokenizer_path = find_tokenizer(Path(args.checkpoint), named=meta.tokenizer_name)
+        if cfg.variant == "smolvla":  # the tokenizer may be in the VLM's folder beside the checkpoint
+            from vla_ros.policy import _tokenizer_folder
+
+            folder = _tokenizer_folder(Path(args.checkpoint), cfg, PolicyOptions(seed=0), meta)
+        else:
+            folder = Path(args.checkpoint)
+        tokenizer_path = find_tokenizer(folder, named=meta.tokenizer_name)
+    elif cfg.variant == "smolvla":
+        tokenizer_path, norm, meta = _smolvla_support(tmp, args.dims)
+        model = random_model(cfg, seed=0, dtype=dtype).to(device)
     else:
         tokenizer_path, stats = _support_files(tmp, args.dims)
         norm, meta = Normalizer(stats, "quantile" if cfg.pi05 else "zscore"), CheckpointMeta()
@@ -164,9 +199,7 @@ def build_policies(args, tmp: Path):
     else:
         # A packed copy shares every unpacked tensor with `model`, which the baseline may reuse.
         fast = pack_for_cpu(model, suffix_mode) if args.pack_weights else model
-        optimised = policy(
-            OptimizedEngine(TorchPrefixRuntime(fast), StaticSuffixDenoiser(fast, steps), suffix_mode)
-        )
+        optimised = policy(optimised_engine(fast, steps, suffix_mode))
     n_params = sum(p.numel() for p in model.parameters())
     baseline_dtype = dtype
     if args.baseline_precision == "fp32" or (args.baseline_precision == "auto" and n_params < 1e9):
@@ -259,7 +292,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="auto", help="--artifacts: prefix engine (auto, onnx, tensorrt)")
     source.add_argument(
         "--config",
-        help="named config with random weights (pi0-tiny, pi0-mid, pi0, pi05-..., pi0fast-tiny, pi0fast)",
+        help="named config with random weights (pi0-tiny, pi0-mid, pi0, pi05-..., pi0fast-tiny, pi0fast, "
+        "smolvla-tiny, smolvla)",
     )
     parser.add_argument("--runs", type=int, default=20, help="timed inferences per engine")
     parser.add_argument("--warmup", type=int, default=3, help="untimed inferences first")
@@ -310,6 +344,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", action="store_true", help="measure the node's control-timer jitter instead")
     parser.add_argument("--seconds", type=float, default=5.0, help="--node: seconds per phase")
     parser.add_argument("--robot-config", type=Path, help="--node: robot YAML (default: the ALOHA profile)")
+    from vla_ros.tools.bench_remote import add_remote_arguments  # --remote URI, --clients N
+
+    add_remote_arguments(parser)
 
 
 def default_robot_config() -> Path:
@@ -365,6 +402,10 @@ def check_counts(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.node:
         return run_node_bench(args)
+    if args.remote:
+        from vla_ros.tools.bench_remote import run_remote
+
+        return run_remote(args)
     check_counts(args)
     if args.artifacts and not args.checkpoint:
         from vla_ros.errors import ConfigError

@@ -61,6 +61,181 @@ def make_fast_tokenizer(out: Path, horizon: int, dims: int, seed: int, vocab_siz
     return FastActionTokenizer.train(chunks, vocab_size=vocab_size, directory=str(out))
 
 
+# SmolVLM2's tokenizer: a byte-level BPE (tokenizer.json) with these special tokens (the stand-in LeRobot's
+# fixture script writes: test/fixtures/lerobot_0_6_1/smolvla/smolvlm).
+SMOLVLA_TOKENIZER_VOCAB = 512
+SMOLVLA_BASE_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+SMOLVLA_IMAGE_SPECIALS = ("<global-img>", "<fake_token_around_image>", "<image>", "<end_of_utterance>")
+SMOLVLA_TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": "<|im_start|>",
+    "eos_token": "<end_of_utterance>",
+    "pad_token": "<|im_end|>",
+    "unk_token": "<|endoftext|>",
+    "model_max_length": 8192,
+    "truncation_side": "left",
+    "clean_up_tokenization_spaces": False,
+}
+
+
+def train_smolvla_tokenizer(folder: Path, vocab_size: int = SMOLVLA_TOKENIZER_VOCAB) -> Path:
+    """A small byte-level BPE tokenizer.json (SmolLM2's form, SmolVLM's special tokens) in `folder`.
+
+    Trained on the stand-in corpus of the pi0 tokenizer (robot instructions,
+    digits); `<|endoftext|>` 0, `<|im_start|>` 1, `<|im_end|>` 2 (the pad), the
+    image tokens last; no post-processor, so no BOS (as SmolVLM2's). Writes
+    tokenizer.json and tokenizer_config.json (truncation on the left, as
+    SmolVLM2's); returns the tokenizer.json path.
+    """
+    import json
+
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, Tokenizer, trainers
+
+    from vla_ros.observation.tokenizer import _training_sentences
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SMOLVLA_IMAGE_SPECIALS),
+        special_tokens=list(SMOLVLA_BASE_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(_training_sentences(("\n",))), trainer)
+    images = [AddedToken(t, special=True, normalized=False) for t in SMOLVLA_IMAGE_SPECIALS]
+    tokenizer.add_special_tokens(images)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tokenizer.json"
+    path.write_text(tokenizer.to_str(pretty=True) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(SMOLVLA_TOKENIZER_CONFIG, indent=2) + "\n")
+    return path
+
+
+# LeRobot 0.6.1's SmolVLAConfig fields as `save_pretrained` writes them (after the features), in its order.
+_SMOLVLA_CONFIG = {
+    "device": "cpu", "use_amp": False, "use_peft": False, "push_to_hub": True, "repo_id": None,
+    "private": None, "tags": None, "license": None, "pretrained_path": None, "pretrained_revision": None,
+    "chunk_size": 50, "n_action_steps": 50,
+    "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+    "max_state_dim": 32, "max_action_dim": 32, "resize_imgs_with_padding": [512, 512], "empty_cameras": 0,
+    "adapt_to_pi_aloha": False, "use_delta_joint_actions_aloha": False, "tokenizer_max_length": 48,
+    "num_steps": 10, "use_cache": True, "freeze_vision_encoder": True, "train_expert_only": True,
+    "train_state_proj": True, "optimizer_lr": 0.0001, "optimizer_betas": [0.9, 0.95], "optimizer_eps": 1e-08,
+    "optimizer_weight_decay": 1e-10, "optimizer_grad_clip_norm": 10, "scheduler_warmup_steps": 1000,
+    "scheduler_decay_steps": 30000, "scheduler_decay_lr": 2.5e-06,
+    "vlm_model_name": "HuggingFaceTB/SmolVLM2-500M-Video-Instruct", "load_vlm_weights": False,
+    "add_image_special_tokens": False, "attention_mode": "cross_attn", "prefix_length": -1,
+    "pad_language_to": "longest", "num_expert_layers": -1, "num_vlm_layers": 16,
+    "self_attn_every_n_layers": 2,
+    "expert_width_multiplier": 0.75, "min_period": 0.004, "max_period": 4.0, "rtc_config": None,
+    "compile_model": False, "compile_mode": "max-autotune",
+}
+SMOLVLM_FOLDER = "smolvlm"
+
+
+def _smolvlm_config(cfg, tokenizer_vocab: int) -> dict:
+    """The VLM's config.json (SmolVLMConfig's layout): the head counts LeRobot's config.json lacks."""
+    t, v = cfg.text, cfg.vision
+    return {
+        "image_token_id": tokenizer_vocab - 2,
+        "model_type": "smolvlm",
+        "pad_token_id": 2,
+        "scale_factor": cfg.scale_factor,
+        "text_config": {
+            "attention_bias": False, "head_dim": t.head_dim, "hidden_act": "silu", "hidden_size": t.width,
+            "intermediate_size": t.mlp_dim, "mlp_bias": False, "model_type": "llama",
+            "num_attention_heads": t.num_heads, "num_hidden_layers": t.depth,
+            "num_key_value_heads": t.num_kv_heads, "pad_token_id": 2, "rms_norm_eps": t.rms_eps,
+            "rope_parameters": {"rope_theta": t.rope_theta, "rope_type": "default"},
+            "tie_word_embeddings": False, "vocab_size": cfg.vocab_size,
+        },
+        "tie_word_embeddings": False,
+        "vision_config": {
+            "hidden_act": "gelu_pytorch_tanh", "hidden_size": v.width, "image_size": v.image_size,
+            "intermediate_size": v.mlp_dim, "layer_norm_eps": 1e-06, "model_type": "smolvlm_vision",
+            "num_attention_heads": v.num_heads, "num_channels": 3, "num_hidden_layers": v.depth,
+            "patch_size": v.patch_size,
+        },
+    }
+
+
+def save_smolvla_layout(model, out: Path, stats: dict, tags=()) -> Path:
+    """A SmolVLA model as a LeRobot 0.6.1 policy directory, with the VLM's files in `smolvlm/`.
+
+    config.json (SmolVLAConfig), model.safetensors (`model.` + the keys,
+    the VLM's unused lm_head as LeRobot stores it), the processor files with
+    MEAN_STD statistics, and `smolvlm/` (config.json, a small trained
+    tokenizer.json, tokenizer_config.json), which stands in for the Hub repo
+    that LeRobot names and vla_ros looks for beside the checkpoint.
+    """
+    import json
+
+    from safetensors.torch import save_file
+    import torch
+
+    from vla_ros.model.lerobot_layout import _lerobot_stats
+    from vla_ros.types import CAMERA_KEYS
+
+    cfg = model.cfg
+    out = Path(out)
+    tokenizer = train_smolvla_tokenizer(out / SMOLVLM_FOLDER)
+    (out / SMOLVLM_FOLDER / "config.json").write_text(
+        json.dumps(_smolvlm_config(cfg, SMOLVLA_TOKENIZER_VOCAB), indent=2) + "\n"
+    )
+    weights = {"model." + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    embed = "model.vlm_with_expert.vlm.model.text_model.embed_tokens.weight"
+    weights["model.vlm_with_expert.vlm.lm_head.weight"] = weights[embed].clone()
+    save_file(weights, str(out / "model.safetensors"))
+    dims = stats["state"].dim
+    size = cfg.vision.image_size
+    features = {f"observation.images.{name}": {"type": "VISUAL", "shape": [3, size, size]}
+                for name in CAMERA_KEYS[: cfg.num_cameras]}
+    features["observation.state"] = {"type": "STATE", "shape": [dims]}
+    outputs = {"action": {"type": "ACTION", "shape": [stats["actions"].dim]}}
+    config = {"type": "smolvla", "n_obs_steps": 1, "input_features": features, "output_features": outputs,
+              **_SMOLVLA_CONFIG}
+    config.update(tags=list(tags) or None, chunk_size=cfg.action_horizon, n_action_steps=cfg.action_horizon,
+                  max_state_dim=cfg.action_dim, max_action_dim=cfg.action_dim,
+                  resize_imgs_with_padding=[size, size],
+                  tokenizer_max_length=cfg.max_token_len, num_vlm_layers=cfg.text.depth,
+                  self_attn_every_n_layers=cfg.self_attn_every_n_layers, min_period=cfg.min_period,
+                  max_period=cfg.max_period)
+    (out / "config.json").write_text(json.dumps(config, indent=4))
+    norm_map = config["normalization_mapping"]
+    tensors = {}
+    for feature, key in (("observation.state", "state"), ("action", "actions")):
+        for stat, value in _lerobot_stats(stats[key]).items():
+            tensors[f"{feature}.{stat}"] = torch.from_numpy(np.ascontiguousarray(value))
+    device = {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}
+    pre = [
+        {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+        {"registry_name": "to_batch_processor", "config": {}},
+        {"registry_name": "smolvla_new_line_processor", "config": {}},
+        {"registry_name": "tokenizer_processor", "config": {
+            "max_length": cfg.max_token_len, "task_key": "task", "padding_side": "right",
+            "padding": "longest",
+            "truncation": True, "tokenizer_name": config["vlm_model_name"]}},
+        device,
+        {"registry_name": "normalizer_processor",
+         "config": {"eps": 1e-08, "features": {**features, **outputs}, "norm_map": norm_map}},
+    ]
+    post = [
+        {"registry_name": "unnormalizer_processor",
+         "config": {"eps": 1e-08, "features": outputs, "norm_map": norm_map}},
+        dict(device),
+    ]
+    for name, steps in (("policy_preprocessor", pre), ("policy_postprocessor", post)):
+        for index, step in enumerate(steps):
+            if step["registry_name"].endswith("normalizer_processor"):
+                step["state_file"] = f"{name}_step_{index}_{step['registry_name']}.safetensors"
+                save_file(dict(sorted(tensors.items())), str(out / step["state_file"]))
+        (out / f"{name}.json").write_text(json.dumps({"name": name, "steps": steps}, indent=2))
+    assert tokenizer.is_file()
+    return out
+
+
 def make_norm_stats(dims: int, seed: int) -> dict:
     from vla_ros.observation.normalize import NormStats
 
@@ -99,7 +274,7 @@ def make_tiny_checkpoint(
     dims: int = 14,
     asset_id: str = DEFAULT_ASSET_ID,
     force: bool = False,
-    layout: str = "openpi",
+    layout: str | None = None,
     fit_steps: int = 0,
 ) -> Path:
     """Write a random checkpoint of a named config (tiny or mid) to `out`; returns the directory.
@@ -109,7 +284,9 @@ def make_tiny_checkpoint(
     The files are 0644, the directories 0755. `layout` "lerobot" writes the
     same weights and statistics as a LeRobot policy directory
     (`vla_ros.model.lerobot_layout.save_lerobot_layout`; untrained is marked
-    by a config.json tag, since LeRobot refuses unknown keys).
+    by a config.json tag, since LeRobot refuses unknown keys). None: "openpi",
+    or "lerobot" for SmolVLA configs (`smolvla-tiny`), which are written in
+    LeRobot's layout only (`save_smolvla_layout`).
 
     `fit_steps` > 0 (pi0-FAST configs only) fits the random model to one chunk
     (at most that many steps, see the module docstring): still untrained, but
@@ -127,7 +304,7 @@ def make_tiny_checkpoint(
 
     from vla_ros.errors import ConfigError
 
-    if layout not in LAYOUTS:
+    if layout is not None and layout not in LAYOUTS:
         raise ConfigError("--layout", f"got {layout!r}; expected one of {list(LAYOUTS)}")
     out = Path(out)
     if isinstance(fit_steps, bool) or not isinstance(fit_steps, int) or fit_steps < 0:
@@ -138,6 +315,16 @@ def make_tiny_checkpoint(
         )
     _prepare_out(out, force)
     cfg = get_config(config)  # an unknown name fails before anything is written
+    if cfg.variant == "smolvla":
+        from vla_ros.policy import UNTRAINED_TAG
+
+        if layout == "openpi":
+            raise ConfigError("--layout", "SmolVLA checkpoints are written in the LeRobot layout only")
+        out.mkdir(parents=True, exist_ok=True)
+        stats = make_norm_stats(dims, seed)
+        save_smolvla_layout(random_model(cfg, seed=seed), out, stats, tags=[UNTRAINED_TAG])
+        return make_readable(out)
+    layout = layout or "openpi"
     out.mkdir(parents=True, exist_ok=True)
     if cfg.is_fast:
         if layout == "lerobot":
@@ -171,7 +358,7 @@ def make_tiny_checkpoint(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default="pi0-tiny",
-        help="named config (pi0-tiny, pi05-tiny, pi0fast-tiny, pi0-mid, pi05-mid)"
+        help="named config (pi0-tiny, pi05-tiny, pi0fast-tiny, pi0-mid, pi05-mid, smolvla-tiny)"
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and statistics")
@@ -183,9 +370,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--layout",
-        default="openpi",
+        default=None,
         choices=LAYOUTS,
-        help="on-disk layout: openpi (vla_ros / openpi) or lerobot (a LeRobot policy directory)",
+        help="on-disk layout: openpi (vla_ros / openpi) or lerobot (a LeRobot policy directory); default "
+        "openpi, lerobot for SmolVLA (smolvla-tiny: LeRobot's layout only)",
     )
     parser.add_argument(
         "--fit-steps",
@@ -199,12 +387,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _written_layout(out: Path) -> str:
+    from vla_ros.model.lerobot_layout import read_lerobot_config
+
+    return "lerobot" if read_lerobot_config(out) is not None else "openpi"
+
+
 def run(args: argparse.Namespace) -> int:
     from vla_ros.errors import ConfigError
 
     if not 0 < args.dims <= 32:
         raise ConfigError("--dims", f"expected 1..32 (the model's width is 32), got {args.dims}")
-    layout = getattr(args, "layout", "openpi")
+    layout = getattr(args, "layout", None)
     fit_steps = getattr(args, "fit_steps", 0)
     out = make_tiny_checkpoint(
         args.out, args.config, args.seed, args.dims, force=args.force, layout=layout, fit_steps=fit_steps
@@ -220,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
             f"{'' if fit['converged'] else ', NOT converged: raise --fit-steps'})"
         )
     print(
-        f"wrote {what} {args.config} checkpoint ({layout} layout, seed {args.seed}, "
+        f"wrote {what} {args.config} checkpoint ({_written_layout(out)} layout, seed {args.seed}, "
         f"{args.dims} dims) to {out}"
     )
     return 0 if not fit_steps or fit["converged"] else 1

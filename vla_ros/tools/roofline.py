@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import time
 
-from vla_ros.model.config import GemmaConfig, PolicyConfig
+from vla_ros.model.config import GemmaConfig, LlamaConfig, PolicyConfig, SmolVLAConfig
 
 
-def _gemma_layer(cfg: GemmaConfig, tokens: int, keys: int, kv_only: bool = False) -> float:
+def _gemma_layer(cfg: GemmaConfig | LlamaConfig, tokens: int, keys: int, kv_only: bool = False) -> float:
+    """One Gemma or Llama layer (the same products: q/k/v/o, a gated MLP of three, QK^T and PV)."""
     q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     if kv_only:  # the prefix's last layer: its K/V is all the cache needs
         return 2.0 * tokens * cfg.width * 2 * kv_width
@@ -60,15 +61,12 @@ def inference_flops(
     suffix runs `num_steps` denoising steps; 'decode' is 0. pi0-FAST: the
     prefix runs every layer in full (as Pi0FastModel.prefix does, although only
     the last token's output is used) and the LM head on the last token; 'decode'
-    is `decode_tokens` tokens (decode_flops); 'suffix' is 0.
+    is `decode_tokens` tokens (decode_flops); 'suffix' is 0. SmolVLA: `smolvla_flops`.
     """
-    v = cfg.vision
-    t = v.num_tokens
-    vision_layer = 2.0 * t * (4 * v.width * v.width + 2 * v.width * v.mlp_dim + 2 * t * v.width)
-    patch = 2.0 * t * (3 * v.patch_size**2) * v.width
-    projector = 2.0 * t * v.width * cfg.prefix.width
-    vision = cameras * (v.depth * vision_layer + patch + projector)
-    p = cameras * t + prompt_tokens
+    if isinstance(cfg, SmolVLAConfig):
+        return smolvla_flops(cfg, cameras, prompt_tokens, num_steps)
+    vision = _vision_flops(cfg, cameras)
+    p = cameras * cfg.vision.num_tokens + prompt_tokens
     if cfg.is_fast:
         # Pi0FastModel.prefix_parts: the last layer's K/V over every token, then the whole layer
         # (its q/k/v projection included) for the last one.
@@ -87,6 +85,53 @@ def inference_flops(
     step = e.depth * _gemma_layer(e, s, p + s) + heads
     prefix = vision + language
     suffix = num_steps * step
+    return {"prefix": prefix, "suffix": suffix, "decode": 0.0, "total": prefix + suffix}
+
+
+def _vision_flops(cfg: PolicyConfig | SmolVLAConfig, cameras: int) -> float:
+    """SigLIP over `cameras` images: patch embedding, the layers, and the projector into the text width.
+
+    SmolVLA's connector (pixel shuffle by s, then (s^2 w) -> text width over
+    t / s^2 tokens) has the same product count as PaliGemma's projector.
+    """
+    v = cfg.vision
+    t = v.num_tokens
+    vision_layer = 2.0 * t * (4 * v.width * v.width + 2 * v.width * v.mlp_dim + 2 * t * v.width)
+    patch = 2.0 * t * (3 * v.patch_size**2) * v.width
+    projector = 2.0 * t * v.width * cfg.prefix.width
+    return cameras * (v.depth * vision_layer + patch + projector)
+
+
+def smolvla_flops(cfg: SmolVLAConfig, cameras: int, prompt_tokens: int, num_steps: int = 10) -> dict:
+    """SmolVLA's matmul FLOPs as the optimised engine runs them (engines/suffix_smolvla.py).
+
+    prefix: the vision tower and connector per present camera, the state
+    projection (one row), the text layers over the compacted prefix
+    (cameras x tokens_per_image + prompt_tokens + the state token; the last
+    layer only K/V). suffix: once per inference, the cross-attention layers'
+    k_proj / v_proj over the static prefix buffer (cfg.prefix_len rows, padding
+    included); per Euler step the action heads (the time half of the
+    action-time MLP is precomputed), self-attention layers over that buffer
+    plus the H action rows, cross-attention layers over the buffer.
+    """
+    text, e = cfg.text, cfg.expert
+    p = cameras * cfg.tokens_per_image + prompt_tokens + 1
+    language = (text.depth - 1) * _gemma_layer(text, p, p) + _gemma_layer(text, p, p, kv_only=True)
+    prefix = _vision_flops(cfg, cameras) + 2.0 * cfg.action_dim * text.width + language
+    h, buffer = cfg.action_horizon, cfg.prefix_len
+    q_width, kv_width = e.num_heads * e.head_dim, e.num_kv_heads * e.head_dim
+    # action_in / out_proj, the action half of action_time_mlp_in, action_time_mlp_out
+    heads = 2.0 * h * (2 * cfg.action_dim * e.width + 2 * e.width * e.width)
+    cross = 2.0 * h * (2 * e.width * q_width + 3 * e.width * e.mlp_dim + 2 * buffer * q_width)
+    step = heads
+    cross_kv = 0.0
+    for index in range(e.depth):
+        if cfg.is_self_attention(index):
+            step += _gemma_layer(e, h, buffer + h)
+        else:
+            step += cross
+            cross_kv += 2.0 * buffer * 2 * kv_width * kv_width
+    suffix = cross_kv + num_steps * step
     return {"prefix": prefix, "suffix": suffix, "decode": 0.0, "total": prefix + suffix}
 
 
