@@ -404,3 +404,15 @@ def test_alpamayo_samples_in_one_batch_equal_single_runs(alpamayo):
     assert expand_cache(model.prefill(tokens, token_masks), 4).keys.shape[1] == 4
     with pytest.raises(ValueError, match="one prompt"):
         model.sample_actions(tokens.expand(2, -1), token_masks.expand(2, -1))
+
+
+def test_the_tools_refuse_the_designs_in_one_line():
+    """Named, but not runnable yet: make-tiny and bench say so instead of failing deep inside."""
+    from vla_ros.errors import ConfigError
+    from vla_ros.model.config import get_runnable_config
+
+    for name in ("llava3d-expert", "llava3d-expert-tiny", "alpamayo-expert", "alpamayo-expert-tiny"):
+        with pytest.raises(ConfigError, match="model design from the notes") as info:
+            get_runnable_config(name)
+        assert info.value.parameter == "--config" and "\n" not in str(info.value)
+    assert get_runnable_config("smolvla-tiny").variant == "smolvla"

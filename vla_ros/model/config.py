@@ -619,3 +619,16 @@ def get_config(name: str, **overrides) -> AnyConfig:
             "config", f"unknown policy config '{name}', expected one of {sorted(NAMED_CONFIGS)}{hint}"
         )
     return dataclasses.replace(NAMED_CONFIGS[name], **overrides)
+
+
+def get_runnable_config(name: str, parameter: str = "--config") -> PolicyConfig | SmolVLAConfig:
+    """A named configuration that the engines, checkpoints and tools run (not a model-only design)."""
+    cfg = get_config(name)
+    if isinstance(cfg, _ExpertDesign):
+        runnable = sorted(n for n, c in NAMED_CONFIGS.items() if not isinstance(c, _ExpertDesign))
+        raise ConfigError(
+            parameter,
+            f"'{name}' is a model design from the notes (vla_ros/model/, checked against transformers) with "
+            f"no engine, checkpoint format or tool support yet; runnable configs: {runnable}",
+        )
+    return cfg

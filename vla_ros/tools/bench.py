@@ -149,7 +149,7 @@ def build_policies(args, tmp: Path):
     from vla_ros.engines.factory import pack_for_cpu, resolve_device, resolve_dtype, resolve_suffix
     from vla_ros.engines.reference import ReferenceEngine
     from vla_ros.model.checkpoint import config_from_checkpoint, load_model, random_model
-    from vla_ros.model.config import get_config
+    from vla_ros.model.config import get_runnable_config
     from vla_ros.observation.normalize import Normalizer
     from vla_ros.observation.tokenizer import PromptTokenizer
     from vla_ros.policy import (
@@ -162,7 +162,7 @@ def build_policies(args, tmp: Path):
     )
 
     device = resolve_device(args.device)
-    cfg = config_from_checkpoint(args.checkpoint) if args.checkpoint else get_config(args.config)
+    cfg = config_from_checkpoint(args.checkpoint) if args.checkpoint else get_runnable_config(args.config)
     dtype = resolve_dtype(args.precision, device, cfg=cfg)
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, dtype=dtype, device=device)
@@ -504,9 +504,9 @@ class _Check:
 def bench_config(args: argparse.Namespace):
     """The model config of --checkpoint or --config, read without loading weights."""
     from vla_ros.model.checkpoint import config_from_checkpoint
-    from vla_ros.model.config import get_config
+    from vla_ros.model.config import get_runnable_config
 
-    return config_from_checkpoint(args.checkpoint) if args.checkpoint else get_config(args.config)
+    return config_from_checkpoint(args.checkpoint) if args.checkpoint else get_runnable_config(args.config)
 
 
 def check_decode_args(args: argparse.Namespace) -> None:

@@ -297,7 +297,7 @@ def make_tiny_checkpoint(
     import dataclasses
 
     from vla_ros.model.checkpoint import random_model, save_checkpoint
-    from vla_ros.model.config import get_config
+    from vla_ros.model.config import get_runnable_config
     from vla_ros.observation.normalize import save_norm_stats
     from vla_ros.observation.tokenizer import PromptTokenizer, train_tokenizer
     from vla_ros.tools.file_modes import make_readable
@@ -309,12 +309,12 @@ def make_tiny_checkpoint(
     out = Path(out)
     if isinstance(fit_steps, bool) or not isinstance(fit_steps, int) or fit_steps < 0:
         raise ConfigError("--fit-steps", f"expected an integer >= 0, got {fit_steps!r}")
-    if fit_steps and not get_config(config).is_fast:
+    if fit_steps and not get_runnable_config(config).is_fast:
         raise ConfigError(
             "--fit-steps", f"only pi0-FAST configs (pi0fast-tiny) decode a chunk to fit; {config} does not"
         )
     _prepare_out(out, force)
-    cfg = get_config(config)  # an unknown name fails before anything is written
+    cfg = get_runnable_config(config)  # an unknown name fails before anything is written
     if cfg.variant == "smolvla":
         from vla_ros.policy import UNTRAINED_TAG
 
