@@ -9,6 +9,7 @@
 - expert.py      the scripted expert (IK + minimum-jerk approach)
 - episode.py     one expert episode on simulated time
 - record.py      episodes as rosbag2 bags
+- evaluate.py    closed-loop evaluation: a policy drives the sim through the node's controller
 
 The ROS 2 node around SimWorld is vla_ros.ros.sim_node; the CLI is
 ``vla-ros sim`` (vla_ros.tools.sim). See docs/sim.md.

@@ -3,6 +3,9 @@
     vla-ros sim --config ROBOT.yaml [--sim-config SIM.yaml] [--clock sim|wall] [--expert]
     vla-ros sim --config ROBOT.yaml --record DIR --episodes N --expert [--first-episode K]
                 [--storage sqlite3|mcap] [--seed S]
+    vla-ros sim --config ROBOT.yaml --eval CHECKPOINT|expert --episodes N --seed S [--latency-ms MS]
+                [--compare-untrained] [--compare-expert] [--blank-camera KEY|all] [--node-config YAML]
+                [--eval-out FILE.json]
 
 Live (default): a ROS 2 node (vla_ros.ros.sim_node) on the profile's topics:
 it follows JointTrajectory commands on ``output.trajectory_topic``, publishes
@@ -19,6 +22,15 @@ the same simulator and profile with the clock run offline; a separate
 command would repeat every option. ``--expert`` is the only driver a
 recording has today and is required, so that a command line says what drove
 the robot.
+
+Closed-loop evaluation (``--eval CHECKPOINT``): the policy drives the
+simulator through the node's own PolicyController on simulated time, without
+DDS (vla_ros.sim.evaluate), for N held-out episodes (episode k of ``--seed``),
+and prints the success rate, the mean time to success and the final
+distance; ``--compare-untrained`` / ``--compare-expert`` run the same
+episodes with the checkpoint's random-weight twin and with the scripted
+expert behind the policy interface. It lives under `sim` for the reason
+recording does: the same simulator and profile with the clock run offline.
 """
 
 from __future__ import annotations
@@ -51,7 +63,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'use_sim_time:=true); default: vla_sim.publish_clock')
     parser.add_argument('--real-time-factor', type=float, default=None,
                         help='live: simulated seconds per wall second (default: vla_sim.real_time_factor)')
-    parser.add_argument('--no-progress', action='store_true', help='--record: one line per episode only')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='--record: one line per episode only; --eval: no line per episode')
+    evaluation = parser.add_argument_group('closed-loop evaluation (offline, simulated time, no DDS)')
+    evaluation.add_argument('--eval', default=None, metavar='CHECKPOINT',
+                            help="run the policy of CHECKPOINT in closed loop on --episodes episodes of "
+                            "--seed ('expert': the scripted expert behind the policy interface), then exit")
+    evaluation.add_argument('--latency-ms', type=float, default=None,
+                            help='--eval: simulated inference latency (default 100 ms)')
+    evaluation.add_argument('--compare-untrained', action='store_true',
+                            help='--eval: also run the same checkpoint with random weights (same statistics)')
+    evaluation.add_argument('--compare-expert', action='store_true',
+                            help='--eval: also run the scripted expert through the same controller')
+    evaluation.add_argument('--blank-camera', action='append', default=[], metavar='KEY',
+                            help="--eval: replace this camera's frames by an empty table ('all': every "
+                            'camera); repeatable. Does success depend on the image?')
+    evaluation.add_argument('--node-config', type=Path, default=None,
+                            help="--eval: the policy node's parameter file for the controller (default "
+                            '--config), e.g. a copy with the joint order reversed, to break the chain')
+    evaluation.add_argument('--policy-seed', type=int, default=0,
+                            help="--eval: seed of the policy's noise (default 0)")
+    evaluation.add_argument('--eval-out', type=Path, default=None, metavar='FILE',
+                            help='--eval: write every result as JSON')
 
 
 def load_robot(args: argparse.Namespace):
@@ -99,7 +132,68 @@ def record(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from vla_ros.sim.evaluate import ClosedLoopEval, DEFAULT_LATENCY_MS, ExpertPolicy, untrained_copy
+    from vla_ros.tools.bag_io import load_config
+    from vla_ros.tools.replay_offline import load_policy
+
+    if args.record is not None:
+        raise ConfigError('--eval', 'either --record or --eval, not both')
+    if args.episodes < 1:
+        raise ConfigError('--episodes', f'expected at least 1, got {args.episodes}')
+    robot = load_robot(args)
+    node_config = load_config(args.node_config) if args.node_config is not None else robot.node
+    latency = DEFAULT_LATENCY_MS if args.latency_ms is None else args.latency_ms
+    episodes = range(args.first_episode, args.first_episode + args.episodes)
+    blank = f', blank cameras {args.blank_camera}' if args.blank_camera else ''
+    print(f'closed-loop evaluation on {args.episodes} episode(s) {episodes.start}..{episodes.stop - 1} of '
+          f'seed {robot.sim.seed} ({args.config}; controller {args.node_config or args.config}), latency '
+          f'{latency:g} ms{blank}', flush=True)
+
+    def report(result):
+        outcome = f'success at {result.success_time:.2f} s' if result.success else 'FAILED'
+        print(f'  episode {result.episode}: {result.instruction!r}, {outcome}, final distance '
+              f'{100 * result.final_distance:.1f} cm, {result.inferences} inferences', flush=True)
+
+    def run_one(name, policy_factory):
+        print(f'{name}:', flush=True)
+        ev = ClosedLoopEval(robot, None, node_config=node_config, latency_ms=latency, blank=args.blank_camera)
+        ev.policy = policy_factory(ev)
+        return ev.run(episodes, name, None if args.no_progress else report)
+
+    def checkpoint_policy(path):
+        return lambda ev: load_policy(node_config, Path(path), args.policy_seed)
+
+    runs = []
+    if args.eval == 'expert' and not Path(args.eval).exists():
+        runs.append(('expert', lambda ev: ExpertPolicy(ev.world)))
+    else:
+        runs.append((f'policy {args.eval}', checkpoint_policy(args.eval)))
+    with tempfile.TemporaryDirectory(prefix='vla_ros_untrained_') as tmp:
+        if args.compare_untrained and runs[0][0] != 'expert':
+            twin = untrained_copy(args.eval, Path(tmp) / 'untrained', seed=args.policy_seed)
+            runs.append((f'untrained twin of {args.eval}', checkpoint_policy(twin)))
+        if args.compare_expert and runs[0][0] != 'expert':
+            runs.append(('scripted expert (through the controller)', lambda ev: ExpertPolicy(ev.world)))
+        summaries = [run_one(name, factory) for name, factory in runs]
+    print('summary:')
+    for summary in summaries:
+        print(f'  {summary.line()}')
+    if args.eval_out is not None:
+        document = {'config': str(args.config), 'node_config': str(args.node_config or args.config),
+                    'seed': robot.sim.seed, 'episodes': list(episodes), 'latency_ms': latency,
+                    'blank_cameras': list(args.blank_camera), 'runs': [s.as_dict() for s in summaries]}
+        args.eval_out.write_text(json.dumps(document, indent=1) + '\n')
+        print(f'wrote {args.eval_out}')
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.eval is not None:
+        return evaluate(args)
     if args.record is not None:
         return record(args)
     robot = load_robot(args)
