@@ -59,7 +59,62 @@ def aligned_rows(rows: int, kv_heads: int, head_dim: int, element_size: int) -> 
     return stored
 
 
-class StaticSuffixDenoiser(nn.Module):
+class EulerLoops(nn.Module):
+    """The Euler loops every static suffix runs, over its own buffers and `velocity`.
+
+    Subclasses allocate `noise`, `actions` and the RTC buffers (`rtc_target`
+    (1, H, A), `rtc_weights` (1, H, 1), `rtc_gain` (steps,), `rtc_clamp`
+    (1, H, 1) bool), set `times` (t of each step) and `dt`, and define
+    `_begin()` (per inference: what every step shares, e.g. mask and RoPE
+    tables) and `velocity(x, step, tables, clean=None)`. Each loop reads and
+    writes static buffers only, so each captures as one CUDA graph.
+    """
+
+    @torch.no_grad()
+    def forward(self) -> torch.Tensor:
+        """The unguided loop."""
+        tables = self._begin()
+        x = self.noise
+        for step in range(len(self.times)):
+            x = x + self.dt * self.velocity(x, step, tables)
+        self.actions.copy_(x)
+        return self.actions
+
+    # -- Real-Time Chunking -------------------------------------------------------------------
+    def set_guidance(self, guidance: ModelGuidance) -> None:
+        """Write one inference's guidance into the RTC buffers (on the current stream)."""
+        device = self.rtc_target.device
+        self.rtc_target.copy_(torch.from_numpy(guidance.target)[None])
+        self.rtc_weights.copy_(torch.from_numpy(guidance.weights)[None, :, None])
+        self.rtc_gain.copy_(torch.from_numpy(guidance.step_weights(self.times)))
+        rows = torch.arange(self.rtc_clamp.shape[1], device=device) < guidance.clamped_rows
+        self.rtc_clamp.copy_(rows[None, :, None])
+
+    @torch.no_grad()
+    def forward_guided(self) -> torch.Tensor:
+        """The Euler loop with LeRobot's guidance toward `rtc_target` (identity Jacobian)."""
+        tables = self._begin()
+        x = self.noise
+        for step, t in enumerate(self.times):
+            v = self.velocity(x, step, tables)
+            x = x + self.dt * guided_velocity(v, x, t, self.rtc_target, self.rtc_weights, self.rtc_gain[step])
+        self.actions.copy_(x)
+        return self.actions
+
+    @torch.no_grad()
+    def forward_trained(self) -> torch.Tensor:
+        """Training-time RTC: the `rtc_clamp` rows set to the target and given the clean time each step."""
+        tables = self._begin()
+        clean = self.rtc_clamp
+        x = self.noise
+        for step in range(len(self.times)):
+            x = torch.where(clean, self.rtc_target, x)
+            x = x + self.dt * self.velocity(x, step, tables, clean)
+        self.actions.copy_(torch.where(clean, self.rtc_target, x))
+        return self.actions
+
+
+class StaticSuffixDenoiser(EulerLoops):
     """Runs `num_steps` Euler steps for K noise samples of one observation from static buffers into `actions`.
 
     Inputs written by the caller before `forward()`: `noise` (K, H, A) fp32,
@@ -199,8 +254,9 @@ class StaticSuffixDenoiser(nn.Module):
         out = torch.addcmul(shift, normed, scale)
         return out.to(x.dtype), gate
 
-    def velocity(self, x: torch.Tensor, step: int, state_emb, cos, sin, mask, clean=None) -> torch.Tensor:
-        """v at Euler step `step`; `clean` (1, H, 1) bool marks rows at t = 0 (training-time RTC)."""
+    def velocity(self, x: torch.Tensor, step: int, tables, clean=None) -> torch.Tensor:
+        """v at Euler step `step` (tables from `_begin`); `clean` (1, H, 1) bool marks rows at t = 0."""
+        state_emb, cos, sin, mask = tables
         model = self.model
         action_emb = linear(model.action_in_proj, x)
         if self.cfg.pi05:
@@ -231,45 +287,3 @@ class StaticSuffixDenoiser(nn.Module):
         if not self.cfg.pi05:
             state_emb = linear(self.model.state_proj, self.state)[:, None, :].expand(self.num_samples, -1, -1)
         return state_emb, *self._layout()
-
-    @torch.no_grad()
-    def forward(self) -> torch.Tensor:
-        state_emb, cos, sin, mask = self._begin()
-        x = self.noise
-        for step in range(self.num_steps):
-            x = x + self.dt * self.velocity(x, step, state_emb, cos, sin, mask)
-        self.actions.copy_(x)
-        return self.actions
-
-    # -- Real-Time Chunking -------------------------------------------------------------------
-    def set_guidance(self, guidance: ModelGuidance) -> None:
-        """Write one inference's guidance into the RTC buffers (on the current stream)."""
-        device = self.rtc_target.device
-        self.rtc_target.copy_(torch.from_numpy(guidance.target)[None])
-        self.rtc_weights.copy_(torch.from_numpy(guidance.weights)[None, :, None])
-        self.rtc_gain.copy_(torch.from_numpy(guidance.step_weights(self.times)))
-        rows = torch.arange(self.rtc_clamp.shape[1], device=device) < guidance.clamped_rows
-        self.rtc_clamp.copy_(rows[None, :, None])
-
-    @torch.no_grad()
-    def forward_guided(self) -> torch.Tensor:
-        """The Euler loop with LeRobot's guidance toward `rtc_target` (identity Jacobian)."""
-        state_emb, cos, sin, mask = self._begin()
-        x = self.noise
-        for step, t in enumerate(self.times):
-            v = self.velocity(x, step, state_emb, cos, sin, mask)
-            x = x + self.dt * guided_velocity(v, x, t, self.rtc_target, self.rtc_weights, self.rtc_gain[step])
-        self.actions.copy_(x)
-        return self.actions
-
-    @torch.no_grad()
-    def forward_trained(self) -> torch.Tensor:
-        """Training-time RTC: the `rtc_clamp` rows set to the target and marked clean at every step."""
-        state_emb, cos, sin, mask = self._begin()
-        clean = self.rtc_clamp
-        x = self.noise
-        for step in range(self.num_steps):
-            x = torch.where(clean, self.rtc_target, x)
-            x = x + self.dt * self.velocity(x, step, state_emb, cos, sin, mask, clean)
-        self.actions.copy_(torch.where(clean, self.rtc_target, x))
-        return self.actions

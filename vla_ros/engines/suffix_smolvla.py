@@ -40,9 +40,8 @@ import torch.nn.functional as F
 
 from vla_ros.engines.cpu_packed import PackedLinear, PackedSiglipAttention, PackedSiglipMLP
 from vla_ros.engines.cuda_stream import running_on
-from vla_ros.engines.guidance import guided_velocity, ModelGuidance
 from vla_ros.engines.optimized import OptimizedEngine
-from vla_ros.engines.suffix import aligned_rows
+from vla_ros.engines.suffix import aligned_rows, EulerLoops
 from vla_ros.model.layers import attention, attention_bias, linear, sincos_time_embedding
 from vla_ros.model.llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, rope_tables
 from vla_ros.model.smolvla import flow_times, SmolVLAModel
@@ -84,7 +83,7 @@ def rope_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.
     return out
 
 
-class SmolVLASuffixDenoiser(nn.Module):
+class SmolVLASuffixDenoiser(EulerLoops):
     """Runs `num_steps` Euler steps of SmolVLA's expert for K noise samples from static buffers.
 
     The interface of StaticSuffixDenoiser (OptimizedEngine runs either):
@@ -264,48 +263,6 @@ class SmolVLASuffixDenoiser(nn.Module):
             hidden = residual(attn.o_proj, out, hidden)
             hidden = mlp_residual(layer.mlp, rms(layer.post_attention_layernorm, hidden, normed_rows), hidden)
         return linear(model.action_out_proj, rms(model.expert.norm, hidden).float()).float()
-
-    @torch.no_grad()
-    def forward(self) -> torch.Tensor:
-        tables = self._begin()
-        x = self.noise
-        for step in range(self.num_steps):
-            x = x + self.dt * self.velocity(x, step, tables)
-        self.actions.copy_(x)
-        return self.actions
-
-    # -- Real-Time Chunking -------------------------------------------------------------------
-    def set_guidance(self, guidance: ModelGuidance) -> None:
-        """Write one inference's guidance into the RTC buffers (on the current stream)."""
-        device = self.rtc_target.device
-        self.rtc_target.copy_(torch.from_numpy(guidance.target)[None])
-        self.rtc_weights.copy_(torch.from_numpy(guidance.weights)[None, :, None])
-        self.rtc_gain.copy_(torch.from_numpy(guidance.step_weights(self.times)))
-        rows = torch.arange(self.rtc_clamp.shape[1], device=device) < guidance.clamped_rows
-        self.rtc_clamp.copy_(rows[None, :, None])
-
-    @torch.no_grad()
-    def forward_guided(self) -> torch.Tensor:
-        """The Euler loop with LeRobot's guidance toward `rtc_target` (identity Jacobian)."""
-        tables = self._begin()
-        x = self.noise
-        for step, t in enumerate(self.times):
-            v = self.velocity(x, step, tables)
-            x = x + self.dt * guided_velocity(v, x, t, self.rtc_target, self.rtc_weights, self.rtc_gain[step])
-        self.actions.copy_(x)
-        return self.actions
-
-    @torch.no_grad()
-    def forward_trained(self) -> torch.Tensor:
-        """Training-time RTC: the `rtc_clamp` rows set to the target and given the clean time each step."""
-        tables = self._begin()
-        clean = self.rtc_clamp
-        x = self.noise
-        for step in range(self.num_steps):
-            x = torch.where(clean, self.rtc_target, x)
-            x = x + self.dt * self.velocity(x, step, tables, clean)
-        self.actions.copy_(torch.where(clean, self.rtc_target, x))
-        return self.actions
 
 
 def residual(proj: nn.Module, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
