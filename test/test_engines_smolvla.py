@@ -120,8 +120,9 @@ class _Counting(torch.nn.Module):
 
 
 def test_cross_attention_kv_is_projected_once_per_inference():
+    from vla_ros.engines.optimized import OptimizedEngine
     from vla_ros.engines.prefix_torch import TorchPrefixRuntime
-    from vla_ros.engines.suffix_smolvla import SmolVLAEngine, SmolVLASuffixDenoiser
+    from vla_ros.engines.suffix_smolvla import SmolVLASuffixDenoiser
     from vla_ros.model.checkpoint import load_model
 
     model, cfg = load_model(FIXTURE)
@@ -133,7 +134,7 @@ def test_cross_attention_kv_is_projected_once_per_inference():
         attn.k_proj, attn.v_proj = _Counting(attn.k_proj), _Counting(attn.v_proj)
         counters += [attn.k_proj, attn.v_proj]
     steps = 10
-    engine = SmolVLAEngine(TorchPrefixRuntime(model), SmolVLASuffixDenoiser(model, steps), "eager")
+    engine = OptimizedEngine(TorchPrefixRuntime(model), SmolVLASuffixDenoiser(model, steps), "eager")
     policy = _policy()
     f = _expected("full")
     inputs, _ = policy.preprocess(_observation(policy, "full"), f["noise"])

@@ -333,8 +333,9 @@ def _build_smolvla_engine(
 
         model, cfg = load_model(directory, dtype=dtype, device=device)
         return ReferenceEngine(model, num_steps), cfg
+    from vla_ros.engines.optimized import OptimizedEngine
     from vla_ros.engines.prefix_torch import TorchPrefixRuntime
-    from vla_ros.engines.suffix_smolvla import SmolVLAEngine, SmolVLASuffixDenoiser
+    from vla_ros.engines.suffix_smolvla import SmolVLASuffixDenoiser
 
     if options.suffix == "compiled":
         raise ConfigError(
@@ -345,7 +346,7 @@ def _build_smolvla_engine(
     if options.pack_weights:
         model = pack_for_cpu(model, suffix_mode, inplace=True)
     denoiser = SmolVLASuffixDenoiser(model, num_steps, device, num_samples=options.num_samples)
-    return SmolVLAEngine(TorchPrefixRuntime(model), denoiser, suffix_mode), cfg
+    return OptimizedEngine(TorchPrefixRuntime(model), denoiser, suffix_mode), cfg
 
 
 def _artifact_prefix(prefix_engine: str, directory: Path, options, device: torch.device, dtype):

@@ -35,6 +35,7 @@ class OptimizedEngine(Engine):
         self.prefix = prefix_runtime
         self.denoiser = denoiser
         self.suffix_mode = suffix_mode
+        self._state_in_prefix = getattr(denoiser.model, "state_in_prefix", False)
         self.device = denoiser.actions.device
         self.stream = None
         if self.device.type == "cuda":
@@ -69,6 +70,8 @@ class OptimizedEngine(Engine):
 
     def encode_prefix(self, inputs: ModelInputs) -> None:
         d = self.denoiser
+        # SmolVLA: the state is the prefix's last token, so its prefix runtime takes it.
+        state = {"state": np.asarray(inputs.state, dtype=np.float32)[None]} if self._state_in_prefix else {}
         with running_on(self.stream):
             self.prefix.run(
                 inputs.images[None],
@@ -78,6 +81,7 @@ class OptimizedEngine(Engine):
                 d.prefix_keys,
                 d.prefix_values,
                 d.prefix_pad,
+                **state,
             )
 
     @torch.no_grad()

@@ -68,7 +68,60 @@ class EulerLoops(nn.Module):
     `_begin()` (per inference: what every step shares, e.g. mask and RoPE
     tables) and `velocity(x, step, tables, clean=None)`. Each loop reads and
     writes static buffers only, so each captures as one CUDA graph.
+
+    `__init__` allocates what every static suffix has: `noise` / `actions`
+    (K, H, A), `state` (1, A), the K/V buffers (L, K, KV, P + S, hd: the
+    prefix rows, then `suffix_rows` rows; every layer on a KV_ALIGN_BYTES
+    boundary, as TensorRT binds tensors only at such addresses),
+    `prefix_pad` (1, P) and the RTC buffers.
     """
+
+    def __init__(self, model, num_steps: int, device, num_samples: int, times: list[float], suffix_rows: int):
+        super().__init__()
+        cfg = model.cfg
+        self.cfg = cfg
+        self.model = model  # shares the weights; nothing is copied
+        self.num_steps = num_steps
+        self.num_samples = num_samples
+        self._device = torch.device(device) if device is not None else model.action_in_proj.weight.device
+        self.dtype = model.compute_dtype
+        self.times = times
+        self.dt = -1.0 / num_steps
+        e = cfg.expert
+        horizon, adim, plen = cfg.action_horizon, cfg.action_dim, cfg.prefix_len
+        self.plen = plen
+        self._buffer("noise", num_samples, horizon, adim)
+        self._buffer("state", 1, adim)
+        self._buffer("actions", num_samples, horizon, adim)
+        rows = plen + suffix_rows
+        element = torch.empty((), dtype=self.dtype).element_size()
+        stored = aligned_rows(rows, e.num_kv_heads, e.head_dim, element)
+        for name in ("keys", "values"):
+            shape = (e.depth, num_samples, e.num_kv_heads, stored, e.head_dim)
+            padded = torch.zeros(shape, dtype=self.dtype, device=self._device)
+            self.register_buffer(name, padded[:, :, :, :rows], persistent=False)
+        self._buffer("prefix_pad", 1, plen, dtype=torch.bool)
+        # Real-Time Chunking inputs (set_guidance): Y, W, g per step, the clamped rows.
+        self._buffer("rtc_target", 1, horizon, adim)
+        self._buffer("rtc_weights", 1, horizon, 1)
+        self._buffer("rtc_gain", num_steps)
+        self._buffer("rtc_clamp", 1, horizon, 1, dtype=torch.bool)
+
+    def _buffer(self, name: str, *shape: int, dtype: torch.dtype = torch.float32) -> None:
+        self.register_buffer(name, torch.zeros(*shape, dtype=dtype, device=self._device), persistent=False)
+
+    @property
+    def prefix_keys(self) -> torch.Tensor:
+        """(L, 1, KV, P, hd) view of the static K buffer that the prefix encoder fills (sample 0's).
+
+        Not contiguous as a whole (each layer's suffix rows follow its prefix rows);
+        with one KV head each layer's slice prefix_keys[l] is.
+        """
+        return self.keys[:, :1, :, : self.plen]
+
+    @property
+    def prefix_values(self) -> torch.Tensor:
+        return self.values[:, :1, :, : self.plen]
 
     @torch.no_grad()
     def forward(self) -> torch.Tensor:
@@ -129,42 +182,11 @@ class StaticSuffixDenoiser(EulerLoops):
 
     def __init__(self, model: Pi0Model, num_steps: int = 10, device: torch.device | str | None = None,
                  num_samples: int = 1):
-        super().__init__()
         cfg = model.cfg
-        self.cfg = cfg
-        self.model = model  # shares the weights; nothing is copied
-        self.num_steps = num_steps
-        device = torch.device(device) if device is not None else model.action_in_proj.weight.device
-        self.dtype = model.compute_dtype
+        super().__init__(model, num_steps, device, num_samples, euler_times(num_steps), cfg.suffix_len)
+        device = self._device
         e = cfg.expert
-        horizon, adim, plen = cfg.action_horizon, cfg.action_dim, cfg.prefix_len
-        self.dt = -1.0 / num_steps
-
-        def buffer(name, *shape, dtype=torch.float32):
-            self.register_buffer(name, torch.zeros(*shape, dtype=dtype, device=device), persistent=False)
-
-        self.num_samples = num_samples
-        buffer("noise", num_samples, horizon, adim)
-        buffer("state", 1, adim)
-        buffer("actions", num_samples, horizon, adim)
-        suffix_len = cfg.suffix_len
-        rows = plen + suffix_len
-        element = torch.empty((), dtype=self.dtype).element_size()
-        stored = aligned_rows(rows, e.num_kv_heads, e.head_dim, element)
-        for name in ("keys", "values"):
-            # (L, 1, KV, P + S, hd) views of a buffer padded to `stored` rows, so that every layer
-            # starts on a KV_ALIGN_BYTES boundary (TensorRT binds tensors only at such addresses).
-            shape = (e.depth, num_samples, e.num_kv_heads, stored, e.head_dim)
-            padded = torch.zeros(shape, dtype=self.dtype, device=device)
-            self.register_buffer(name, padded[:, :, :, :rows], persistent=False)
-        buffer("prefix_pad", 1, plen, dtype=torch.bool)
-        self.plen = plen
-        # Real-Time Chunking inputs (set_guidance): Y, W, g per step, the clamped rows.
-        self.times = euler_times(num_steps)
-        buffer("rtc_target", 1, horizon, adim)
-        buffer("rtc_weights", 1, horizon, 1)
-        buffer("rtc_gain", num_steps)
-        buffer("rtc_clamp", 1, horizon, 1, dtype=torch.bool)
+        horizon, suffix_len = cfg.action_horizon, cfg.suffix_len
 
         ar = masks.suffix_ar_mask(1, horizon, cfg.pi05, device)
         self.register_buffer("suffix_ar", ar, persistent=False)
@@ -217,19 +239,6 @@ class StaticSuffixDenoiser(EulerLoops):
     def _precompute_modulation(self, model: Pi0Model, t: torch.Tensor) -> None:
         for name, mod in zip(("mod_scale", "mod_shift", "mod_gate"), self._modulation(model, t)):
             self.register_buffer(name, mod, persistent=False)
-
-    @property
-    def prefix_keys(self) -> torch.Tensor:
-        """(L, 1, KV, P, hd) view of the static K buffer that the prefix encoder fills.
-
-        Not contiguous as a whole (each layer's suffix rows follow its prefix rows);
-        with one KV head each layer's slice prefix_keys[l] is.
-        """
-        return self.keys[:, :1, :, : self.plen]
-
-    @property
-    def prefix_values(self) -> torch.Tensor:
-        return self.values[:, :1, :, : self.plen]
 
     # -- per-inference setup (depends on the prefix padding only) ---------------------------
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -22,8 +22,8 @@ cross-attention layers run the K x H action tokens as one batch of queries
 against the one shared projected cache. Every tensor the loops read or write is
 a buffer allocated in __init__, so each loop captures as one CUDA graph.
 
-`SmolVLAEngine` is the OptimizedEngine whose prefix runtime also takes the
-state (SmolVLA's last prefix token). `pack_smolvla` packs the bf16 layers for
+The OptimizedEngine runs it (its prefix runtime also takes the state, SmolVLA's
+last prefix token). `pack_smolvla` packs the bf16 layers for
 oneDNN (engines/cpu_packed.py): SigLIP and the connector at the vision tower's
 rows, the Llama text model's fused q/k/v and its SiLU-gated MLP (SiLU and the
 gate product fused into the GEMMs), and the expert at the suffix's rows.
@@ -33,15 +33,12 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from vla_ros.engines.cpu_packed import PackedLinear, PackedSiglipAttention, PackedSiglipMLP
-from vla_ros.engines.cuda_stream import running_on
-from vla_ros.engines.optimized import OptimizedEngine
-from vla_ros.engines.suffix import aligned_rows, EulerLoops
+from vla_ros.engines.suffix import EulerLoops
 from vla_ros.model.layers import attention, attention_bias, linear, sincos_time_embedding
 from vla_ros.model.llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, rope_tables
 from vla_ros.model.smolvla import flow_times, SmolVLAModel
@@ -96,51 +93,26 @@ class SmolVLASuffixDenoiser(EulerLoops):
 
     def __init__(self, model: SmolVLAModel, num_steps: int = 10, device: torch.device | str | None = None,
                  num_samples: int = 1):
-        super().__init__()
         cfg = model.cfg
-        self.cfg = cfg
-        self.model = model  # shares the weights; nothing is copied
-        self.num_steps = num_steps
-        device = torch.device(device) if device is not None else model.action_in_proj.weight.device
-        self.dtype = model.compute_dtype
+        # Self-attention layers: the prefix rows, then the H action rows; cross-attention layers
+        # use only the prefix rows.
+        super().__init__(model, num_steps, device, num_samples, flow_times(num_steps), cfg.action_horizon)
+        device = self._device
         e = cfg.expert
-        horizon, adim, plen = cfg.action_horizon, cfg.action_dim, cfg.prefix_len
-        self.times = flow_times(num_steps)
-        self.dt = -1.0 / num_steps
-        self.num_samples = num_samples
-        self.plen = plen
+        horizon, plen = cfg.action_horizon, cfg.prefix_len
+        buffer = self._buffer
         self.self_layers = [i for i in range(e.depth) if cfg.is_self_attention(i)]
         self.cross_layers = [i for i in range(e.depth) if not cfg.is_self_attention(i)]
 
-        def buffer(name, *shape, dtype=torch.float32):
-            self.register_buffer(name, torch.zeros(*shape, dtype=dtype, device=device), persistent=False)
-
-        buffer("noise", num_samples, horizon, adim)
-        buffer("state", 1, adim)
-        buffer("actions", num_samples, horizon, adim)
-        rows = plen + horizon
-        element = torch.empty((), dtype=self.dtype).element_size()
-        stored = aligned_rows(rows, e.num_kv_heads, e.head_dim, element)
         for name in ("keys", "values"):
-            # (L, K, KV, P + H, hd) views of a buffer padded to `stored` rows (engines/suffix.py).
-            # Cross-attention layers use only the prefix rows.
-            shape = (e.depth, num_samples, e.num_kv_heads, stored, e.head_dim)
-            padded = torch.zeros(shape, dtype=self.dtype, device=device)
-            self.register_buffer(name, padded[:, :, :, :rows], persistent=False)
             # The cross-attention layers' projected prefix K/V (once per inference).
             shape = (len(self.cross_layers), 1, e.num_kv_heads, plen, e.head_dim)
             buffer(f"cross_{name}", *shape, dtype=self.dtype)
-        buffer("prefix_pad", 1, plen, dtype=torch.bool)
         # Scratch rows of the loop: normed hidden states, roped q (and k), in the stream's dtype.
         tokens = num_samples * horizon
         buffer("normed", tokens, e.width, dtype=self.dtype)
         buffer("roped", tokens, e.num_heads + e.num_kv_heads, e.head_dim, dtype=self.dtype)
         buffer("roped_fp32", tokens, e.num_heads + e.num_kv_heads, e.head_dim)  # bf16 stream: RoPE's fp32
-        # Real-Time Chunking inputs (set_guidance): Y, W, g per step, the clamped rows.
-        buffer("rtc_target", 1, horizon, adim)
-        buffer("rtc_weights", 1, horizon, 1)
-        buffer("rtc_gain", num_steps)
-        buffer("rtc_clamp", 1, horizon, 1, dtype=torch.bool)
 
         steps = torch.arange(horizon, device=device)
         self.register_buffer("suffix_offsets", steps[None], persistent=False)
@@ -164,15 +136,6 @@ class SmolVLASuffixDenoiser(EulerLoops):
             time_bias = F.linear(time_emb, weight[:, width:].float(), model.action_time_mlp_in.bias.float())
             self.register_buffer("time_bias", time_bias[:-1].contiguous(), persistent=False)  # (steps, W)
             self.register_buffer("clean_time_bias", time_bias[-1].contiguous(), persistent=False)  # t = 0
-
-    @property
-    def prefix_keys(self) -> torch.Tensor:
-        """(L, 1, KV, P, hd) view of the static K buffer that the prefix encoder fills."""
-        return self.keys[:, :1, :, : self.plen]
-
-    @property
-    def prefix_values(self) -> torch.Tensor:
-        return self.values[:, :1, :, : self.plen]
 
     # -- per-inference setup (depends on the prefix only) ---------------------------------------
     def _project_cache(self) -> None:
@@ -278,24 +241,6 @@ def mlp_residual(mlp: nn.Module, x: torch.Tensor, hidden: torch.Tensor) -> torch
         x = x.to(mlp.gate_proj.dtype)
         return residual(mlp.down_proj, mlp.up_proj.times(x, mlp.gate_proj(x, "swish")), hidden)
     return hidden + mlp(x).to(hidden.dtype)
-
-
-class SmolVLAEngine(OptimizedEngine):
-    """The optimised engine for SmolVLA: the prefix runtime also takes the state (its last prefix token)."""
-
-    def encode_prefix(self, inputs) -> None:
-        d = self.denoiser
-        with running_on(self.stream):
-            self.prefix.run(
-                inputs.images[None],
-                inputs.image_masks[None],
-                inputs.tokens[None].astype(np.int64),
-                inputs.token_masks[None],
-                d.prefix_keys,
-                d.prefix_values,
-                d.prefix_pad,
-                state=np.asarray(inputs.state, dtype=np.float32)[None],
-            )
 
 
 # -- oneDNN packing (CPU, bf16) ------------------------------------------------------------------

@@ -134,9 +134,9 @@ def optimised_engine(model, steps: int, suffix_mode: str):
     from vla_ros.engines.prefix_torch import TorchPrefixRuntime
 
     if model.cfg.variant == "smolvla":
-        from vla_ros.engines.suffix_smolvla import SmolVLAEngine, SmolVLASuffixDenoiser
+        from vla_ros.engines.suffix_smolvla import SmolVLASuffixDenoiser
 
-        return SmolVLAEngine(TorchPrefixRuntime(model), SmolVLASuffixDenoiser(model, steps), suffix_mode)
+        return OptimizedEngine(TorchPrefixRuntime(model), SmolVLASuffixDenoiser(model, steps), suffix_mode)
     from vla_ros.engines.suffix import StaticSuffixDenoiser
 
     return OptimizedEngine(TorchPrefixRuntime(model), StaticSuffixDenoiser(model, steps), suffix_mode)
