@@ -25,7 +25,7 @@ from torch import nn
 
 from vla_ros.model.config import GemmaConfig
 from vla_ros.model.gemma import GemmaSelfAttention
-from vla_ros.model.layers import attention, GeGLU
+from vla_ros.model.layers import attention
 from vla_ros.model.pi0 import Pi0Model
 from vla_ros.model.siglip import SiglipAttention, SiglipMLP
 
@@ -101,18 +101,33 @@ class PackedGemmaAttention(nn.Module):
         return self.qkv(x)[1:]
 
 
-class PackedGeGLU(nn.Module):
-    """down(gelu_tanh(gate(x)) * up(x)) with the GELU and the product fused into the GEMMs."""
+class PackedGatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)) with the activation and the product fused into the GEMMs.
 
-    def __init__(self, mlp: GeGLU, rows: int):
+    `activation`: the oneDNN post-op (and its argument) of the gate's GEMM.
+    """
+
+    activation: tuple[str, ...] = ()
+
+    def __init__(self, mlp: nn.Module, rows: int):
         super().__init__()
         self.gate_proj = PackedLinear.of(mlp.gate_proj, rows=rows)
         self.up_proj = PackedLinear.of(mlp.up_proj, rows=rows)
         self.down_proj = PackedLinear.of(mlp.down_proj, rows=rows)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gated(self, x: torch.Tensor) -> torch.Tensor:
+        """act(gate(x)) * up(x), in the packed dtype (what `down_proj` takes)."""
         x = x.to(self.gate_proj.dtype)
-        return self.down_proj(self.up_proj.times(x, self.gate_proj(x, "gelu", "tanh")))
+        return self.up_proj.times(x, self.gate_proj(x, *self.activation))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.gated(x))
+
+
+class PackedGeGLU(PackedGatedMLP):
+    """Gemma's GeGLU: the tanh-approximated GELU."""
+
+    activation = ("gelu", "tanh")
 
 
 class PackedSiglipAttention(nn.Module):

@@ -37,10 +37,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from vla_ros.engines.cpu_packed import PackedLinear, PackedSiglipAttention, PackedSiglipMLP
+from vla_ros.engines.cpu_packed import PackedGatedMLP, PackedLinear, PackedSiglipAttention, PackedSiglipMLP
 from vla_ros.engines.suffix import EulerLoops
 from vla_ros.model.layers import attention, attention_bias, linear, sincos_time_embedding
-from vla_ros.model.llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, rope_tables
+from vla_ros.model.llama import LlamaAttention, LlamaRMSNorm, rope_tables
 from vla_ros.model.smolvla import flow_times, SmolVLAModel
 
 
@@ -238,8 +238,7 @@ def residual(proj: nn.Module, x: torch.Tensor, hidden: torch.Tensor) -> torch.Te
 def mlp_residual(mlp: nn.Module, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """hidden + mlp(x), the residual add fused into the packed MLP's last GEMM."""
     if isinstance(mlp, PackedLlamaMLP):
-        x = x.to(mlp.gate_proj.dtype)
-        return residual(mlp.down_proj, mlp.up_proj.times(x, mlp.gate_proj(x, "swish")), hidden)
+        return residual(mlp.down_proj, mlp.gated(x), hidden)
     return hidden + mlp(x).to(hidden.dtype)
 
 
@@ -276,18 +275,10 @@ class PackedLlamaAttention(nn.Module):
         return self.qkv(x)[1:]
 
 
-class PackedLlamaMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with the SiLU and the product fused into the GEMMs."""
+class PackedLlamaMLP(PackedGatedMLP):
+    """Llama's MLP: SiLU ("swish") on the gate."""
 
-    def __init__(self, mlp: LlamaMLP, rows: int):
-        super().__init__()
-        self.gate_proj = PackedLinear.of(mlp.gate_proj, rows=rows)
-        self.up_proj = PackedLinear.of(mlp.up_proj, rows=rows)
-        self.down_proj = PackedLinear.of(mlp.down_proj, rows=rows)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.gate_proj.dtype)
-        return self.down_proj(self.up_proj.times(x, self.gate_proj(x, "swish")))
+    activation = ("swish",)
 
 
 class PackedSiglipLayer(nn.Module):
